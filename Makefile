@@ -1,0 +1,46 @@
+# emovit: `make test` and `make demo` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+NOTEBOOK := vit_with_gans_emotion_prediction.ipynb
+OUT ?= outputs
+DATA_DIR ?=
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv test lint check-notebook notebook demo run clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install runtime + dev requirements
+
+lint: venv
+	$(BIN)/ruff check emovit tools tests
+
+check-notebook: venv  ## fail if the committed notebook is not a fresh build
+	$(PY) tools/build_notebook.py --check
+
+notebook: venv  ## rebuild the notebook from notebook/ and emovit/
+	$(PY) tools/build_notebook.py
+
+test: lint check-notebook  ## ruff, notebook build check, pytest
+	$(PY) -m pytest
+
+demo: venv  ## run the built notebook headless on the synthetic demo data (CPU, minutes)
+	mkdir -p $(OUT)
+	time $(BIN)/papermill $(NOTEBOOK) $(OUT)/demo_run.ipynb -k python3 \
+	    -p PRESET demo -p DATA_DIR $(OUT)/demo_data -p OUTPUT_DIR $(OUT)/demo
+
+run: venv  ## full run on your own DEAM copy: make run DATA_DIR=/path/to/deam
+	@test -n "$(DATA_DIR)" || { echo "usage: make run DATA_DIR=/path/to/deam [OUT=outputs]"; exit 2; }
+	mkdir -p $(OUT)
+	$(BIN)/papermill $(NOTEBOOK) $(OUT)/run.ipynb -k python3 \
+	    -p PRESET kaggle -p DATA_DIR $(DATA_DIR) -p OUTPUT_DIR $(OUT)/run
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""Every hyperparameter of a run in one dataclass, with one comment per field.
+
+Two presets exist: ``kaggle`` (the full DEAM run on a Kaggle GPU) and ``demo``
+(synthetic songs, small sizes, CPU in minutes). ``make_config(preset, **overrides)``
+builds one; ``Config.save`` writes ``config.json`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Config:
+    # --- run -------------------------------------------------------------------
+    preset: str = "kaggle"  # name of the preset these values started from
+    data_dir: str = "/kaggle/input"  # searched recursively for DEAM audio and annotations
+    output_dir: str = "/kaggle/working/vit_augmented"  # every output of the run goes here
+    cache_dir: str = ""  # feature/GAN caches; "" means <output_dir>/cache (left out of the zip)
+    seed: int = 42  # one seed for the split, the GAN, the ViT and the bootstrap
+    max_songs: int = 0  # use only the first N songs by id (0 = all); for quick trials
+
+    # --- audio and log-mel features (DESIGN section 2) -------------------------
+    sample_rate: int = 22050  # Hz; audio is resampled to this and mixed to mono
+    clip_seconds: float = 30.0  # length of the analysed window; shorter clips are padded
+    clip_offset: float = 0.0  # seconds skipped at the start of each file
+    n_fft: int = 2048  # STFT window length in samples
+    hop_length: int = 512  # STFT hop in samples (30 s -> 1292 frames)
+    n_mels: int = 128  # mel bands
+    db_amin: float = 1e-10  # power floor before log; silence maps to 10*log10(amin) dB
+    num_workers: int = 0  # feature-extraction processes (0 = all CPU cores)
+    max_error_fraction: float = 0.5  # stop when more than this fraction of songs fails to decode
+
+    # --- split (by song) --------------------------------------------------------
+    val_fraction: float = 0.15  # share of songs for model selection (real only)
+    test_fraction: float = 0.15  # share of songs for the final test (real only)
+
+    # --- demo data ----------------------------------------------------------------
+    demo_num_songs: int = 120  # synthetic songs written by the demo generator
+    demo_song_seconds: float = 30.0  # length of each synthetic song
+
+    @property
+    def cache_path(self) -> str:
+        """Folder for caches: ``cache_dir`` or ``<output_dir>/cache``."""
+        return self.cache_dir or os.path.join(self.output_dir, "cache")
+
+    @property
+    def num_frames(self) -> int:
+        """Frames T of one log-mel window (librosa's centred STFT): 1 + samples // hop."""
+        return 1 + int(round(self.sample_rate * self.clip_seconds)) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | None = None) -> str:
+        """Write the config as JSON (atomically); returns the path."""
+        from emovit.io import atomic_write_text
+
+        path = path or os.path.join(self.output_dir, "config.json")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> Config:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        return replace(cls(), **values)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Full DEAM run on a Kaggle GPU: every default above.
+    "kaggle": {},
+    # Synthetic DEAM-layout songs and small sizes: a CPU finishes in minutes.
+    "demo": {
+        "data_dir": "outputs/demo_data",
+        "output_dir": "outputs/demo",
+        "clip_seconds": 10.0,
+        "clip_offset": 5.0,
+        "n_mels": 64,
+        "demo_num_songs": 120,
+    },
+}
+
+
+def replace(cfg: Config, **overrides: Any) -> Config:
+    """Return a copy of ``cfg`` with ``overrides``; unknown names raise a clear error."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown Config field(s) {unknown}. Known fields: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def make_config(preset: str = "kaggle", **overrides: Any) -> Config:
+    """Build the config of a preset, then apply ``overrides`` (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(Config(preset=preset), **values)
+
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """(name, type, kaggle default, comment) per field, read from this file's comments.
+
+    The README's configuration reference is generated from this, so it cannot drift.
+    """
+    import inspect
+
+    comments: dict[str, str] = {}
+    for line in inspect.getsource(Config).splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "  # " in stripped and not stripped.startswith("#"):
+            name = stripped.split(":", 1)[0].strip()
+            comments[name] = stripped.split("  # ", 1)[1].strip()
+    defaults = Config()
+    rows = []
+    for f in dataclasses.fields(Config):
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((f.name, type_name, repr(getattr(defaults, f.name)), comments.get(f.name, "")))
+    return rows
+
+
+__all__ = ["Config", "PRESETS", "make_config", "replace", "field_docs"]

@@ -1,0 +1,176 @@
+"""A synthetic DEAM: songs whose valence and arousal are learnable from their audio.
+
+``make_demo_deam(root)`` writes a folder with DEAM's real layout and file quirks:
+``DEAM_audio/MEMD_audio/<id>.mp3`` and the two static annotation CSVs (leading spaces in
+the header, CRLF, the 13-column 2000-2058 file with its ``valence_ max_mean`` column).
+
+Each song has a latent (valence, arousal) drawn like DEAM's labels (centred, correlated).
+The audio encodes them the way music does, with noise so that the task is not trivial:
+    arousal -> tempo (70-160 bpm), onset density, loudness (-26 to -8 dBFS), brightness
+               (number of harmonics);
+    valence -> mode (major vs minor third, by a logistic in valence) and register.
+The annotated mean rating is the latent mapped to 1-9 plus rater noise (std 0.6 on 1-9).
+Everything is deterministic given ``seed`` (each song has its own generator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emovit.io import LOG, atomic_path, atomic_write_text, parallel_imap
+
+AUDIO_DIR = os.path.join("DEAM_audio", "MEMD_audio")
+ANNOTATION_DIR = os.path.join("DEAM_Annotations", "annotations", "annotations averaged per song", "song_level")
+FILE_1_2000 = "static_annotations_averaged_songs_1_2000.csv"
+FILE_2000_2058 = "static_annotations_averaged_songs_2000_2058.csv"
+MARKER = ".emovit_demo.json"
+TABLE_SIZE = 2048  # samples in one period of the wavetable
+
+
+def latent_labels(num_songs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Song ids (sorted, some above 2000) and latent valence, arousal in [-0.9, 0.9]."""
+    rng = np.random.default_rng(seed)
+    n_late = max(1, num_songs // 20)
+    late = rng.choice(np.arange(2001, 2059), size=min(n_late, 58), replace=False)
+    early = rng.choice(np.arange(2, 2001), size=num_songs - len(late), replace=False)
+    ids = np.sort(np.concatenate([early, late]))
+    arousal = np.clip(rng.normal(0.0, 0.4, num_songs), -0.9, 0.9)
+    valence = np.clip(0.4 * arousal + rng.normal(0.0, 0.35, num_songs), -0.9, 0.9)
+    return ids, valence, arousal
+
+
+def synthesize(valence: float, arousal: float, seconds: float, sample_rate: int, seed: int) -> np.ndarray:
+    """One song: float32 mono waveform (seconds * sample_rate,) in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n) / sample_rate
+    a01, v01 = (arousal + 1) / 2, (valence + 1) / 2
+    bpm = 70 + 90 * a01 + rng.normal(0, 5)
+    beat = 60.0 / bpm
+    harmonics = 2 + int(round(10 * a01 + rng.normal(0, 1)))
+    gain = 10 ** ((-26 + 18 * a01 + rng.normal(0, 1.5)) / 20)
+    major = rng.random() < 1 / (1 + np.exp(-6 * valence))
+    root_midi = 45 + 14 * v01 + rng.normal(0, 1.5)
+
+    # Wavetable with `harmonics` partials, amplitude 1/k: brighter with more arousal.
+    phase = np.arange(TABLE_SIZE) / TABLE_SIZE
+    table = sum(np.sin(2 * np.pi * k * phase) / k for k in range(1, max(harmonics, 1) + 1))
+    table = (table / np.max(np.abs(table))).astype(np.float32)
+
+    # Chord progression: a new chord every bar (4 beats), roots within the key.
+    steps = [0, 5, 7, 9] if major else [0, 5, 7, 8]
+    third = 4 if major else 3
+    bar = 4 * beat
+    chord_index = np.minimum((t / bar).astype(int), int(seconds / bar) + 1)
+    roots = root_midi + np.asarray(steps)[rng.integers(0, 4, size=chord_index.max() + 1)]
+    root = roots[chord_index]
+    tones = np.zeros(n, dtype=np.float32)
+    for interval in (0, third, 7):
+        freq = 440.0 * 2 ** ((root + interval - 69) / 12)
+        ph = np.cumsum(freq / sample_rate) % 1.0
+        tones += table[(ph * TABLE_SIZE).astype(int) % TABLE_SIZE]
+    tones /= 3
+
+    # Percussion: decaying noise bursts on every beat, on off-beats too when aroused.
+    per_beat = 1 + int(a01 > 0.5) + int(a01 > 0.8)
+    onsets = np.arange(0, seconds, beat / per_beat)
+    burst_len = int(0.08 * sample_rate)
+    burst = (rng.normal(0, 1, burst_len) * np.exp(-np.arange(burst_len) / (0.015 * sample_rate))).astype(np.float32)
+    drums = np.zeros(n + burst_len, dtype=np.float32)
+    for onset in (onsets * sample_rate).astype(int):
+        drums[onset:onset + burst_len] += burst
+    y = gain * (0.7 * tones + (0.15 + 0.35 * a01) * drums[:n])
+    y += rng.normal(0, 1e-3, n)  # a little noise floor
+    return np.clip(y, -0.99, 0.99).astype(np.float32)
+
+
+def _write_song(task: tuple[str, float, float, float, int, int]) -> str:
+    path, valence, arousal, seconds, sample_rate, seed = task
+    import soundfile as sf
+
+    y = synthesize(valence, arousal, seconds, sample_rate, seed)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, y, sample_rate, format="MP3", subtype="MPEG_LAYER_III")
+    return path
+
+
+def annotation_table(ids: np.ndarray, valence: np.ndarray, arousal: np.ndarray, seed: int) -> pd.DataFrame:
+    """Mean ratings on DEAM's 1-9 scale (latent * 4 + 5 + rater noise, std 0.6), one decimal."""
+    rng = np.random.default_rng(seed + 7919)
+    v = np.clip(np.round(5 + 4 * valence + rng.normal(0, 0.6, len(ids)), 1), 1, 9)
+    a = np.clip(np.round(5 + 4 * arousal + rng.normal(0, 0.6, len(ids)), 1), 1, 9)
+    std = np.round(rng.uniform(0.5, 1.8, size=(len(ids), 2)), 2)
+    return pd.DataFrame({"song_id": ids, "valence_mean": v, "valence_std": std[:, 0],
+                         "arousal_mean": a, "arousal_std": std[:, 1]})
+
+
+def _csv_text(header: list[str], rows: list[list]) -> str:
+    """DEAM's style: leading space after each comma in the header, CRLF line endings."""
+    lines = [", ".join(header)] + [",".join(_fmt(x) for x in r) for r in rows]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _fmt(x) -> str:
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    text = f"{float(x):g}"
+    return text
+
+
+def write_annotations(root: str, table: pd.DataFrame) -> None:
+    folder = os.path.join(root, ANNOTATION_DIR)
+    early = table[table["song_id"] <= 2000]
+    late = table[table["song_id"] > 2000]
+    cols = ["song_id", "valence_mean", "valence_std", "arousal_mean", "arousal_std"]
+    atomic_write_text(os.path.join(folder, FILE_1_2000), _csv_text(cols, early[cols].values.tolist()))
+    header = ["song_id", "valence_mean", "valence_std", "valence_ max_mean", "valence_max_std",
+              "valence_min_mean", "valence_min_std", "arousal_mean", "arousal_std", "arousal_max_mean",
+              "arousal_max_std", "arousal_min_mean", "arousal_min_std"]
+    rows = []
+    for r in late.itertuples():
+        vmax, vmin = min(r.valence_mean + 1.5, 9), max(r.valence_mean - 1.5, 1)
+        amax, amin = min(r.arousal_mean + 1.5, 9), max(r.arousal_mean - 1.5, 1)
+        rows.append([r.song_id, r.valence_mean, r.valence_std, vmax, 1.0, vmin, 1.0,
+                     r.arousal_mean, r.arousal_std, amax, 1.0, amin, 1.0])
+    atomic_write_text(os.path.join(folder, FILE_2000_2058), _csv_text(header, rows))
+
+
+def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed: int = 0,
+                   sample_rate: int = 44100, num_workers: int = 0) -> pd.DataFrame:
+    """Write a synthetic DEAM under ``root`` (skipped when the same one is already there).
+
+    Returns the truth table: song_id, latent valence and arousal on [-1, 1], audio_path.
+    """
+    ids, valence, arousal = latent_labels(num_songs, seed)
+    spec = {"num_songs": num_songs, "seconds": seconds, "seed": seed, "sample_rate": sample_rate, "version": 2}
+    audio_dir = os.path.join(root, AUDIO_DIR)
+    paths = [os.path.join(audio_dir, f"{i}.mp3") for i in ids]
+    truth = pd.DataFrame({"song_id": ids, "valence": valence, "arousal": arousal, "audio_path": paths})
+    marker = os.path.join(root, MARKER)
+    if os.path.exists(marker) and all(os.path.exists(p) for p in paths):
+        with open(marker, encoding="utf-8") as f:
+            if json.load(f) == spec:
+                LOG.info("demo data: already at %s (%d songs)", root, num_songs)
+                return truth
+    os.makedirs(audio_dir, exist_ok=True)
+    write_annotations(root, annotation_table(ids, valence, arousal, seed))
+    tasks = [(p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i))
+             for p, v, a, i in zip(paths, valence, arousal, ids)]
+    bar = tqdm(total=len(tasks), desc="demo songs", unit="song")
+    for _ in parallel_imap(_write_song, tasks, num_workers):
+        bar.update(1)
+    bar.close()
+    atomic_write_text(marker, json.dumps(spec, sort_keys=True))
+    LOG.info("demo data: wrote %d songs to %s", num_songs, root)
+    return truth
+
+
+if __name__ == "__main__":  # python -m emovit.demo_data <root> [num_songs]
+    import sys
+
+    make_demo_deam(sys.argv[1], num_songs=int(sys.argv[2]) if len(sys.argv) > 2 else 120)

@@ -1,0 +1,248 @@
+"""Log-mel spectrograms of every song, extracted in parallel and cached on disk.
+
+One window per song: ``clip_seconds`` of mono audio at ``sample_rate`` starting at
+``clip_offset``; n_fft 2048, hop 512, 128 mel bands -> 128 x 1292 for 30 s at 22,050 Hz.
+Power is converted to dB against a FIXED reference (1.0), never the clip's own maximum,
+so loudness -- a strong arousal cue -- survives. Silence maps to 10*log10(db_amin) dB, so
+the result is always finite.
+
+Short files are zero-padded, long ones cropped; a file that ends before ``clip_offset +
+clip_seconds`` has its window moved earlier (all counted). A file that cannot be decoded is
+skipped with its reason in ``errors.csv`` and the run goes on -- unless more than
+``max_error_fraction`` of the songs fail, which stops the run with the most common reason.
+
+The store is one ``.npy`` file (N x n_mels x T, float16) memory-mapped on load, keyed by the
+extraction parameters and the input files (path, size, mtime), so a re-run skips extraction.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emovit.config import Config
+from emovit.io import LOG, atomic_path, atomic_write_csv, atomic_write_json, file_fingerprint, hash_json, parallel_imap
+
+PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin")
+STORE_VERSION = 1  # bump when the stored representation changes
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """The extraction parameters that define a stored log-mel (and its cache key)."""
+
+    sample_rate: int
+    clip_seconds: float
+    clip_offset: float
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    db_amin: float
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> MelParams:
+        return cls(**{k: getattr(cfg, k) for k in PARAM_FIELDS})
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def num_frames(self) -> int:
+        return 1 + self.num_samples // self.hop_length
+
+
+@dataclass
+class FeatureStore:
+    """Log-mels of the songs that decoded.
+
+    Attributes:
+        mels: memory-mapped float16 array (N_all, n_mels, T); row ``songs.row`` belongs to a
+            song; rows of failed songs are zeros and never referenced.
+        songs: the input songs table restricted to decoded songs, plus column ``row``.
+        errors: DataFrame (song_id, path, reason), one row per skipped file.
+        counts: {"ok", "padded", "cropped", "shifted", "failed"} song counts.
+        cache_hit: True when the store was loaded instead of extracted.
+        seconds: wall time of this call.
+    """
+
+    mels: np.ndarray
+    songs: pd.DataFrame
+    errors: pd.DataFrame
+    counts: dict
+    cache_hit: bool
+    path: str
+    seconds: float
+    params: MelParams
+
+    def song_mels(self, song_ids) -> np.ndarray:
+        """(len(song_ids), n_mels, T) float16 copy of the given songs' log-mels."""
+        rows = self.songs.set_index("song_id").loc[list(song_ids), "row"].to_numpy()
+        order = np.argsort(rows)  # sorted reads are faster on a memmap
+        out = np.empty((len(rows),) + self.mels.shape[1:], dtype=np.float16)
+        out[order] = self.mels[rows[order]]
+        return out
+
+
+def log_mel(y: np.ndarray, params: MelParams) -> np.ndarray:
+    """Mono waveform (num_samples,) -> log-mel (n_mels, T) float32 in dB re 1.0."""
+    import librosa
+
+    power = librosa.feature.melspectrogram(
+        y=y, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
+        n_mels=params.n_mels, power=2.0,
+    )
+    return librosa.power_to_db(power, ref=1.0, amin=params.db_amin, top_db=None).astype(np.float32)
+
+
+def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
+    """Decode the analysis window of one file.
+
+    Returns:
+        y: float32 (num_samples,) mono at ``sample_rate``, padded or cropped to length.
+        status: "ok", "padded", "cropped" or "shifted" (window moved earlier because the
+            file ends before offset + clip; also padded if still short).
+
+    Raises:
+        ValueError / RuntimeError / OSError: the file cannot be decoded (caller records it).
+    """
+    import librosa
+
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file (0 bytes)")
+    n = params.num_samples
+    extra = params.hop_length / params.sample_rate  # read a little more to detect cropping
+    y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=params.clip_offset,
+                        duration=params.clip_seconds + extra)
+    status = "ok"
+    if len(y) < n and params.clip_offset > 0:
+        total = librosa.get_duration(path=path)
+        offset = max(0.0, total - params.clip_seconds)
+        y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=offset,
+                            duration=params.clip_seconds + extra)
+        status = "shifted"
+    if len(y) == 0:
+        raise ValueError("no audio samples decoded")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("decoded samples are not finite")
+    if len(y) > n:
+        y = y[:n]
+        status = "cropped" if status == "ok" else status
+    elif len(y) < n:
+        y = np.pad(y, (0, n - len(y)))
+        status = "padded" if status == "ok" else status
+    return y.astype(np.float32, copy=False), status
+
+
+def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | None, str, str]:
+    """Worker: (row, path, params) -> (row, log-mel float16 (n_mels, T) or None, status, reason)."""
+    row, path, params = task
+    try:
+        y, status = load_window(path, params)
+        mel = log_mel(y, params)
+    except Exception as err:  # noqa: BLE001 -- any decoder failure is recorded, never fatal
+        return row, None, "failed", f"{type(err).__name__}: {err}".strip()[:300]
+    mel = _fit_frames(mel, params.num_frames)
+    return row, mel.astype(np.float16), status, ""
+
+
+def _fit_frames(mel: np.ndarray, frames: int) -> np.ndarray:
+    if mel.shape[1] >= frames:
+        return mel[:, :frames]
+    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), mode="edge")
+
+
+def cache_key(songs: pd.DataFrame, params: MelParams) -> str:
+    inputs = [[int(s), *file_fingerprint(p)] for s, p in zip(songs["song_id"], songs["audio_path"])]
+    return hash_json({"version": STORE_VERSION, "params": params.__dict__, "inputs": inputs})
+
+
+def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None = None) -> FeatureStore:
+    """Log-mels of ``songs`` (song_id, audio_path, ...), from cache when possible.
+
+    Writes ``errors.csv`` into ``cfg.output_dir``. Raises RuntimeError when more than
+    ``cfg.max_error_fraction`` of the songs fail to decode.
+    """
+    start = time.perf_counter()
+    params = MelParams.from_config(cfg)
+    songs = songs.reset_index(drop=True)
+    key = cache_key(songs, params)
+    folder = os.path.join(cfg.cache_path, "features")
+    path = os.path.join(folder, f"mel_{key}.npy")
+    meta_path = os.path.join(folder, f"mel_{key}.json")
+    cache_hit = os.path.exists(path) and os.path.exists(meta_path)
+    if cache_hit:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        LOG.info("features: cache hit %s (%d songs)", path, len(songs))
+    else:
+        meta = _extract_to(path, songs, params, num_workers if num_workers is not None else cfg.num_workers)
+        atomic_write_json(meta_path, meta)
+    mels = np.load(path, mmap_mode="r")
+    status = pd.Series(meta["status"])
+    errors = pd.DataFrame(meta["errors"], columns=["song_id", "path", "reason"])
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    atomic_write_csv(os.path.join(cfg.output_dir, "errors.csv"), errors)
+    ok = songs[(status != "failed").to_numpy()].copy()
+    ok["row"] = ok.index.to_numpy()
+    counts = {k: int((status == k).sum()) for k in ("ok", "padded", "cropped", "shifted", "failed")}
+    _check_error_fraction(errors, len(songs), cfg.max_error_fraction)
+    store = FeatureStore(
+        mels=mels, songs=ok.reset_index(drop=True), errors=errors, counts=counts,
+        cache_hit=cache_hit, path=path, seconds=time.perf_counter() - start, params=params,
+    )
+    LOG.info("features: %s in %.1f s", counts, store.seconds)
+    return store
+
+
+def _extract_to(path: str, songs: pd.DataFrame, params: MelParams, num_workers: int) -> dict:
+    """Extract every song into a new .npy at ``path`` (atomically); returns the metadata."""
+    n = len(songs)
+    workers = num_workers or os.cpu_count() or 1
+    workers = max(1, min(workers, n))
+    tasks = [(i, p, params) for i, p in enumerate(songs["audio_path"])]
+    status = ["failed"] * n
+    errors = []
+    LOG.info("features: extracting %d songs with %d process(es)", n, workers)
+    with atomic_path(path) as tmp:
+        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                          shape=(n, params.n_mels, params.num_frames))
+        bar = tqdm(total=n, desc="log-mel", unit="song")
+        _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, errors, bar)
+        bar.close()
+        store.flush()
+        del store
+    return {"status": status, "errors": errors, "params": params.__dict__, "song_ids": songs["song_id"].tolist()}
+
+
+def _collect(results, store, songs, status, errors, bar) -> None:
+    first = time.perf_counter()
+    for done, (row, mel, st, reason) in enumerate(results, start=1):
+        status[row] = st
+        if mel is None:
+            errors.append([int(songs.at[row, "song_id"]), songs.at[row, "audio_path"], reason])
+            LOG.warning("skipped song %s (%s): %s", songs.at[row, "song_id"], songs.at[row, "audio_path"], reason)
+        else:
+            store[row] = mel
+        if done == min(32, bar.total):
+            rate = done / max(time.perf_counter() - first, 1e-9)
+            LOG.info("features: ~%.1f songs/s, ETA for the stage %.0f s", rate, (bar.total - done) / rate)
+        bar.update(1)
+
+
+def _check_error_fraction(errors: pd.DataFrame, total: int, limit: float) -> None:
+    if total and len(errors) / total > limit:
+        common = collections.Counter(r.split(":")[0] for r in errors["reason"]).most_common(3)
+        example = errors.iloc[0]
+        raise RuntimeError(
+            f"{len(errors)} of {total} songs could not be decoded (limit {limit:.0%}). "
+            f"Most common errors: {common}. First: song {example.song_id} ({example.path}): "
+            f"{example.reason}. See errors.csv in the output folder."
+        )

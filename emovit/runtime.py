@@ -1,0 +1,94 @@
+"""Where the run executes: seeding, device choice, GPU compatibility, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+
+LIBRARIES = ("torch", "transformers", "librosa", "numpy", "pandas", "sklearn", "matplotlib", "soundfile", "tqdm")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    """{name: version} of the libraries a run depends on ("missing" when not installed)."""
+    import importlib
+
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "unknown")
+        except ImportError:
+            versions[name] = "missing"
+    return versions
+
+
+def gpu_compatibility_problem(capability: tuple[int, int], arch_list: list[str], name: str = "this GPU") -> str | None:
+    """Why the installed PyTorch cannot run on a GPU of ``capability``, or None if it can.
+
+    PyTorch ships kernels for the architectures in ``torch.cuda.get_arch_list()``
+    (``sm_75``, ``sm_80``, ... and ``compute_XY`` PTX that newer GPUs can JIT). Kaggle's
+    current image has no Pascal (sm_60) kernels, so a P100 is allocated and then fails at
+    the first CUDA operation.
+    """
+    if not arch_list:
+        return None  # a build that does not report its architectures: nothing to compare
+    major, minor = capability
+    sm = [a for a in arch_list if a.startswith("sm_")]
+    ptx = [a for a in arch_list if a.startswith("compute_")]
+    have = {int(a.split("_")[1]) for a in sm}
+    if major * 10 + minor in have or any(c // 10 == major and c <= major * 10 + minor for c in have):
+        return None
+    if any(int(a.split("_")[1]) <= major * 10 + minor for a in ptx):
+        return None
+    return (
+        f"The installed PyTorch has no kernels for {name} (compute capability {major}.{minor}; "
+        f"this build supports {', '.join(arch_list)}). On Kaggle this is the P100: open the "
+        "notebook's Settings -> Accelerator and choose 'GPU T4 x2' or 'GPU L4' (or install a "
+        "PyTorch build with Pascal support), then run again."
+    )
+
+
+def check_gpu() -> None:
+    """Stop with a clear message when a visible GPU cannot run this PyTorch build."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    for i in range(torch.cuda.device_count()):
+        problem = gpu_compatibility_problem(
+            torch.cuda.get_device_capability(i), torch.cuda.get_arch_list(), torch.cuda.get_device_name(i)
+        )
+        if problem:
+            raise RuntimeError(problem)
+
+
+def pick_device() -> str:
+    """"cuda" when a usable GPU is visible, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def describe_environment() -> dict:
+    """Machine, device and library versions, for the notebook's setup table and reports."""
+    import torch
+
+    info = {
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+        "device": pick_device(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    info.update(library_versions())
+    return info

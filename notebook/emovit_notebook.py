@@ -1,0 +1,164 @@
+# %% [markdown]
+# # Music emotion recognition: a Vision Transformer on mel spectrograms, with GAN augmentation
+#
+# This notebook predicts the **valence** (pleasant vs unpleasant) and **arousal** (calm vs
+# energetic) of music from audio. It reads the DEAM data set (1802 songs with song-level
+# ratings), turns each song into a log-mel spectrogram, trains a conditional GAN on the
+# training songs to synthesize extra emotion-conditioned spectrograms, and fine-tunes
+# `google/vit-base-patch16-224-in21k` to regress valence and arousal.
+#
+# **Evaluation is honest by construction**: songs are split into train / validation / test
+# before anything is learned; the GAN and the ViT see training songs only, and the
+# validation and test sets hold only real songs. A leaky protocol (GAN trained on all songs,
+# synthetic clips in validation) reports much higher numbers that do not hold on new music.
+#
+# **How to use on Kaggle**: attach the DEAM dataset (*Add Input* ->
+# `imsparsh/deam-mediaeval-dataset-emotional-analysis-in-music`), pick a **T4 or L4** GPU,
+# and *Run All*. Everything is written to `/kaggle/working/vit_augmented`. To change a
+# hyperparameter, edit `OVERRIDES` in the parameters cell and re-run from there. The code
+# of the `emovit` package appears in `%%writefile` cells where it is first needed; edit and
+# re-run such a cell and the change takes effect (autoreload).
+
+# %% [markdown]
+# ## Parameters
+# `PRESET = "kaggle"` is the full run on DEAM; `"demo"` generates a small synthetic DEAM
+# and runs on a CPU in minutes. Leave folders empty for the preset's defaults. `OVERRIDES`
+# takes any field of `Config` (all fields are listed in the configuration table below).
+
+# %% tags=["parameters"]
+PRESET = "kaggle"  # "kaggle": full DEAM run on a GPU; "demo": synthetic songs on a CPU
+DATA_DIR = ""  # searched recursively for DEAM; empty means the preset default (/kaggle/input)
+OUTPUT_DIR = ""  # empty means the preset default (/kaggle/working/vit_augmented)
+OVERRIDES = {}  # e.g. {"max_songs": 200, "seed": 1}
+
+# %% [markdown]
+# ## Setup
+# The package's modules are written to a temporary folder that is put first on
+# `sys.path`; `%autoreload 2` reloads a module when its cell is edited and re-run.
+
+# %%
+import os
+import sys
+import tempfile
+
+if "EMOVIT_SRC" not in globals():
+    EMOVIT_SRC = tempfile.mkdtemp(prefix="emovit_src_")
+os.makedirs(os.path.join(EMOVIT_SRC, "emovit"), exist_ok=True)
+if EMOVIT_SRC not in sys.path:
+    sys.path.insert(0, EMOVIT_SRC)
+# %load_ext autoreload
+# %autoreload 2
+print(f"emovit modules are written to {EMOVIT_SRC}")
+
+# %% module="emovit/__init__.py"
+
+# %% module="emovit/io.py"
+
+# %% module="emovit/config.py"
+
+# %% module="emovit/runtime.py"
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from emovit.config import make_config
+from emovit.io import setup_logging
+from emovit.runtime import check_gpu, describe_environment, seed_everything
+
+setup_logging()
+cfg = make_config(PRESET, data_dir=DATA_DIR or None, output_dir=OUTPUT_DIR or None, **OVERRIDES)
+os.makedirs(cfg.output_dir, exist_ok=True)
+cfg.save()
+check_gpu()  # stops here, with what to do, if this PyTorch cannot run on the GPU (e.g. P100)
+seed_everything(cfg.seed)
+display(pd.Series(describe_environment(), name="value").to_frame())
+display(pd.Series(cfg.to_dict(), name="value").to_frame())
+
+# %% [markdown]
+# ## Data
+# DEAM is found by searching below `data_dir` for `<song_id>.mp3` files and the static
+# annotation CSVs, whatever the folder layout. Ratings on DEAM's 1-9 scale are mapped to
+# [-1, 1] by (x - 5) / 4. The demo preset first writes a synthetic DEAM whose labels are
+# learnable from the audio (tempo, loudness and brightness for arousal; mode and register
+# for valence).
+
+# %% module="emovit/demo_data.py"
+
+# %% module="emovit/deam.py"
+
+# %% module="emovit/plots.py"
+
+# %%
+from emovit import plots
+from emovit.deam import discover
+from emovit.demo_data import make_demo_deam
+
+if cfg.preset == "demo":
+    make_demo_deam(cfg.data_dir, num_songs=cfg.demo_num_songs, seconds=cfg.demo_song_seconds, seed=cfg.seed)
+songs, data_report = discover(cfg.data_dir)
+if cfg.max_songs:
+    songs = songs.head(cfg.max_songs)
+display(data_report.table())
+plots.label_scatter(songs, cfg.output_dir);
+
+# %% [markdown]
+# ## Features
+# Each song becomes one log-mel spectrogram: 30 s of mono audio at 22,050 Hz, n_fft 2048,
+# hop 512, 128 mel bands (128 x 1292). Power is in dB against a fixed reference, not the
+# clip's own maximum, so loudness survives. Extraction runs on all CPU cores and is cached:
+# re-running this cell with the same files and settings loads the cache. Files that cannot
+# be decoded are skipped and listed in `errors.csv`.
+
+# %% module="emovit/features.py"
+
+# %%
+from emovit.features import extract_features
+
+store = extract_features(songs, cfg)
+display(pd.Series(store.counts, name="songs").to_frame())
+if len(store.errors):
+    display(store.errors.groupby("reason").size().rename("files").to_frame())
+examples = store.songs.sample(3, random_state=cfg.seed).sort_values("song_id")
+plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store.params, cfg.output_dir);
+
+# %% [markdown]
+# ## Split
+# Songs are split once, by song and seeded, into train / validation / test (`split.csv`).
+# Everything learned later -- standardization statistics, the GAN, the ViT -- sees training
+# songs only; validation and test hold real songs only.
+
+# %% module="emovit/split.py"
+
+# %%
+from emovit.split import Standardizer, save_split, split_songs
+
+split = split_songs(store.songs["song_id"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+save_split(split, cfg.output_dir)
+train_rows = store.songs[store.songs["song_id"].isin(split.query("split == 'train'")["song_id"])]["row"]
+standardizer = Standardizer.fit(store.mels, train_rows)
+display(split["split"].value_counts().rename("songs").to_frame())
+print(f"standardization (training songs only): mean {standardizer.mean:.2f} dB, std {standardizer.std:.2f} dB")
+plots.split_distributions(store.songs, split, cfg.output_dir);
+
+# %% [markdown]
+# ### How hard is the task? A linear probe
+# Before any deep model: ridge regression on the per-band mean and standard deviation of
+# the log-mel, fitted on the training songs and scored on the validation songs (the test
+# songs stay untouched until the end). Any model below should beat this.
+
+# %% module="emovit/metrics.py"
+
+# %% module="emovit/probe.py"
+
+# %%
+from emovit.metrics import ccc
+from emovit.probe import band_stats, fit_probe
+from emovit.split import ids_of
+
+labels = store.songs.set_index("song_id")[["valence", "arousal"]]
+train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
+probe = fit_probe(band_stats(store.song_mels(train_ids)), labels.loc[train_ids].to_numpy())
+val_pred = probe.predict(band_stats(store.song_mels(val_ids)))
+print({dim: round(ccc(labels.loc[val_ids, dim], val_pred[:, d]), 3) for d, dim in enumerate(labels.columns)},
+      "validation CCC of the ridge probe")

@@ -1,0 +1,73 @@
+"""The notebook builder: module cells, ordering checks and the staleness check."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import build_notebook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_project(tmp_path: Path) -> Path:
+    for name in ("emovit", "notebook", "tools"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / build_notebook.NOTEBOOK.name, tmp_path)
+    return tmp_path
+
+
+def _check(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(root / "tools" / "build_notebook.py"), "--check"],
+                          capture_output=True, text=True)
+
+
+def test_committed_notebook_is_fresh():
+    assert build_notebook.build() == build_notebook.NOTEBOOK.read_text(encoding="utf-8")
+
+
+def test_every_module_is_one_writefile_cell_with_its_exact_source():
+    nb = nbformat.reads(build_notebook.build(), as_version=4)
+    written = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.startswith("%%writefile"):
+            header, body = cell.source.split("\n", 1)
+            written[header.split("}/", 1)[1]] = body
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "emovit").glob("*.py"))
+    assert sorted(written) == modules
+    for rel, body in written.items():
+        assert body == (ROOT / rel).read_text(encoding="utf-8"), rel
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "PRESET" in params[0].source and "OVERRIDES" in params[0].source
+    assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
+    setup = next(c.source for c in nb.cells if "sys.path.insert(0, EMOVIT_SRC)" in c.source)
+    assert "%autoreload 2" in setup
+
+
+def test_check_catches_a_stale_notebook(tmp_path):
+    root = _copy_project(tmp_path)
+    assert _check(root).returncode == 0
+    split = root / "emovit" / "split.py"
+    split.write_text(split.read_text() + "\n# an edit\n")
+    result = _check(root)
+    assert result.returncode == 1 and "stale" in result.stderr
+
+
+def test_module_used_before_its_cell_is_an_error(tmp_path):
+    root = _copy_project(tmp_path)
+    script = root / "notebook" / "emovit_notebook.py"
+    text = script.read_text()
+    script.write_text(text.replace("# %%\nimport pandas as pd", "# %%\nfrom emovit.features import extract_features\nimport pandas as pd", 1))
+    with pytest.raises(build_notebook.BuildError, match=r"imports emovit\.\['features'\] before"):
+        build_notebook.build(root, script)
+
+
+def test_module_without_a_cell_is_an_error(tmp_path):
+    root = _copy_project(tmp_path)
+    (root / "emovit" / "orphan.py").write_text('"""Not placed anywhere."""\n')
+    with pytest.raises(build_notebook.BuildError, match="orphan.py"):
+        build_notebook.build(root)
