@@ -39,6 +39,18 @@ class Config:
     val_fraction: float = 0.15  # share of songs for model selection (real only)
     test_fraction: float = 0.15  # share of songs for the final test (real only)
 
+    # --- conditional GAN (SNGAN, projection discriminator, hinge loss) --------------
+    gan_epochs: int = 60  # passes over the training songs
+    gan_batch_size: int = 32  # songs per step (the last partial batch is dropped)
+    gan_lr_g: float = 1e-4  # generator Adam learning rate, betas (0.0, 0.9)
+    gan_lr_d: float = 4e-4  # discriminator Adam learning rate (two time-scale rule)
+    gan_z_dim: int = 128  # noise dimension of the generator
+    gan_channels: int = 32  # width of the outermost G/D blocks (inner blocks up to 8x)
+    num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
+    synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
+    gan_sample_batch_size: int = 64  # spectrograms generated per batch
+    mixed_precision: bool = True  # fp16 + GradScaler on T4, bf16 on L4/Ampere+; off on CPU
+
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song
@@ -82,6 +94,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip_offset": 5.0,
         "n_mels": 64,
         "demo_num_songs": 120,
+        "gan_epochs": 25,
+        "gan_batch_size": 16,
+        "gan_channels": 8,
+        "gan_z_dim": 32,
+        "num_synthetic": 320,
     },
 }
 

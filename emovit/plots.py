@@ -66,3 +66,58 @@ def _va_axes(ax) -> None:
     ax.set_xlabel("valence ([-1, 1])")
     ax.set_ylabel("arousal ([-1, 1])")
     ax.set_aspect("equal")
+
+
+def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_training_curves.png"):
+    """Generator and discriminator hinge losses per epoch."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["d_loss"] for h in history], label="discriminator (hinge)")
+    ax.plot(epochs, [h["g_loss"] for h in history], label="generator (-D(G(z)))")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean over steps)")
+    ax.set_title("Conditional GAN training")
+    ax.legend()
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def real_vs_synthetic(real: np.ndarray, synthetic: np.ndarray, labels: np.ndarray, song_ids, output_dir: str,
+                      name: str = "real_vs_synthetic.png"):
+    """Rows: real training spectrogram (left) beside one generated at the same (V, A) (right)."""
+    k = len(real)
+    fig, axes = plt.subplots(k, 2, figsize=(10, 2.6 * k), squeeze=False, constrained_layout=True)
+    lo, hi = float(np.min(real)), float(np.max(real))
+    for i in range(k):
+        for j, (mel, kind) in enumerate(((real[i], f"real song {song_ids[i]}"), (synthetic[i], "synthetic"))):
+            ax = axes[i][j]
+            im = ax.imshow(np.asarray(mel, np.float32), origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=hi)
+            ax.set_title(f"{kind}: V={labels[i, 0]:+.2f} A={labels[i, 1]:+.2f}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("mel band")
+            if i == k - 1:
+                ax.set_xlabel("frame")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="dB re 1.0")
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def label_distributions(real: np.ndarray, synthetic: np.ndarray, output_dir: str,
+                        name: str = "gan_label_distributions.png"):
+    """Real training labels vs the labels the synthetic samples were conditioned on."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    axes[0].scatter(synthetic[:, 0], synthetic[:, 1], s=4, alpha=0.3, label=f"synthetic (n={len(synthetic)})")
+    axes[0].scatter(real[:, 0], real[:, 1], s=8, alpha=0.7, label=f"real train (n={len(real)})")
+    _va_axes(axes[0])
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("Labels on the valence-arousal plane")
+    bins = np.linspace(-1, 1, 31)
+    for ax, d, dim in ((axes[1], 0, "valence"), (axes[2], 1, "arousal")):
+        ax.hist(real[:, d], bins=bins, density=True, histtype="step", lw=2, label="real train")
+        ax.hist(synthetic[:, d], bins=bins, density=True, histtype="step", lw=2, label="synthetic")
+        ax.set_xlabel(f"{dim} ([-1, 1])")
+        ax.set_ylabel("density")
+        ax.set_title(f"{dim.capitalize()}: real vs synthetic labels")
+        ax.legend(fontsize=8)
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig

@@ -92,3 +92,14 @@ def describe_environment() -> dict:
     }
     info.update(library_versions())
     return info
+
+
+def amp_dtype(device: str):
+    """Mixed-precision dtype for ``device``: bf16 where supported (Ampere+, e.g. L4),
+    fp16 on older GPUs (T4; use with GradScaler), None on the CPU (full precision)."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return None
+    major, _ = torch.cuda.get_device_capability()
+    return torch.bfloat16 if major >= 8 and torch.cuda.is_bf16_supported() else torch.float16

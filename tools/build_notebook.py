@@ -46,7 +46,7 @@ def imported_modules(source: str) -> set[str]:
         if a or b:
             names.add(a or b)
         else:
-            names.update(n.strip() for n in c.strip("()").split(",") if n.strip())
+            names.update(n.split()[0] for n in c.strip("()").split(",") if n.strip())  # "gan as G" -> gan
     return names
 
 

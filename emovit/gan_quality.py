@@ -1,0 +1,117 @@
+"""What the synthetic spectrograms carry, each measure beside its real-data reference.
+
+All measures work on the probe features of :mod:`emovit.probe` (per-band mean and std of
+the log-mel in dB), which carry loudness, spectral balance and dynamics:
+
+* label fidelity (train on real, test on synthetic): a ridge probe fitted on the real
+  training songs predicts each synthetic sample's labels; CCC against the labels it was
+  conditioned on. Reference: the same probe on the real validation songs.
+* train on synthetic, test on real: the probe fitted on synthetic samples only, scored on
+  the real validation songs. Reference: the probe fitted on the real training songs.
+* Frechet distance between the feature distributions of real training songs and synthetic
+  samples (a random subset the size of the validation set, since the distance shrinks with
+  sample size). Reference: real training vs real validation songs.
+* diversity: mean pairwise distance between standardized feature vectors within synthetic
+  samples vs within real training songs (mode collapse shows as a much smaller value).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import linalg
+from sklearn.preprocessing import StandardScaler
+
+from emovit.metrics import DIMENSIONS, ccc
+from emovit.probe import band_stats, fit_probe
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F)."""
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    covmean = np.real(covmean)  # sqrtm returns tiny imaginary parts from round-off
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def mean_pairwise_distance(x: np.ndarray, max_items: int = 500, seed: int = 0) -> float:
+    """Mean Euclidean distance over all pairs of (a random subset of) rows of x (N, F)."""
+    rng = np.random.default_rng(seed)
+    if len(x) > max_items:
+        x = x[rng.choice(len(x), max_items, replace=False)]
+    sq = np.sum(x**2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
+    iu = np.triu_indices(len(x), k=1)
+    return float(np.sqrt(d2[iu]).mean())
+
+
+def gan_quality(real_train: np.ndarray, train_labels: np.ndarray, real_val: np.ndarray,
+                val_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
+                seed: int = 0) -> dict:
+    """Every measure as {"value": synthetic, "reference": real-data value} per dimension.
+
+    Args:
+        real_train, real_val, synthetic: log-mels (N, n_mels, T) in dB (memmaps are fine).
+        *_labels: (N, 2) valence, arousal on [-1, 1].
+    """
+    f_train, f_val, f_syn = band_stats(real_train), band_stats(real_val), band_stats(synthetic)
+    real_probe = fit_probe(f_train, train_labels)
+    syn_probe = fit_probe(f_syn, synthetic_labels)
+    on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
+    out: dict = {"n_real_train": len(f_train), "n_real_val": len(f_val), "n_synthetic": len(f_syn)}
+    for d, dim in enumerate(DIMENSIONS):
+        out[f"label_fidelity_{dim}"] = {"value": ccc(synthetic_labels[:, d], on_syn[:, d]),
+                                        "reference": ccc(val_labels[:, d], on_val[:, d])}
+        out[f"train_synthetic_test_real_{dim}"] = {"value": ccc(val_labels[:, d], syn_on_val[:, d]),
+                                                   "reference": ccc(val_labels[:, d], on_val[:, d])}
+    rng = np.random.default_rng(seed)
+    subset = f_syn[rng.choice(len(f_syn), min(len(f_val), len(f_syn)), replace=False)]
+    out["frechet_distance"] = {"value": frechet_distance(f_train, subset), "reference": frechet_distance(f_train, f_val)}
+    scaler = StandardScaler().fit(f_train)
+    out["diversity"] = {"value": mean_pairwise_distance(scaler.transform(f_syn), seed=seed),
+                        "reference": mean_pairwise_distance(scaler.transform(f_train), seed=seed)}
+    return out
+
+
+READS = {
+    "label_fidelity": "CCC of the real-trained probe on synthetic samples vs their conditioning labels; near the reference = labels carried",
+    "train_synthetic_test_real": "CCC on real validation songs of a probe trained on synthetic samples only; near the reference = useful training data",
+    "frechet_distance": "lower is closer to the real training distribution; the reference is real train vs real validation",
+    "diversity": "mean pairwise feature distance; far below the reference = mode collapse",
+}
+
+
+def quality_table(quality: dict) -> pd.DataFrame:
+    """The measures as rows: measure, synthetic value, real reference, how to read it."""
+    rows = []
+    for name, v in quality.items():
+        if isinstance(v, dict) and "value" in v:
+            base = next(k for k in READS if name.startswith(k))
+            rows.append({"measure": name, "synthetic": round(v["value"], 3), "real reference": round(v["reference"], 3),
+                         "how to read": READS[base]})
+    return pd.DataFrame(rows)
+
+
+def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> dict:
+    """Run :func:`gan_quality` on the real train / validation songs and write gan_quality.json.
+
+    The file also records the training outcome: epochs, divergence, reuse, parameter counts.
+    """
+    import os
+
+    from emovit.gan import count_parameters
+    from emovit.io import atomic_write_json
+    from emovit.split import ids_of
+
+    labels = store.songs.set_index("song_id")[["valence", "arousal"]]
+    train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
+    quality = gan_quality(store.song_mels(train_ids), labels.loc[train_ids].to_numpy(), store.song_mels(val_ids),
+                          labels.loc[val_ids].to_numpy(), synthetic.mels, synthetic.labels, seed=seed)
+    quality["training"] = {
+        "epochs_completed": len(gan.history), "diverged": gan.diverged, "reused_checkpoint": gan.reused,
+        "train_seconds": gan.seconds, "generator_parameters": count_parameters(gan.generator),
+        "discriminator_parameters": count_parameters(gan.discriminator),
+    }
+    atomic_write_json(os.path.join(output_dir, "gan_quality.json"), quality)
+    return quality
