@@ -51,6 +51,36 @@ class Config:
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
     mixed_precision: bool = True  # fp16 + GradScaler on T4, bf16 on L4/Ampere+; off on CPU
 
+    # --- Vision Transformer: weights and input ------------------------------------------
+    vit_model_name: str = "google/vit-base-patch16-224-in21k"  # hub name, tried third ("" = never)
+    vit_local_dir: str = ""  # folder with a ViT config.json + weights, tried first
+    pretrained_search_dir: str = "/kaggle/input"  # searched for an attached ViT model folder, tried second
+    allow_random_vit: bool = False  # with no weights reachable use a small random ViT instead of stopping
+    random_vit_hidden: int = 64  # hidden size of that random ViT
+    random_vit_layers: int = 2  # transformer layers of that random ViT
+    random_vit_heads: int = 2  # attention heads of that random ViT
+    image_size: int = 224  # spectrograms are resized to image_size x image_size on the device
+    image_norm: str = "checkpoint"  # "checkpoint": the weights' own image mean/std; "imagenet-1k": classic constants
+    pixel_clip_std: float = 3.0  # standardized log-mel in [-k, k] std maps linearly onto pixels [0, 1]
+
+    # --- Vision Transformer: training -------------------------------------------------------
+    vit_epochs: int = 10  # maximum epochs (early stopping may end sooner)
+    vit_batch_size: int = 32  # images per step (split over all visible GPUs)
+    vit_lr: float = 3e-5  # AdamW learning rate of the top encoder layer
+    head_lr: float = 1e-3  # AdamW learning rate of the regression head
+    vit_weight_decay: float = 0.05  # AdamW weight decay (not on biases and norms)
+    vit_warmup_fraction: float = 0.1  # share of steps with linear warmup, then cosine decay
+    vit_layer_decay: float = 0.75  # layer-wise lr decay per layer below the top (1.0 = off)
+    vit_loss: str = "mse+ccc"  # "mse", "ccc" (1 - mean CCC) or "mse+ccc"
+    head_dropout: float = 0.1  # dropout before the regression head
+    grad_clip: float = 1.0  # max gradient norm
+    early_stop_patience: int = 3  # epochs without a mean val CCC gain before stopping
+    use_synthetic: bool = True  # add the GAN's samples to the training set
+    synthetic_weight: float = 0.5  # loss weight of a synthetic sample (a real one has 1.0)
+    loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
+    n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
+
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song
@@ -99,6 +129,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gan_channels": 8,
         "gan_z_dim": 32,
         "num_synthetic": 320,
+        "vit_model_name": "",
+        "pretrained_search_dir": "",
+        "allow_random_vit": True,
+        "random_vit_hidden": 128,
+        "random_vit_layers": 4,
+        "random_vit_heads": 4,
+        "vit_epochs": 25,
+        "vit_batch_size": 16,
+        "vit_lr": 3e-4,
+        "vit_layer_decay": 1.0,
+        "early_stop_patience": 6,
+        "loader_workers": 0,
     },
 }
 

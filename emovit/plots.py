@@ -121,3 +121,58 @@ def label_distributions(real: np.ndarray, synthetic: np.ndarray, output_dir: str
         ax.legend(fontsize=8)
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
+
+
+def vit_training_curves(history: list[dict], output_dir: str, best_epoch: int | None = None,
+                        name: str = "vit_training_curves.png"):
+    """Train loss, validation loss and validation CCC per epoch."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    epochs = [h["epoch"] for h in history]
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation (real songs)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_title("ViT loss")
+    ax1.legend()
+    for key, label in (("val_ccc_valence", "valence"), ("val_ccc_arousal", "arousal"), ("val_ccc_mean", "mean")):
+        ax2.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    if best_epoch:
+        ax2.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch}")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("CCC")
+    ax2.set_title("Validation CCC (real songs)")
+    ax2.legend()
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def prediction_scatter(predictions: pd.DataFrame, metrics: dict, output_dir: str, name: str = "test_predictions_scatter.png"):
+    """Predicted vs true per dimension on the test songs, identity line, CCC in the title."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, dim in zip(axes, ("valence", "arousal")):
+        ax.scatter(predictions[f"{dim}_true"], predictions[f"{dim}_pred"], s=12, alpha=0.7)
+        ax.plot([-1, 1], [-1, 1], color="grey", lw=1, ls="--", label="identity")
+        c = metrics[dim]["ccc"]
+        ax.set_title(f"{dim.capitalize()}: test CCC {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]")
+        ax.set_xlabel(f"true {dim} ([-1, 1])")
+        ax.set_ylabel(f"predicted {dim} ([-1, 1])")
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        ax.set_aspect("equal")
+        ax.legend(loc="upper left")
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def va_plane(predictions: pd.DataFrame, output_dir: str, name: str = "va_plane.png"):
+    """True and predicted test songs on the valence-arousal plane, joined per song."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for row in predictions.itertuples():
+        ax.plot([row.valence_true, row.valence_pred], [row.arousal_true, row.arousal_pred], color="grey", lw=0.5)
+    ax.scatter(predictions["valence_true"], predictions["arousal_true"], s=14, label="true")
+    ax.scatter(predictions["valence_pred"], predictions["arousal_pred"], s=14, marker="x", label="predicted")
+    _va_axes(ax)
+    ax.set_title(f"Test songs on the valence-arousal plane (n = {len(predictions)})")
+    ax.legend()
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig

@@ -49,3 +49,7 @@ def small_cfg(small_demo, tmp_path):
     """Demo config on the tiny data set: 4 s windows, 32 mels, one worker."""
     return make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"),
                        clip_seconds=4.0, clip_offset=1.0, n_mels=32, num_workers=1)
+
+
+# Tests never reach the Hugging Face hub (there is no internet here or in CI).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")

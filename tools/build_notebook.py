@@ -71,7 +71,7 @@ def build(root: Path = ROOT, script: Path | None = None) -> str:
             if module in written:
                 raise BuildError(f"cell {index}: {module} is written twice")
             code = (root / module).read_text(encoding="utf-8")
-            _check_imports(code, written, where=module)
+            _check_imports(code, written + [module], where=module)  # a docstring may show its own import
             written.append(module)
             source = f"%%writefile {{EMOVIT_SRC}}/{module}\n{code}"
         else:

@@ -1,0 +1,50 @@
+"""Test evaluation on real held-out songs: metrics with bootstrap intervals, predictions.
+
+CCC, Pearson r, R^2 and RMSE per dimension (see :mod:`emovit.metrics`; RMSE on the [-1, 1]
+scale), each with a 95% interval from resampling test songs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from emovit.io import atomic_write_csv, atomic_write_json
+from emovit.metrics import DIMENSIONS, evaluate
+
+
+def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """One row per song: song_id, valence_true, arousal_true, valence_pred, arousal_pred ([-1, 1])."""
+    frame = pd.DataFrame({"song_id": list(song_ids)})
+    for d, dim in enumerate(DIMENSIONS):
+        frame[f"{dim}_true"] = target[:, d]
+    for d, dim in enumerate(DIMENSIONS):
+        frame[f"{dim}_pred"] = pred[:, d]
+    return frame
+
+
+def score(predictions: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Metrics dict of :func:`emovit.metrics.evaluate` for a prediction frame."""
+    true = predictions[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
+    pred = predictions[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
+    return evaluate(true, pred, n_boot=n_boot, seed=seed)
+
+
+def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
+    """{model name: metrics} -> one row per (model, dimension), cells "value [low, high]"."""
+    rows = []
+    for model, m in results.items():
+        for dim in DIMENSIONS:
+            row = {"model": model, "dimension": dim}
+            for name, v in m[dim].items():
+                row[name] = f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_results(output_dir: str, metrics: dict, predictions: pd.DataFrame) -> None:
+    """metrics.json and predictions.csv, atomically."""
+    atomic_write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    atomic_write_csv(os.path.join(output_dir, "predictions.csv"), predictions)
