@@ -10,7 +10,7 @@ OUT ?= outputs
 DATA_DIR ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv test lint check-notebook notebook demo run clean
+.PHONY: venv test lint check-notebook check-readme notebook readme demo run validate clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,20 @@ lint: venv
 check-notebook: venv  ## fail if the committed notebook is not a fresh build
 	$(PY) tools/build_notebook.py --check
 
+check-readme: venv  ## fail if README's configuration reference differs from Config
+	$(PY) tools/readme_config.py --check
+
 notebook: venv  ## rebuild the notebook from notebook/ and emovit/
 	$(PY) tools/build_notebook.py
 
-test: lint check-notebook  ## ruff, notebook build check, pytest
+readme: venv  ## regenerate README's configuration reference from Config
+	$(PY) tools/readme_config.py
+
+test: lint check-notebook check-readme  ## ruff, notebook and README checks, pytest
 	$(PY) -m pytest
+
+validate: venv  ## run every check and the demo; write validation_report.md from what they produced
+	$(PY) tools/validate.py
 
 demo: venv  ## run the built notebook headless on the synthetic demo data (CPU, minutes)
 	mkdir -p $(OUT)

@@ -80,6 +80,7 @@ class Config:
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
+    run_ablation: bool = True  # also train the same ViT without synthetic samples (real only)
 
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator

@@ -39,7 +39,7 @@ def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
         for dim in DIMENSIONS:
             row = {"model": model, "dimension": dim}
             for name, v in m[dim].items():
-                row[name] = f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+                row[name] = f"{v['value']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -48,3 +48,41 @@ def write_results(output_dir: str, metrics: dict, predictions: pd.DataFrame) -> 
     """metrics.json and predictions.csv, atomically."""
     atomic_write_json(os.path.join(output_dir, "metrics.json"), metrics)
     atomic_write_csv(os.path.join(output_dir, "predictions.csv"), predictions)
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Metric differences a - b on the same test songs, with a paired bootstrap 95% interval.
+
+    Both frames must hold the same songs (same order). The same resampled song sets are
+    used for both models, so the interval reflects the difference, not two separate noises.
+    """
+    if list(a["song_id"]) != list(b["song_id"]):
+        raise ValueError("compare() needs predictions for the same test songs in the same order")
+    from emovit.metrics import METRICS
+
+    true = a[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
+    pa = a[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
+    pb = b[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
+    idx = np.random.default_rng(seed).integers(0, len(true), size=(n_boot, len(true)))
+    out: dict = {}
+    for d, dim in enumerate(DIMENSIONS):
+        out[dim] = {}
+        for name, fn in METRICS.items():
+            diffs = np.array([fn(true[i, d], pa[i, d]) - fn(true[i, d], pb[i, d]) for i in idx])
+            out[dim][name] = {"value": fn(true[:, d], pa[:, d]) - fn(true[:, d], pb[:, d]),
+                              "low": float(np.percentile(diffs, 2.5)), "high": float(np.percentile(diffs, 97.5))}
+    return out
+
+
+MODEL_LABELS = {
+    "vit_real_plus_synthetic": "ViT, real + GAN",
+    "vit_real_only": "ViT, real only (ablation)",
+    "ridge_baseline": "ridge on band statistics",
+}
+
+
+def results_table(models: dict[str, dict], differences: dict[str, dict]) -> pd.DataFrame:
+    """Models and their differences as rows; cells "value [95% interval]"."""
+    named = {MODEL_LABELS.get(k, k): v for k, v in models.items()}
+    named.update({f"difference: {k}": v for k, v in differences.items()})
+    return metrics_table(named)

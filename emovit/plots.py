@@ -176,3 +176,25 @@ def va_plane(predictions: pd.DataFrame, output_dir: str, name: str = "va_plane.p
     ax.legend()
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
+
+
+def ablation_comparison(models: dict[str, dict], output_dir: str, labels: dict | None = None,
+                        name: str = "ablation_comparison.png"):
+    """Test CCC per dimension for each model, with 95% bootstrap intervals as error bars."""
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(2)
+    for i, (key, m) in enumerate(models.items()):
+        values = np.array([m[d]["ccc"]["value"] for d in ("valence", "arousal")])
+        low = values - np.array([m[d]["ccc"]["low"] for d in ("valence", "arousal")])
+        high = np.array([m[d]["ccc"]["high"] for d in ("valence", "arousal")]) - values
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, yerr=[low, high], capsize=4,
+               label=labels.get(key, key))
+    ax.set_xticks(x, ["valence", "arousal"])
+    ax.set_ylabel("test CCC (95% bootstrap interval)")
+    ax.set_title("Does the GAN help? Same split, seed and settings")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig

@@ -173,14 +173,14 @@ def predict_dataset(model, pre, ds, cfg: Config, device: str) -> tuple[np.ndarra
     return np.concatenate(preds), np.concatenate(targets)
 
 
-def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str,
+def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, best_path: str, last_path: str,
               interrupt_after_epoch: int | None = None) -> TrainResult:
     """Fine-tune ``model`` (unwrapped ViTRegressor) and keep the best epoch by mean val CCC.
 
-    Writes ``best_vit_model.pth`` (best val CCC) and ``last_vit_model.pth`` (resume state)
-    into ``cfg.output_dir``. With a ``last_vit_model.pth`` of the same ``key``, training
-    resumes after its last completed epoch (or returns at once if it had finished).
-    ``interrupt_after_epoch`` raises KeyboardInterrupt after that epoch (tests only).
+    Writes ``best_path`` (best val CCC, for ``predict``) and ``last_path`` (the resume
+    state: weights, optimizer, scheduler, scaler, history). With a ``last_path`` of the same
+    ``key``, training resumes after its last completed epoch (or returns at once if it had
+    finished). ``interrupt_after_epoch`` raises KeyboardInterrupt after that epoch (tests).
     """
     start = time.perf_counter()
     model.to(device)
@@ -194,8 +194,6 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str,
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.vit_warmup_fraction * total), total)
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    last_path = os.path.join(cfg.output_dir, "last_vit_model.pth")
-    best_path = os.path.join(cfg.output_dir, "best_vit_model.pth")
     result = TrainResult(key=key)
     bad_epochs = 0
     if os.path.exists(last_path):

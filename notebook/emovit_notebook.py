@@ -40,6 +40,9 @@ OVERRIDES = {}  # e.g. {"max_songs": 200, "seed": 1}
 import os
 import sys
 import tempfile
+import time
+
+RUN_START = time.perf_counter()
 
 if "EMOVIT_SRC" not in globals():
     EMOVIT_SRC = tempfile.mkdtemp(prefix="emovit_src_")
@@ -245,19 +248,24 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # Training data: the real training songs plus the synthetic spectrograms (loss weight
 # `synthetic_weight`); the epoch with the best mean CCC on the **real validation songs** is
 # kept as `best_vit_model.pth`. If the run stops (Kaggle session limit, an error), re-run
-# this cell: it resumes after the last completed epoch from `last_vit_model.pth`.
+# this cell: it resumes after the last completed epoch (resume state in the cache folder).
 
 # %% module="emovit/vit_train.py"
 
-# %%
-from emovit.vit_train import data_key, make_datasets, run_key, train_vit
+# %% module="emovit/evaluate.py"
 
-train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)
-print(f"training on {len(train_ds)} spectrograms ({len(train_ids)} real songs + "
-      f"{len(train_ds) - len(train_ids)} synthetic); validation {len(val_ds)} and test {len(test_ds)} real songs")
-vit_run = train_vit(model, pre, train_ds, val_ds, cfg, device, run_key(cfg, data_key(store, split, synthetic), pretrained.location))
-print(f"best epoch {vit_run.best_epoch}: mean validation CCC {vit_run.best_val_ccc:.3f}; {vit_run.seconds:.0f} s")
-plots.vit_training_curves(vit_run.history, cfg.output_dir, vit_run.best_epoch);
+# %% module="emovit/experiment.py"
+
+# %%
+from emovit.experiment import fit_and_test
+
+vit_cache = os.path.join(cfg.cache_path, "vit")
+main = fit_and_test("vit_real_plus_synthetic", cfg, store, split, synthetic, standardizer, pretrained, device,
+                    best_path=os.path.join(cfg.output_dir, "best_vit_model.pth"),
+                    last_path=os.path.join(vit_cache, "last_vit_model.pth"))
+print(f"trained on {main.n_train} spectrograms ({len(train_ids)} real songs + {main.n_train - len(train_ids)} "
+      f"synthetic); best epoch {main.run.best_epoch}, mean validation CCC {main.run.best_val_ccc:.3f}")
+plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch);
 
 # %% [markdown]
 # ## Test evaluation
@@ -268,26 +276,52 @@ plots.vit_training_curves(vit_run.history, cfg.output_dir, vit_run.best_epoch);
 # any model near 0.83 (valence) and 0.86 (arousal); Music2Emo reports R^2 0.51 / 0.60 on
 # DEAM with a random song split.
 
-# %% module="emovit/evaluate.py"
+# %%
+from emovit.evaluate import metrics_table, write_results
+
+metrics = {"models": {main.name: main.metrics},
+           "protocol": {"split": "by song, seeded", "n_train_real": len(train_ids),
+                        "n_train_synthetic": main.n_train - len(train_ids), "n_val": len(ids_of(split, "val")),
+                        "n_test": len(main.predictions), "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
+           "vit": {"weights": pretrained.source, "best_epoch": main.run.best_epoch, "best_val_ccc": main.run.best_val_ccc}}
+write_results(cfg.output_dir, metrics, main.predictions)
+display(metrics_table({"ViT (real + GAN)": main.metrics}))
+plots.prediction_scatter(main.predictions, main.metrics, cfg.output_dir);
+plots.va_plane(main.predictions, cfg.output_dir);
+
+# %% [markdown]
+# ## Does the GAN help? Ablation and baseline
+# The same ViT, split, seed and settings **without** synthetic samples (real songs only),
+# and a ridge regression on per-band mean and standard deviation of the log-mel. All three
+# are scored on the same test songs; differences carry a paired bootstrap 95% interval (an
+# interval that contains 0 means the data cannot tell the two apart). Set
+# `run_ablation=False` to skip the second ViT.
 
 # %%
-from emovit.evaluate import metrics_table, prediction_frame, score, write_results
-from emovit.vit_train import load_checkpoint, predict_dataset
+from emovit.config import replace
+from emovit.evaluate import MODEL_LABELS, compare, results_table
+from emovit.experiment import ridge_baseline
+from emovit.io import atomic_write_csv
 
-best_path = os.path.join(cfg.output_dir, "best_vit_model.pth")
-model.load_state_dict(load_checkpoint(best_path)["state_dict"])
-test_pred, test_true = predict_dataset(model, pre, test_ds, cfg, device)
-predictions = prediction_frame(ids_of(split, "test"), test_true, test_pred)
-test_metrics = score(predictions, cfg.n_bootstrap, cfg.seed)
-metrics = {"models": {"vit_real_plus_synthetic": test_metrics},
-           "protocol": {"split": "by song, seeded", "n_train_real": len(train_ids),
-                        "n_train_synthetic": len(train_ds) - len(train_ids), "n_val": len(val_ds), "n_test": len(test_ds),
-                        "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
-           "vit": {"weights": pretrained.source, "best_epoch": vit_run.best_epoch, "best_val_ccc": vit_run.best_val_ccc}}
-write_results(cfg.output_dir, metrics, predictions)
-display(metrics_table({"ViT (real + synthetic)": test_metrics}))
-plots.prediction_scatter(predictions, test_metrics, cfg.output_dir);
-plots.va_plane(predictions, cfg.output_dir);
+outcomes = {main.name: main}
+if cfg.run_ablation:
+    real_only = fit_and_test("vit_real_only", replace(cfg, use_synthetic=False), store, split, None, standardizer,
+                             pretrained, device, best_path=os.path.join(cfg.cache_path, "vit_real_only", "best_vit_model.pth"),
+                             last_path=os.path.join(cfg.cache_path, "vit_real_only", "last_vit_model.pth"))
+    outcomes[real_only.name] = real_only
+outcomes["ridge_baseline"] = ridge_baseline(cfg, store, split)
+metrics["models"] = {k: o.metrics for k, o in outcomes.items()}
+metrics["differences"] = {
+    f"{main.name} - {k}": compare(main.predictions, o.predictions, cfg.n_bootstrap, cfg.seed)
+    for k, o in outcomes.items() if k != main.name}
+write_results(cfg.output_dir, metrics, main.predictions)
+for k, o in outcomes.items():
+    if k != main.name:
+        atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), o.predictions)
+results = results_table(metrics["models"], metrics["differences"])
+with pd.option_context("display.width", 200, "display.max_columns", 10):
+    display(results)
+plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
 
 # %% [markdown]
 # ## Predict a new song
@@ -302,4 +336,29 @@ from emovit.predict import predict
 
 example = store.songs.set_index("song_id").loc[ids_of(split, "test")[0]]
 print(f"song {ids_of(split, 'test')[0]}: rated valence {example.valence:+.2f}, arousal {example.arousal:+.2f}")
-predict(example.audio_path, best_path)
+predict(example.audio_path, main.best_path)
+
+# %% [markdown]
+# ## Run summary
+# The results table, the time each stage took, what was found and skipped, and every output
+# file. `vit_output.zip` holds all of them except the caches; it is verified (every member
+# read back and checked) before this cell reports success. On Kaggle, download it from
+# the output panel (`/kaggle/working/vit_augmented/vit_output.zip`).
+
+# %% module="emovit/report.py"
+
+# %%
+from emovit.report import file_table, output_files, run_summary, skip_reasons, write_zip
+
+timings = {"features": store.seconds, "gan_training": gan.seconds, "gan_sampling": synthetic.seconds,
+           **{k: o.seconds for k, o in outcomes.items()},
+           "total_run": time.perf_counter() - RUN_START}
+counts = {**data_report.to_dict(), "decoded": len(store.songs), "skipped_by_reason": skip_reasons(store.errors, data_report),
+          "per_split": split["split"].value_counts().to_dict(), "synthetic": len(synthetic.labels)}
+summary = run_summary(cfg.output_dir, results, timings, counts)
+zip_path, members = write_zip(cfg.output_dir, exclude=[cfg.cache_path])
+display(results)
+display(pd.Series(timings, name="seconds").round(1).to_frame())
+display(pd.Series({k: v for k, v in counts.items() if not isinstance(v, (dict, list))}, name="count").to_frame())
+display(file_table(cfg.output_dir, members + [os.path.basename(zip_path)]))
+print(f"vit_output.zip verified: {len(members)} files, {os.path.getsize(zip_path) / 1e6:.1f} MB -> {zip_path}")

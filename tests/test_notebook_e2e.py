@@ -6,10 +6,13 @@ One run per test session (module fixture); each test asserts on what it wrote.
 import json
 import os
 import re
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import papermill
 import pytest
@@ -106,7 +109,8 @@ def test_gan_learns_labels_on_demo_data(demo_run):
 
 def test_vit_stage_outputs(demo_run):
     outputs, nb = demo_run
-    for name in ("best_vit_model.pth", "last_vit_model.pth", "metrics.json", "predictions.csv",
+    assert (outputs / "cache" / "vit" / "last_vit_model.pth").is_file()  # resume state: a cache, not an output
+    for name in ("best_vit_model.pth", "metrics.json", "predictions.csv",
                  "vit_training_curves.png", "test_predictions_scatter.png", "va_plane.png"):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     split = pd.read_csv(outputs / "split.csv")
@@ -135,3 +139,50 @@ def test_vit_learns_on_demo_data(demo_run):
     vit = json.loads((outputs / "metrics.json").read_text())["models"]["vit_real_plus_synthetic"]
     assert vit["arousal"]["ccc"]["value"] > 0.7, vit["arousal"]
     assert vit["valence"]["ccc"]["value"] > 0.2, vit["valence"]
+
+
+def test_ablation_and_baseline_rows_are_finite(demo_run):
+    outputs, _ = demo_run
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"vit_real_plus_synthetic", "vit_real_only", "ridge_baseline"}
+    assert set(metrics["differences"]) == {"vit_real_plus_synthetic - vit_real_only",
+                                           "vit_real_plus_synthetic - ridge_baseline"}
+    for block in (*metrics["models"].values(), *metrics["differences"].values()):
+        for dim in ("valence", "arousal"):
+            for v in block[dim].values():
+                assert all(np.isfinite([v["value"], v["low"], v["high"]])) and v["low"] <= v["high"]
+    for name in ("ablation_comparison.png", "predictions_vit_real_only.csv", "predictions_ridge_baseline.csv"):
+        assert (outputs / name).is_file(), name
+    summary = json.loads((outputs / "run_summary.json").read_text())
+    assert {"features", "gan_training", "vit_real_plus_synthetic", "vit_real_only", "total_run"} <= set(
+        summary["timings_seconds"])
+    assert summary["counts"]["per_split"] == {"train": 84, "val": 18, "test": 18}
+    assert len(summary["results"]) == 10  # 3 models + 2 differences, x 2 dimensions
+
+
+def test_zip_holds_every_output_except_caches(demo_run):
+    outputs, _ = demo_run
+    on_disk = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")
+                     if p.is_file() and "cache" not in p.relative_to(outputs).parts and p.name != "vit_output.zip")
+    with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
+        assert zf.testzip() is None  # every member reads back with a valid CRC
+        assert sorted(zf.namelist()) == on_disk
+        for name in on_disk:
+            assert zf.read(name) == (outputs / name).read_bytes(), name
+    assert "best_vit_model.pth" in on_disk and "run_summary.json" in on_disk
+
+
+def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
+    outputs, _ = demo_run
+    report = tmp_path / "report.md"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "validate.py"), "--skip-checks", "--no-readme",
+                    "--run-dir", str(outputs), "--out", str(report)], check=True, cwd=ROOT)
+    text = report.read_text()
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    for model, label in (("vit_real_plus_synthetic", "ViT, real + GAN"), ("ridge_baseline", "ridge on band statistics")):
+        for dim in ("valence", "arousal"):
+            c = metrics["models"][model][dim]["ccc"]
+            row = f"| {label} | {dim} | {c['value']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |"
+            assert row in text, row
+    quality = json.loads((outputs / "gan_quality.json").read_text())
+    assert f"| label_fidelity_arousal | {quality['label_fidelity_arousal']['value']:.3f} |" in text

@@ -121,6 +121,11 @@ def vit_setup(small_demo, tmp_path):
     return cfg, store, split, std
 
 
+def _paths(cfg):
+    return {"best_path": os.path.join(cfg.output_dir, "best_vit_model.pth"),
+            "last_path": os.path.join(cfg.output_dir, "last_vit_model.pth")}
+
+
 def _fresh(cfg, std):
     torch.manual_seed(0)
     found = find_pretrained(cfg)
@@ -152,21 +157,21 @@ def test_resume_after_interruption_matches_uninterrupted_run(vit_setup):
     train, val, _ = make_datasets(store, split, None, cfg)
     full_cfg = replace(cfg, output_dir=cfg.output_dir + "_full")
     model, pre = _fresh(full_cfg, std)
-    full = train_vit(model, pre, train, val, full_cfg, "cpu", key="k")
+    full = train_vit(model, pre, train, val, full_cfg, "cpu", key="k", **_paths(full_cfg))
     model, pre = _fresh(cfg, std)
     with pytest.raises(KeyboardInterrupt):
-        train_vit(model, pre, train, val, cfg, "cpu", key="k", interrupt_after_epoch=2)
+        train_vit(model, pre, train, val, cfg, "cpu", key="k", interrupt_after_epoch=2, **_paths(cfg))
     model, pre = _fresh(cfg, std)  # a re-run of the notebook cell starts from a fresh model
-    resumed = train_vit(model, pre, train, val, cfg, "cpu", key="k")
+    resumed = train_vit(model, pre, train, val, cfg, "cpu", key="k", **_paths(cfg))
     assert resumed.resumed_from == 2 and len(resumed.history) == len(full.history) == 4
     a = load_checkpoint(os.path.join(full_cfg.output_dir, "last_vit_model.pth"))["state_dict"]
     b = load_checkpoint(os.path.join(cfg.output_dir, "last_vit_model.pth"))["state_dict"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
     assert [h["val_ccc_mean"] for h in full.history] == pytest.approx([h["val_ccc_mean"] for h in resumed.history])
-    again = train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="k")  # finished: nothing to do
+    again = train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="k", **_paths(cfg))  # finished: nothing to do
     assert again.resumed_from == 4 and len(again.history) == 4
-    other = train_vit(*_fresh(cfg, std), train, val, replace(cfg, vit_epochs=1), "cpu", key="other")
+    other = train_vit(*_fresh(cfg, std), train, val, replace(cfg, vit_epochs=1), "cpu", key="other", **_paths(cfg))
     assert other.resumed_from == 0  # other settings never resume from this checkpoint
 
 
@@ -186,7 +191,7 @@ def test_nan_losses_are_skipped_then_stop_with_best_intact(vit_setup, monkeypatc
     monkeypatch.setattr(vt, "loss_fn", sometimes_nan)
     cfg = replace(cfg, max_skipped_steps=3, vit_epochs=6)
     with pytest.raises(RuntimeError, match="non-finite loss.*best_vit_model.pth"):
-        train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="nan")
+        train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="nan", **_paths(cfg))
     best = load_checkpoint(os.path.join(cfg.output_dir, "best_vit_model.pth"))
     assert all(torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point())
 
@@ -195,7 +200,7 @@ def test_best_checkpoint_and_predict_in_a_fresh_process(vit_setup):
     cfg, store, split, std = vit_setup
     train, val, _ = make_datasets(store, split, None, cfg)
     cfg = replace(cfg, vit_epochs=1)
-    train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="p")
+    train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="p", **_paths(cfg))
     best_path = os.path.join(cfg.output_dir, "best_vit_model.pth")
     state = torch.load(best_path, weights_only=True)
     assert {"state_dict", "vit_config", "preprocess", "mel_params", "config"} <= set(state)
