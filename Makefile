@@ -10,7 +10,9 @@ OUT ?= outputs
 DATA_DIR ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv test lint check-notebook check-readme notebook readme demo run validate clean
+OLD_VENV ?= .venv-old
+
+.PHONY: venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +39,14 @@ readme: venv  ## regenerate README's configuration reference from Config
 test: lint check-notebook check-readme  ## ruff, notebook and README checks, pytest
 	$(PY) -m pytest
 
+$(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.txt
+	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install -q -r requirements-dev.txt -c constraints-old.txt
+	touch $@
+
+test-old: $(OLD_VENV)/.installed  ## unit tests on the one-year-older stack Kaggle may have
+	$(OLD_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+
 validate: venv  ## run every check and the demo; write validation_report.md from what they produced
 	$(PY) tools/validate.py
 
@@ -52,4 +62,4 @@ run: venv  ## full run on your own DEAM copy: make run DATA_DIR=/path/to/deam
 	    -p PRESET kaggle -p DATA_DIR $(DATA_DIR) -p OUTPUT_DIR $(OUT)/run
 
 clean:
-	rm -rf $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(OUT) .pytest_cache .ruff_cache $(OLD_VENV)
