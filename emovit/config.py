@@ -34,6 +34,7 @@ class Config:
     db_amin: float = 1e-10  # power floor before log; silence maps to 10*log10(amin) dB
     num_workers: int = 0  # feature-extraction processes (0 = all CPU cores)
     max_error_fraction: float = 0.5  # stop when more than this fraction of songs fails to decode
+    retrain_bad_checkpoints: bool = False  # a corrupt/truncated GAN or resume checkpoint: retrain instead of stopping
 
     # --- split (by song) --------------------------------------------------------
     val_fraction: float = 0.15  # share of songs for model selection (real only)

@@ -123,10 +123,11 @@ def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
                         duration=params.clip_seconds + extra)
     status = "ok"
     if len(y) < n and params.clip_offset > 0:
-        total = librosa.get_duration(path=path)
-        offset = max(0.0, total - params.clip_seconds)
-        y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=offset,
-                            duration=params.clip_seconds + extra)
+        # The file ends inside the window: decode from the start and keep the window that ends
+        # where decoding ends. (Not the header's duration: a truncated mp3 claims its full length.)
+        y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=0.0,
+                            duration=params.clip_offset + params.clip_seconds)
+        y = y[-n:]
         status = "shifted"
     if len(y) == 0:
         raise ValueError("no audio samples decoded")
@@ -148,7 +149,8 @@ def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | Non
         y, status = load_window(path, params)
         mel = log_mel(y, params)
     except Exception as err:  # noqa: BLE001 -- any decoder failure is recorded, never fatal
-        return row, None, "failed", f"{type(err).__name__}: {err}".strip()[:300]
+        message = str(err).strip() or "no audio decoder could read the file"
+        return row, None, "failed", f"{type(err).__name__}: {message}"[:300]
     mel = _fit_frames(mel, params.num_frames)
     return row, mel.astype(np.float16), status, ""
 

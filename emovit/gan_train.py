@@ -76,12 +76,19 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     g_path = os.path.join(cfg.output_dir, "generator.pth")
     d_path = os.path.join(cfg.output_dir, "discriminator.pth")
     if os.path.exists(g_path) and os.path.exists(d_path):
-        result = load_gan(g_path, d_path, device)
-        if result.key == key:
+        try:
+            result = load_gan(g_path, d_path, device)
+        except RuntimeError as err:
+            if not cfg.retrain_bad_checkpoints:
+                raise RuntimeError(f"{err} Or set retrain_bad_checkpoints=True to train it again.") from err
+            LOG.warning("GAN: %s -- training again (retrain_bad_checkpoints=True)", err)
+            result = None
+        if result is not None and result.key == key:
             LOG.info("GAN: reusing %s (same config, features and training songs)", g_path)
             result.reused = True
             return result
-        LOG.info("GAN: %s was trained with other settings or songs; training again", g_path)
+        if result is not None:
+            LOG.info("GAN: %s was trained with other settings or songs; training again", g_path)
 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)

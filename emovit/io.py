@@ -89,8 +89,15 @@ def hash_json(obj: Any, length: int = 16) -> str:
 
 
 def file_fingerprint(path: str) -> list[Any]:
-    """(path, size, mtime in ns): cheap identity of an input file for cache keys."""
-    st = os.stat(path)
+    """(path, size, mtime in ns): cheap identity of an input file for cache keys.
+
+    An unreadable file gets size and mtime -1: it is not skipped here but reaches the
+    extraction, which records why it cannot be read in errors.csv.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [os.path.abspath(path), -1, -1]
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 

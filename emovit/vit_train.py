@@ -196,8 +196,15 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
     result = TrainResult(key=key)
     bad_epochs = 0
+    state = None
     if os.path.exists(last_path):
-        state = load_checkpoint(last_path)
+        try:
+            state = load_checkpoint(last_path)
+        except RuntimeError as err:
+            if not cfg.retrain_bad_checkpoints:
+                raise RuntimeError(f"{err} Or set retrain_bad_checkpoints=True to train from scratch.") from err
+            LOG.warning("ViT: %s -- training from scratch (retrain_bad_checkpoints=True)", err)
+    if state is not None:
         if state.get("key") == key:
             model.load_state_dict(state["state_dict"])
             opt.load_state_dict(state["optimizer"])

@@ -215,3 +215,19 @@ def test_best_checkpoint_and_predict_in_a_fresh_process(vit_setup):
     from emovit.predict import Predictor
 
     assert Predictor(best_path)(audio)["arousal"] == pytest.approx(result["arousal"], abs=1e-5)
+
+
+def test_corrupt_resume_checkpoint_names_the_file_or_retrains(vit_setup):
+    cfg, store, split, std = vit_setup
+    train, val, _ = make_datasets(store, split, None, cfg)
+    cfg = replace(cfg, vit_epochs=1)
+    paths = _paths(cfg)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(paths["last_path"], "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match=r"last_vit_model\.pth.*retrain_bad_checkpoints"):
+        train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="c", **paths)
+    result = train_vit(*_fresh(cfg, std), train, val, replace(cfg, retrain_bad_checkpoints=True), "cpu", key="c",
+                       **paths)
+    assert result.resumed_from == 0 and len(result.history) == 1
+    assert load_checkpoint(paths["last_path"])["epoch"] == 1
