@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 
 OLD_VENV ?= .venv-old
 
-.PHONY: venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
+.PHONY: bench venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 venv: $(STAMP)  ## create .venv and install runtime + dev requirements
 
 lint: venv
-	$(BIN)/ruff check emovit tools tests
+	$(BIN)/ruff check emovit tools tests benchmarks
 
 check-notebook: venv  ## fail if the committed notebook is not a fresh build
 	$(PY) tools/build_notebook.py --check
@@ -46,6 +46,9 @@ $(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.tx
 
 test-old: $(OLD_VENV)/.installed  ## unit tests on the one-year-older stack Kaggle may have
 	$(OLD_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+
+bench: venv  ## measure stage throughput and memory -> benchmarks/results.json
+	$(PY) benchmarks/bench.py
 
 validate: venv  ## run every check and the demo; write validation_report.md from what they produced
 	$(PY) tools/validate.py

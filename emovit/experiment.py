@@ -14,10 +14,11 @@ import pandas as pd
 
 from emovit.config import Config
 from emovit.evaluate import prediction_frame, score
+from emovit.io import load_checkpoint
 from emovit.probe import band_stats, fit_probe
 from emovit.split import ids_of
 from emovit.vit import DevicePreprocessor, build_model
-from emovit.vit_train import TrainResult, data_key, load_checkpoint, make_datasets, predict_dataset, run_key, train_vit
+from emovit.vit_train import TrainResult, data_key, make_datasets, predict_dataset, run_key, train_vit
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from emovit import gan as G
 from emovit.config import Config
-from emovit.io import LOG, atomic_path, hash_json
+from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train
 
@@ -175,8 +174,8 @@ def save_gan(result: GanResult, cfg: Config, g_path: str, d_path: str) -> None:
 
 def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     """Rebuild a GAN from its two checkpoints (``torch.load(weights_only=True)``)."""
-    g_ckpt = _load(g_path)
-    d_ckpt = _load(d_path)
+    g_ckpt = load_checkpoint(g_path)
+    d_ckpt = load_checkpoint(d_path)
     arch = G.GanArch(**g_ckpt["arch"])
     gen, disc = G.Generator(arch), G.Discriminator(arch)
     gen.load_state_dict(g_ckpt["state_dict"])
@@ -186,13 +185,6 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
         g_ckpt["train_labels"].numpy(), g_ckpt["key"], g_ckpt["history"], True, g_ckpt["diverged"],
         g_ckpt["seconds"],
     )
-
-
-def _load(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}. Delete it to train again.") from err
 
 
 def sample_labels(train_labels: np.ndarray, n: int, jitter: float, seed: int) -> np.ndarray:

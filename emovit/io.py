@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -124,3 +125,14 @@ def _one_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def load_checkpoint(path: str) -> dict:
+    """``torch.load(path, weights_only=True)``; a corrupt or truncated file raises a
+    RuntimeError that names the file (callers say how to retrain)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise RuntimeError(f"cannot read checkpoint {path}: {err}.") from err

@@ -14,8 +14,8 @@ import torch
 
 from emovit.deam import to_rating_scale
 from emovit.features import MelParams, load_window, log_mel
+from emovit.io import load_checkpoint
 from emovit.vit import DevicePreprocessor, model_from_config_dict
-from emovit.vit_train import load_checkpoint
 
 
 class Predictor:

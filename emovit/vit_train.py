@@ -13,7 +13,6 @@ the same weights as an uninterrupted one (on the CPU; GPU kernels may differ sli
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from emovit.config import Config
-from emovit.io import LOG, atomic_path, hash_json
+from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import amp_dtype
 from emovit.split import assert_only_train, ids_of
@@ -58,7 +57,7 @@ class MelDataset(Dataset):
         if path not in self._maps:
             self._maps[path] = np.load(path, mmap_mode="r")
         mel = torch.from_numpy(np.array(self._maps[path][rows[j]], dtype=np.float16))
-        return mel, torch.from_numpy(labels[j]), torch.tensor(weight)
+        return mel, torch.tensor(labels[j]), torch.tensor(weight)
 
     def __getstate__(self):  # never pickle open memmaps into workers
         state = self.__dict__.copy()
@@ -310,15 +309,6 @@ def _save_last(path, model, opt, sched, scaler, result: TrainResult, epoch: int,
 def _atomic_save(obj, path: str) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str) -> dict:
-    """``torch.load(weights_only=True)``; a corrupt or truncated file raises naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}. Delete it (or the run's output "
-                           "folder) to train again.") from err
 
 
 def data_key(store, split, synthetic) -> str:

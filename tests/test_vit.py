@@ -15,11 +15,12 @@ from transformers import ViTConfig, ViTModel
 from emovit.config import make_config, replace
 from emovit.deam import discover
 from emovit.features import extract_features
+from emovit.io import load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import gpu_compatibility_problem
 from emovit.split import Standardizer, ids_of, split_songs
 from emovit.vit import IMAGENET_1K, DevicePreprocessor, build_model, find_pretrained, image_stats
-from emovit.vit_train import load_checkpoint, loss_fn, make_datasets, param_groups, train_vit, weighted_ccc
+from emovit.vit_train import loss_fn, make_datasets, param_groups, train_vit, weighted_ccc
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224,

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     checks = []
     if not args.skip_checks:
         ruff = str(Path(py).parent / "ruff")
-        checks.append(run_check("ruff", [ruff, "check", "emovit", "tools", "tests"]))
+        checks.append(run_check("ruff", [ruff, "check", "emovit", "tools", "tests", "benchmarks"]))
         checks.append(run_check("notebook build check", [py, "tools/build_notebook.py", "--check"]))
         checks.append(run_check("README config reference check", [py, "tools/readme_config.py", "--check"]))
         checks.append(run_check("test suite (pytest)", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"]))

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""`make bench`: throughput and memory of each stage, measured in one run on one machine.
+
+Figures (all written to benchmarks/results.json with the machine's description):
+  extraction  songs/s with 1 process and with all cores; overhead ratio of emovit's
+              extraction (1 process) against bare librosa.load + melspectrogram on the same files
+  reload      seconds to memory-map and read once a store of the given size (full scale:
+              1802 x 128 x 1292 float16, 596 MB)
+  vit         training images/s through the real loader + device preprocessing, against the same
+              model fed pre-made tensors already on the device; their ratio (target >= 0.9)
+  gan         training steps/s and sampling rate (spectrograms/s)
+  memory      peak resident memory of this process (RSS) over the whole benchmark
+
+    python benchmarks/bench.py            # default sizes (a few minutes on 2 cores)
+    python benchmarks/bench.py --quick    # tiny sizes: CI runs this so the code cannot rot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emovit.config import make_config, replace  # noqa: E402
+from emovit.deam import discover  # noqa: E402
+from emovit.demo_data import make_demo_deam  # noqa: E402
+from emovit.features import MelParams, extract_features, log_mel  # noqa: E402
+from emovit.gan import Discriminator, GanArch, Generator  # noqa: E402
+from emovit.gan_train import generate  # noqa: E402
+from emovit.runtime import describe_environment  # noqa: E402
+from emovit.split import Standardizer  # noqa: E402
+from emovit.vit import DevicePreprocessor, build_model, find_pretrained  # noqa: E402
+from emovit.vit_train import MelDataset, _loader, loss_fn, param_groups  # noqa: E402
+
+SIZES = {
+    "quick": {"songs": 4, "song_seconds": 12.0, "clip": 10.0, "reload_rows": 16, "vit_batch": 4, "vit_steps": 3,
+              "gan_steps": 2, "gan_samples": 8, "n_mels": 64},
+    "default": {"songs": 160, "song_seconds": 45.0, "clip": 30.0, "reload_rows": 1802, "vit_batch": 32,
+                "vit_steps": 12, "gan_steps": 6, "gan_samples": 64, "n_mels": 128},
+}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_extraction(work: Path, s: dict) -> dict:
+    """Songs/s of emovit's extraction (1 process, all cores) and bare librosa on the same files."""
+    import librosa
+
+    root = work / "songs"
+    make_demo_deam(str(root), num_songs=s["songs"], seconds=s["song_seconds"], seed=1)  # 44.1 kHz mp3, like DEAM
+    songs, _ = discover(str(root))
+    cfg = make_config("kaggle", data_dir=str(root), output_dir=str(work / "out"), clip_seconds=s["clip"],
+                      n_mels=s["n_mels"])
+    params = MelParams.from_config(cfg)
+    log_mel(np.zeros(params.num_samples, np.float32), params)  # numba compile outside the timings
+
+    def bare():
+        for path in songs.audio_path:
+            y, _ = librosa.load(path, sr=params.sample_rate, mono=True, duration=params.clip_seconds)
+            S = librosa.feature.melspectrogram(y=y, sr=params.sample_rate, n_fft=params.n_fft,
+                                               hop_length=params.hop_length, n_mels=params.n_mels)
+            librosa.power_to_db(S, ref=1.0)
+
+    _, t_bare = timed(bare)
+    _, t_one = timed(lambda: extract_features(songs, replace(cfg, cache_dir=str(work / "c1")), num_workers=1))
+    cores = os.cpu_count() or 1
+    _, t_all = timed(lambda: extract_features(songs, replace(cfg, cache_dir=str(work / "c2")), num_workers=cores))
+    # Start-up of the worker processes (spawn, imports): all cores on as many songs as cores.
+    _, t_start = timed(lambda: extract_features(songs.head(cores), replace(cfg, cache_dir=str(work / "c3")),
+                                                num_workers=cores))
+    cached, t_hit = timed(lambda: extract_features(songs, replace(cfg, cache_dir=str(work / "c2"))))
+    n = len(songs)
+    return {"songs": n, "clip_seconds": s["clip"], "songs_per_s_1_process": n / t_one,
+            f"songs_per_s_{cores}_processes": n / t_all,
+            f"songs_per_s_{cores}_processes_after_startup": (n - cores) / max(t_all - t_start, 1e-9),
+            "worker_startup_seconds": t_start, "songs_per_s_bare_librosa": n / t_bare,
+            "overhead_ratio_vs_bare": t_one / t_bare, "cache_hit_seconds": t_hit, "cores": cores}
+
+
+def bench_reload(work: Path, s: dict) -> dict:
+    """Memory-map a store of reload_rows x 128 x 1292 float16 and read it once (standardizer fit)."""
+    shape = (s["reload_rows"], 128, 1292)
+    path = work / "store.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    for i in range(0, shape[0], 128):
+        mm[i:i + 128] = np.random.default_rng(i).normal(-40, 15, size=(min(128, shape[0] - i),) + shape[1:])
+    mm.flush()
+    del mm
+    os.system(f"sync; cat {path} > /dev/null")  # warm page cache like a re-run on the same machine
+    (store, t_open) = timed(lambda: np.load(path, mmap_mode="r"))
+    _, t_read = timed(lambda: Standardizer.fit(store, np.arange(shape[0])))
+    return {"shape": list(shape), "megabytes": path.stat().st_size / 1e6, "open_seconds": t_open,
+            "read_all_seconds": t_read}
+
+
+def bench_vit(work: Path, s: dict, device: str) -> dict:
+    """Images/s: real loader + device preprocessing vs pre-made tensors on the device."""
+    cfg = make_config("demo", output_dir=str(work / "vit"), vit_batch_size=s["vit_batch"], loader_workers=2,
+                      n_mels=s["n_mels"], clip_seconds=s["clip"])
+    frames = cfg.num_frames
+    n = s["vit_batch"] * (s["vit_steps"] + 2)
+    path = work / "vit_store.npy"
+    np.save(path, np.random.default_rng(0).normal(-40, 15, size=(n, s["n_mels"], frames)).astype(np.float16))
+    ds = MelDataset([(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0)])
+    found = find_pretrained(cfg)
+    pre = DevicePreprocessor(-40.0, 15.0, found.image_mean, found.image_std).to(device)
+
+    def run(batches):
+        model = build_model(cfg, found).to(device).train()
+        opt = torch.optim.AdamW(param_groups(model, cfg))
+        seen, start = 0, None
+        for step, (pixels, y, w) in enumerate(batches()):
+            if step == 2:  # two warm-up steps
+                start = time.perf_counter()
+            out = model(pixels)
+            loss = loss_fn("mse+ccc", out.float(), y, w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step >= 2:
+                seen += len(pixels)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return seen / (time.perf_counter() - start)
+
+    def real():
+        for mel, y, w in _loader(ds, cfg, device, shuffle=True):
+            yield pre(mel.to(device, non_blocking=True)), y.to(device), w.to(device)
+
+    fixed = pre(torch.from_numpy(np.load(path)[: s["vit_batch"]]).to(device))
+    y0, w0 = torch.zeros(s["vit_batch"], 2, device=device), torch.ones(s["vit_batch"], device=device)
+
+    def premade():
+        for _ in range(s["vit_steps"] + 2):
+            yield fixed, y0, w0
+
+    real_rate, model_rate = run(real), run(premade)
+    return {"model": f"random ViT hidden {cfg.random_vit_hidden}, {cfg.random_vit_layers} layers",
+            "batch": s["vit_batch"], "device": device, "images_per_s_real_loader": real_rate,
+            "images_per_s_premade_tensors": model_rate, "ratio": real_rate / model_rate,
+            "loader_workers": cfg.loader_workers}
+
+
+def bench_gan(s: dict, device: str) -> dict:
+    """Training steps/s (demo-size arch, batch 16) and sampling rate of the full-size generator."""
+    demo = GanArch(n_mels=64, frames=431, z_dim=32, channels=8)
+    gen, disc = Generator(demo).to(device), Discriminator(demo).to(device)
+    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 4e-4)
+    x, y = torch.randn(16, 1, 64, 431, device=device), torch.rand(16, 2, device=device) * 2 - 1
+
+    def steps():
+        for _ in range(s["gan_steps"]):
+            d = torch.relu(1 - disc(x, y)).mean() + torch.relu(1 + disc(gen(torch.randn(16, 32, device=device), y).detach(), y)).mean()
+            opt_d.zero_grad()
+            d.backward()
+            opt_d.step()
+            g = -disc(gen(torch.randn(16, 32, device=device), y), y).mean()
+            opt_g.zero_grad()
+            g.backward()
+            opt_g.step()
+
+    _, t_train = timed(steps)
+    full = Generator(GanArch(n_mels=128, frames=1292)).to(device)
+    labels = np.zeros((s["gan_samples"], 2), np.float32)
+    _, t_sample = timed(lambda: generate(full, labels, Standardizer(-40.0, 15.0), device, batch_size=16))
+    return {"train_steps_per_s_demo_arch_batch16": s["gan_steps"] / t_train,
+            "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample, "device": device}
+
+
+def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
+    """Peak RSS through discovery, features, split, sampling 3200 synthetic and the ViT data
+    pipeline (one epoch of loader + device preprocessing) at DEAM scale: ``songs_n`` songs of 30 s.
+
+    The generator is full size in its output (128 x 1292) but narrow (host memory does not
+    depend on its width, and a full-width one samples at ~3/s on a CPU).
+    """
+    from emovit.gan_train import GanResult, synthesize
+    from emovit.split import ids_of, split_songs
+    from emovit.vit_train import make_datasets
+
+    root = work / "deam_full"
+    make_demo_deam(str(root), num_songs=songs_n, seconds=30.0, seed=7)
+    cfg = make_config("kaggle", data_dir=str(root), output_dir=str(work / "full_out"), loader_workers=2,
+                      vit_batch_size=32, seed=0)
+    songs, _ = discover(cfg.data_dir)
+    store = extract_features(songs, cfg)
+    rss = {"after_features_mb": _rss_mb()}
+    split = split_songs(store.songs.song_id, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    train_ids = ids_of(split, "train")
+    std = Standardizer.fit(store.mels, store.songs.set_index("song_id").loc[train_ids, "row"])
+    arch = GanArch(n_mels=128, frames=cfg.num_frames, z_dim=8, channels=2)
+    labels = store.songs.set_index("song_id").loc[train_ids, ["valence", "arousal"]].to_numpy(np.float32)
+    gan = GanResult(Generator(arch), Discriminator(arch), arch, std, labels, key="bench")
+    synthetic = synthesize(gan, cfg, "cpu")
+    rss["after_sampling_mb"] = _rss_mb()
+    train, _, _ = make_datasets(store, split, synthetic, cfg)
+    pre = DevicePreprocessor(std.mean, std.std, (0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        for mel, _, _ in _loader(train, cfg, "cpu", shuffle=True):
+            pre(mel)
+    rss["after_vit_epoch_mb"] = _rss_mb()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"songs": len(store.songs), "synthetic": len(synthetic.labels), "train_examples": len(train),
+            **rss, "peak_rss_main_mb": _rss_mb(), "peak_rss_largest_child_mb": children,
+            "store_mb": os.path.getsize(store.path) / 1e6, "synthetic_store_mb": os.path.getsize(synthetic.path) / 1e6}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_markdown(r: dict, path: Path) -> None:
+    """benchmarks/RESULTS.md, generated from results.json (no hand-typed figure)."""
+    m = r["machine"]
+    lines = ["# Benchmark results", "", "Generated by `make bench` (benchmarks/bench.py) from `results.json`; every figure",
+             f"was measured in one run on one machine: {m['platform']}, {m['cpu']}, torch {m['torch']}, "
+             f"device {m['device']}{' ' + ', '.join(m['gpus']) if m['gpus'] else ''}.", "",
+             "| stage | figure | value |", "| --- | --- | --- |"]
+    for section in ("extraction", "reload", "vit", "gan", "memory", "memory_full_scale"):
+        for key, value in r.get(section, {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"| {section} | {key} | {value:.4g} |")
+            elif isinstance(value, str):
+                lines.append(f"| {section} | {key} | {value} |")
+    lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
+              "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--full-scale-memory", type=int, default=0, metavar="SONGS",
+                        help="only the full-scale memory run, with this many songs (1802 = DEAM)")
+    args = parser.parse_args(argv)
+    sizes = SIZES["quick" if args.quick else "default"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = describe_environment()
+    results = {"mode": "quick" if args.quick else "default", "sizes": sizes,
+               "machine": {"platform": platform.platform(), "cpu": env["machine"], "gpus": env["gpus"],
+                           "torch": env["torch"], "device": device}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.full_scale_memory:  # merged into an existing results file
+            previous = json.loads(args.out.read_text()) if args.out.exists() else results
+            previous["memory_full_scale"] = bench_memory_full_scale(work, args.full_scale_memory)
+            previous["memory_full_scale"]["machine"] = results["machine"]
+            print(json.dumps(previous["memory_full_scale"], indent=1))
+            args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+            write_markdown(previous, args.out.with_name("RESULTS.md"))
+            return 0
+        for name, fn in (("extraction", lambda: bench_extraction(work, sizes)), ("reload", lambda: bench_reload(work, sizes)),
+                         ("vit", lambda: bench_vit(work, sizes, device)), ("gan", lambda: bench_gan(sizes, device))):
+            results[name] = fn()
+            print(f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in results[name].items()))
+    results["memory"] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(f"memory: peak RSS {results['memory']['peak_rss_mb']:.0f} MB (this process)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and "memory_full_scale" in json.loads(args.out.read_text()):
+        results["memory_full_scale"] = json.loads(args.out.read_text())["memory_full_scale"]
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if not args.quick:
+        write_markdown(results, args.out.with_name("RESULTS.md"))
+    print(f"bench: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The benchmark harness runs in quick mode so it cannot rot; it asserts figures exist and are
+finite, never a time."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_produces_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    results = json.loads(out.read_text())
+    expected = {
+        "extraction": ["songs_per_s_1_process", "songs_per_s_bare_librosa", "overhead_ratio_vs_bare"],
+        "reload": ["open_seconds", "read_all_seconds"],
+        "vit": ["images_per_s_real_loader", "images_per_s_premade_tensors", "ratio"],
+        "gan": ["train_steps_per_s_demo_arch_batch16", "samples_per_s_full_arch_128x1292"],
+        "memory": ["peak_rss_mb"],
+    }
+    for section, keys in expected.items():
+        for key in keys:
+            value = results[section][key]
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (section, key, value)
+    assert any(k.startswith("songs_per_s_") and k.endswith("_processes") for k in results["extraction"])
+    assert results["machine"]["cpu"]
