@@ -36,8 +36,9 @@ notebook: venv  ## rebuild the notebook from notebook/ and emovit/
 readme: venv  ## regenerate README's configuration reference from Config
 	$(PY) tools/readme_config.py
 
-test: lint check-notebook check-readme  ## ruff, notebook and README checks, pytest
+test: lint check-notebook check-readme  ## ruff, notebook and README checks, pytest, then the older stack
 	$(PY) -m pytest
+	$(MAKE) test-old
 
 $(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.txt
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
