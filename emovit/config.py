@@ -10,8 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+# The default ablation arms: each is the main model with these overrides, trained with the same
+# split, seed, test songs and optimizer steps. "vit_real_only" answers the notebook's question (does
+# the GAN add anything on top of the standard augmentations?); "vit_no_augment" measures the
+# standard augmentations themselves (random crops, SpecAugment, test-time averaging).
+DEFAULT_ARMS: dict[str, dict[str, Any]] = {
+    "vit_real_only": {"use_synthetic": False},
+    "vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1},
+}
 
 
 @dataclass
@@ -26,8 +35,9 @@ class Config:
 
     # --- audio and log-mel features (DESIGN section 2) -------------------------
     sample_rate: int = 22050  # Hz; audio is resampled to this and mixed to mono
-    clip_seconds: float = 30.0  # length of the analysed window; shorter clips are padded
+    clip_seconds: float = 30.0  # length of the model's window; clips shorter than one window are padded
     clip_offset: float = 0.0  # seconds skipped at the start of each file
+    max_clip_seconds: float = 45.0  # each song's whole clip up to this long is stored (DEAM clips: 45 s)
     n_fft: int = 2048  # STFT window length in samples
     hop_length: int = 512  # STFT hop in samples (30 s -> 1292 frames)
     n_mels: int = 128  # mel bands
@@ -37,8 +47,9 @@ class Config:
     retrain_bad_checkpoints: bool = False  # a corrupt/truncated GAN or resume checkpoint: retrain instead of stopping
 
     # --- split (by song) --------------------------------------------------------
-    val_fraction: float = 0.15  # share of songs for model selection (real only)
+    val_fraction: float = 0.15  # share of songs for model selection (real only); a hash of (seed, song id) decides
     test_fraction: float = 0.15  # share of songs for the final test (real only)
+    split_file: str = ""  # CSV (song_id, split = train/val/test) to use a published split instead ("" = hash split)
 
     # --- conditional GAN (SNGAN, projection discriminator, hinge loss) --------------
     gan_epochs: int = 60  # passes over the training songs
@@ -60,7 +71,8 @@ class Config:
     random_vit_hidden: int = 64  # hidden size of that random ViT
     random_vit_layers: int = 2  # transformer layers of that random ViT
     random_vit_heads: int = 2  # attention heads of that random ViT
-    image_size: int = 224  # spectrograms are resized to image_size x image_size on the device
+    image_height: int = 224  # spectrograms are resized to image_height x image_width on the device ...
+    image_width: int = 224  # ... (multiples of 16; other than 224 x 224 the position embeddings are interpolated)
     image_norm: str = "checkpoint"  # "checkpoint": the weights' own image mean/std; "imagenet-1k": classic constants
     pixel_clip_std: float = 3.0  # standardized log-mel in [-k, k] std maps linearly onto pixels [0, 1]
 
@@ -77,11 +89,19 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     early_stop_patience: int = 3  # epochs without a mean val CCC gain before stopping
     use_synthetic: bool = True  # add the GAN's samples to the training set
+    random_crop: bool = True  # train on a random clip_seconds window of each song's clip, new every epoch (False: centre)
+    test_crops: int = 3  # validation/test/prediction average this many evenly spaced windows (1 = the centre one)
+    spec_augment: bool = True  # SpecAugment masks on the device, training batches only
+    freq_masks: int = 2  # SpecAugment: frequency masks per spectrogram (AST recipe, scaled to 128 bins)
+    freq_mask_max: int = 24  # SpecAugment: widest frequency mask in mel bins
+    time_masks: int = 2  # SpecAugment: time masks per spectrogram
+    time_mask_max_fraction: float = 0.1  # SpecAugment: widest time mask as a share of the window's frames
+    mixup_alpha: float = 0.0  # mixup of spectrograms and labels, lambda ~ Beta(alpha, alpha) per batch (0 = off)
     synthetic_weight: float = 0.5  # loss weight of a synthetic sample (a real one has 1.0)
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
-    run_ablation: bool = True  # also train the same ViT without synthetic samples (real only)
+    arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model
 
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
@@ -124,6 +144,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "output_dir": "outputs/demo",
         "clip_seconds": 10.0,
         "clip_offset": 5.0,
+        "max_clip_seconds": 25.0,  # the 30 s demo songs after the 5 s offset
         "n_mels": 64,
         "demo_num_songs": 120,
         "gan_epochs": 25,

@@ -53,14 +53,19 @@ def write_results(output_dir: str, metrics: dict, predictions: pd.DataFrame) -> 
 def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Metric differences a - b on the same test songs, with a paired bootstrap 95% interval.
 
-    Both frames must hold the same songs (same order). The same resampled song sets are
-    used for both models, so the interval reflects the difference, not two separate noises.
+    Both frames must hold the same songs (same order) with the same true values. The same
+    resampled song sets are used for both models, so the interval reflects the difference,
+    not two separate noises. The interval is the 2.5th-97.5th percentile of the resampled
+    differences.
     """
     if list(a["song_id"]) != list(b["song_id"]):
         raise ValueError("compare() needs predictions for the same test songs in the same order")
+    columns = [f"{d}_true" for d in DIMENSIONS]
+    if not np.array_equal(a[columns].to_numpy(), b[columns].to_numpy()):
+        raise ValueError("compare() needs the same true values in both frames: they hold different labels")
     from emovit.metrics import METRICS
 
-    true = a[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
+    true = a[columns].to_numpy()
     pa = a[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
     pb = b[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
     idx = np.random.default_rng(seed).integers(0, len(true), size=(n_boot, len(true)))
@@ -75,8 +80,9 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
 
 
 MODEL_LABELS = {
-    "vit_real_plus_synthetic": "ViT, real + GAN",
-    "vit_real_only": "ViT, real only (ablation)",
+    "vit_real_plus_synthetic": "ViT, real + GAN + augmentations",
+    "vit_real_only": "ViT, real only (no GAN)",
+    "vit_no_augment": "ViT, real + GAN, no crops / SpecAugment / averaging",
     "ridge_baseline": "ridge on band statistics",
 }
 

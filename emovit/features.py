@@ -1,18 +1,23 @@
-"""Log-mel spectrograms of every song, extracted in parallel and cached on disk.
+"""Log-mel spectrograms of every song's whole clip, extracted in parallel and cached on disk.
 
-One window per song: ``clip_seconds`` of mono audio at ``sample_rate`` starting at
-``clip_offset``; n_fft 2048, hop 512, 128 mel bands -> 128 x 1292 for 30 s at 22,050 Hz.
-Power is converted to dB against a FIXED reference (1.0), never the clip's own maximum,
-so loudness -- a strong arousal cue -- survives. Silence maps to 10*log10(db_amin) dB, so
-the result is always finite.
+Per song the store keeps up to ``max_clip_seconds`` of mono audio at ``sample_rate`` from
+``clip_offset`` on (DEAM clips are 45 s: 128 x 1938 frames), so training can draw a different
+``clip_seconds`` window (the model's input, 30 s -> 128 x 1292) from each song every epoch and
+evaluation can average several windows. n_fft 2048, hop 512, 128 mel bands. Power is converted
+to dB against a FIXED reference (1.0), never the clip's own maximum, so loudness -- a strong
+arousal cue -- survives. Silence maps to 10*log10(db_amin) dB, so the result is always finite.
 
-Short files are zero-padded, long ones cropped; a file that ends before ``clip_offset +
-clip_seconds`` has its window moved earlier (all counted). A file that cannot be decoded is
-skipped with its reason in ``errors.csv`` and the run goes on -- unless more than
-``max_error_fraction`` of the songs fail, which stops the run with the most common reason.
+Each song's number of valid frames is kept (column ``frames`` of ``store.songs``): at least one
+window, at most the store's width. A file shorter than one window is zero-padded to one window;
+longer files are cropped at ``max_clip_seconds``; a file that ends before ``clip_offset +
+clip_seconds`` (even one shorter than ``clip_offset`` itself) has its window moved earlier, to
+end where decoding ends (all counted). A file that cannot be decoded is skipped with its reason
+in ``errors.csv`` and the run goes on -- unless more than ``max_error_fraction`` of the songs
+fail, which stops the run with the most common reason.
 
-The store is one ``.npy`` file (N x n_mels x T, float16) memory-mapped on load, keyed by the
-extraction parameters and the input files (path, size, mtime), so a re-run skips extraction.
+The store is one ``.npy`` file (N x n_mels x T_store, float16) memory-mapped on load, keyed by
+the extraction parameters and the input files (path, size, mtime), so a re-run skips
+extraction. Crop and augmentation settings are training settings, not part of the key.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from tqdm.auto import tqdm
 from emovit.config import Config
 from emovit.io import LOG, atomic_path, atomic_write_csv, atomic_write_json, file_fingerprint, hash_json, parallel_imap
 
-PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin")
-STORE_VERSION = 1  # bump when the stored representation changes
+PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin",
+                "max_clip_seconds")
+STORE_VERSION = 2  # bump when the stored representation changes (2: whole clips + valid frames per song)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class MelParams:
     hop_length: int
     n_mels: int
     db_amin: float
+    max_clip_seconds: float = 0.0  # longest stored clip; 0 (checkpoints before format 2) = one window
 
     @classmethod
     def from_config(cls, cfg: Config) -> MelParams:
@@ -52,11 +59,23 @@ class MelParams:
 
     @property
     def num_samples(self) -> int:
+        """Samples of one model window (``clip_seconds``)."""
         return int(round(self.sample_rate * self.clip_seconds))
 
     @property
     def num_frames(self) -> int:
+        """Frames of one model window: 1 + samples // hop (librosa's centred STFT)."""
         return 1 + self.num_samples // self.hop_length
+
+    @property
+    def max_samples(self) -> int:
+        """Samples of the longest stored clip (never shorter than one window)."""
+        return max(self.num_samples, int(round(self.sample_rate * self.max_clip_seconds)))
+
+    @property
+    def max_frames(self) -> int:
+        """Width T_store of the feature store."""
+        return 1 + self.max_samples // self.hop_length
 
 
 @dataclass
@@ -64,9 +83,11 @@ class FeatureStore:
     """Log-mels of the songs that decoded.
 
     Attributes:
-        mels: memory-mapped float16 array (N_all, n_mels, T); row ``songs.row`` belongs to a
-            song; rows of failed songs are zeros and never referenced.
-        songs: the input songs table restricted to decoded songs, plus column ``row``.
+        mels: memory-mapped float16 array (N_all, n_mels, T_store); row ``songs.row`` belongs to
+            a song, whose first ``songs.frames`` frames are valid (the rest repeat the last
+            frame); rows of failed songs are zeros and never referenced.
+        songs: the input songs table restricted to decoded songs, plus columns ``row`` and
+            ``frames`` (valid frames, between one window and T_store).
         errors: DataFrame (song_id, path, reason), one row per skipped file.
         counts: {"ok", "padded", "cropped", "shifted", "failed"} song counts.
         cache_hit: True when the store was loaded instead of extracted.
@@ -83,12 +104,35 @@ class FeatureStore:
     params: MelParams
 
     def song_mels(self, song_ids) -> np.ndarray:
-        """(len(song_ids), n_mels, T) float16 copy of the given songs' log-mels."""
+        """(len(song_ids), n_mels, T_store) float16 copy of the given songs' whole stored clips."""
         rows = self.songs.set_index("song_id").loc[list(song_ids), "row"].to_numpy()
         order = np.argsort(rows)  # sorted reads are faster on a memmap
         out = np.empty((len(rows),) + self.mels.shape[1:], dtype=np.float16)
         out[order] = self.mels[rows[order]]
         return out
+
+    def song_frames(self, song_ids) -> np.ndarray:
+        """(len(song_ids),) valid frames of each song's stored clip."""
+        return self.songs.set_index("song_id").loc[list(song_ids), "frames"].to_numpy()
+
+    def centre_windows(self, song_ids) -> np.ndarray:
+        """(len(song_ids), n_mels, num_frames) float16: each song's centre model window."""
+        mels, frames = self.song_mels(song_ids), self.song_frames(song_ids)
+        window = self.params.num_frames
+        starts = [int(crop_starts(f, window, 1)[0]) for f in frames]
+        return np.stack([m[:, s:s + window] for m, s in zip(mels, starts)]) if len(mels) else mels[:, :, :window]
+
+
+def crop_starts(frames: int, window: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced window starts within ``frames`` valid frames (int array).
+
+    One crop is the centre one; several span the clip from its start to its end, so a 45 s
+    clip with 30 s windows and 3 crops starts them at 0, 7.5 and 15 s.
+    """
+    room = max(int(frames) - window, 0)
+    if count <= 1:
+        return np.array([room // 2])
+    return np.round(np.linspace(0, room, count)).astype(int)
 
 
 def log_mel(y: np.ndarray, params: MelParams) -> np.ndarray:
@@ -102,13 +146,18 @@ def log_mel(y: np.ndarray, params: MelParams) -> np.ndarray:
     return librosa.power_to_db(power, ref=1.0, amin=params.db_amin, top_db=None).astype(np.float32)
 
 
-def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
-    """Decode the analysis window of one file.
+def load_clip(path: str, params: MelParams) -> tuple[np.ndarray, str]:
+    """Decode the stored clip of one file: from ``clip_offset``, up to ``max_clip_seconds``.
+
+    The file is decoded from its start and cut in memory (not with a decoder offset: an
+    offset past the end of a short file makes both of librosa's backends raise).
 
     Returns:
-        y: float32 (num_samples,) mono at ``sample_rate``, padded or cropped to length.
-        status: "ok", "padded", "cropped" or "shifted" (window moved earlier because the
-            file ends before offset + clip; also padded if still short).
+        y: float32 (n,) mono at ``sample_rate``, ``num_samples <= n <= max_samples``.
+        status: "ok" (the clip fits), "cropped" (audio continues past ``max_clip_seconds``),
+            "padded" (shorter than one window: zeros appended) or "shifted" (the file ends
+            before ``clip_offset + clip_seconds``: the window ends where decoding ends, padded
+            if the whole file is shorter than one window).
 
     Raises:
         ValueError / RuntimeError / OSError: the file cannot be decoded (caller records it).
@@ -117,42 +166,48 @@ def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
 
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
-    n = params.num_samples
+    n, n_max = params.num_samples, params.max_samples
+    start = int(round(params.clip_offset * params.sample_rate))
     extra = params.hop_length / params.sample_rate  # read a little more to detect cropping
-    y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=params.clip_offset,
-                        duration=params.clip_seconds + extra)
-    status = "ok"
-    if len(y) < n and params.clip_offset > 0:
-        # The file ends inside the window: decode from the start and keep the window that ends
-        # where decoding ends. (Not the header's duration: a truncated mp3 claims its full length.)
-        y, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=0.0,
-                            duration=params.clip_offset + params.clip_seconds)
-        y = y[-n:]
-        status = "shifted"
-    if len(y) == 0:
+    full, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=0.0,
+                           duration=params.clip_offset + n_max / params.sample_rate + extra)
+    if len(full) == 0:
         raise ValueError("no audio samples decoded")
-    if not np.all(np.isfinite(y)):
+    if not np.all(np.isfinite(full)):
         raise ValueError("decoded samples are not finite")
-    if len(y) > n:
-        y = y[:n]
-        status = "cropped" if status == "ok" else status
-    elif len(y) < n:
+    if len(full) - start >= n:
+        y = full[start:start + n_max]
+        status = "cropped" if len(full) - start > n_max else "ok"
+    elif start > 0:
+        # Ends inside the first window. Keep the window that ends where decoding ends (not the
+        # header's duration: a truncated mp3 claims its full length).
+        y, status = full[-n:], "shifted"
+    else:
+        y, status = full, "padded"
+    if len(y) < n:
         y = np.pad(y, (0, n - len(y)))
-        status = "padded" if status == "ok" else status
     return y.astype(np.float32, copy=False), status
 
 
+def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
+    """The first model window of a file's clip: float32 (num_samples,) and the clip's status."""
+    y, status = load_clip(path, params)
+    return y[:params.num_samples], status
+
+
 def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | None, str, str]:
-    """Worker: (row, path, params) -> (row, log-mel float16 (n_mels, T) or None, status, reason)."""
+    """Worker: (row, path, params) -> (row, log-mel float16 (n_mels, frames) or None, status, reason).
+
+    ``frames`` is between one window (``num_frames``) and the store's width (``max_frames``).
+    """
     row, path, params = task
     try:
-        y, status = load_window(path, params)
+        y, status = load_clip(path, params)
         mel = log_mel(y, params)
     except Exception as err:  # noqa: BLE001 -- any decoder failure is recorded, never fatal
         message = str(err).strip() or "no audio decoder could read the file"
         return row, None, "failed", f"{type(err).__name__}: {message}"[:300]
-    mel = _fit_frames(mel, params.num_frames)
-    return row, mel.astype(np.float16), status, ""
+    return row, mel[:, :params.max_frames].astype(np.float16), status, ""
 
 
 def _fit_frames(mel: np.ndarray, frames: int) -> np.ndarray:
@@ -194,6 +249,7 @@ def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None =
     atomic_write_csv(os.path.join(cfg.output_dir, "errors.csv"), errors)
     ok = songs[(status != "failed").to_numpy()].copy()
     ok["row"] = ok.index.to_numpy()
+    ok["frames"] = np.asarray(meta["frames"], dtype=np.int64)[ok.index.to_numpy()]
     counts = {k: int((status == k).sum()) for k in ("ok", "padded", "cropped", "shifted", "failed")}
     _check_error_fraction(errors, len(songs), cfg.max_error_fraction)
     store = FeatureStore(
@@ -211,20 +267,22 @@ def _extract_to(path: str, songs: pd.DataFrame, params: MelParams, num_workers: 
     workers = max(1, min(workers, n))
     tasks = [(i, p, params) for i, p in enumerate(songs["audio_path"])]
     status = ["failed"] * n
+    frames = [0] * n
     errors = []
     LOG.info("features: extracting %d songs with %d process(es)", n, workers)
     with atomic_path(path) as tmp:
         store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                          shape=(n, params.n_mels, params.num_frames))
+                                          shape=(n, params.n_mels, params.max_frames))
         bar = tqdm(total=n, desc="log-mel", unit="song")
-        _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, errors, bar)
+        _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, frames, errors, bar)
         bar.close()
         store.flush()
         del store
-    return {"status": status, "errors": errors, "params": params.__dict__, "song_ids": songs["song_id"].tolist()}
+    return {"status": status, "frames": frames, "errors": errors, "params": params.__dict__,
+            "song_ids": songs["song_id"].tolist()}
 
 
-def _collect(results, store, songs, status, errors, bar) -> None:
+def _collect(results, store, songs, status, frames, errors, bar) -> None:
     first = time.perf_counter()
     for done, (row, mel, st, reason) in enumerate(results, start=1):
         status[row] = st
@@ -232,7 +290,8 @@ def _collect(results, store, songs, status, errors, bar) -> None:
             errors.append([int(songs.at[row, "song_id"]), songs.at[row, "audio_path"], reason])
             LOG.warning("skipped song %s (%s): %s", songs.at[row, "song_id"], songs.at[row, "audio_path"], reason)
         else:
-            store[row] = mel
+            frames[row] = mel.shape[1]
+            store[row] = _fit_frames(mel, store.shape[2])
         if done == min(32, bar.total):
             rate = done / max(time.perf_counter() - first, 1e-9)
             LOG.info("features: ~%.1f songs/s, ETA for the stage %.0f s", rate, (bar.total - done) / rate)

@@ -106,7 +106,7 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
 
     labels = store.songs.set_index("song_id")[["valence", "arousal"]]
     train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
-    quality = gan_quality(store.song_mels(train_ids), labels.loc[train_ids].to_numpy(), store.song_mels(val_ids),
+    quality = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(), store.centre_windows(val_ids),
                           labels.loc[val_ids].to_numpy(), synthetic.mels, synthetic.labels, seed=seed)
     quality["training"] = {
         "epochs_completed": len(gan.history), "diverged": gan.diverged, "reused_checkpoint": gan.reused,

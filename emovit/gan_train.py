@@ -67,7 +67,7 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     song_ids = sorted(int(s) for s in song_ids)
     assert_only_train(song_ids, split, stage="GAN")
     labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32)
-    x = torch.from_numpy(store.song_mels(song_ids))  # (N, n_mels, T) float16 dB
+    x = torch.from_numpy(store.centre_windows(song_ids))  # (N, n_mels, T) float16 dB
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T)
     arch = G.GanArch(n_mels=x.shape[2], frames=x.shape[3], z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
                      out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))

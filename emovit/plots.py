@@ -25,11 +25,13 @@ def label_scatter(songs: pd.DataFrame, output_dir: str, name: str = "labels_scat
 
 def example_spectrograms(mels: np.ndarray, labels: pd.DataFrame, params, output_dir: str,
                          name: str = "example_spectrograms.png"):
-    """A few log-mels (k, n_mels, T) in dB, titled with their song id and labels."""
+    """A few stored clips (k, n_mels, T) in dB, titled with their song id and labels; the
+    model's first window (``clip_seconds``) is outlined."""
     k = len(mels)
     fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.2), squeeze=False)
-    seconds = params.num_frames * params.hop_length / params.sample_rate
+    seconds = mels.shape[2] * params.hop_length / params.sample_rate
     for ax, mel, row in zip(axes[0], mels, labels.itertuples()):
+        ax.axvspan(0, params.clip_seconds, ymin=0.01, ymax=0.99, fill=False, ec="white", lw=1, ls="--")
         im = ax.imshow(np.asarray(mel, dtype=np.float32), origin="lower", aspect="auto",
                        extent=[0, seconds, 0, mel.shape[0]], cmap="magma")
         ax.set_title(f"song {row.song_id}: V={row.valence:+.2f} A={row.arousal:+.2f}")
@@ -193,8 +195,29 @@ def ablation_comparison(models: dict[str, dict], output_dir: str, labels: dict |
                label=labels.get(key, key))
     ax.set_xticks(x, ["valence", "arousal"])
     ax.set_ylabel("test CCC (95% bootstrap interval)")
-    ax.set_title("Does the GAN help? Same split, seed and settings")
+    ax.set_title("Does the GAN help? Same split, seed and optimizer steps")
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=8)
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def augmented_batch(images, labels: np.ndarray, output_dir: str, name: str = "augmented_batch.png"):
+    """What the ViT sees in training: a few preprocessed images (k, 3, H, W), channel 0, with
+    random crops and SpecAugment masks applied (masked areas show the mean level)."""
+    images = np.asarray(images, dtype=np.float32)
+    k = len(images)
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[k:]:
+        ax.axis("off")
+    for i, ax in enumerate(axes.ravel()[:k]):
+        im = ax.imshow(images[i, 0], origin="lower", aspect="auto", cmap="magma")
+        ax.set_title(f"V={labels[i, 0]:+.2f} A={labels[i, 1]:+.2f}", fontsize=9)
+        ax.set_xlabel("time (pixels)")
+        ax.set_ylabel("mel (pixels)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="normalized pixel value")
+    fig.suptitle("One training batch after random crop and SpecAugment (ViT input, channel 0)")
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig

@@ -26,9 +26,7 @@ class Predictor:
         self.params = MelParams(**state["mel_params"])
         self.model = model_from_config_dict(state["vit_config"])
         self.model.load_state_dict(state["state_dict"])
-        p = state["preprocess"]
-        self.pre = DevicePreprocessor(p["mel_mean"], p["mel_std"], p["image_mean"], p["image_std"], p["size"],
-                                      p["clip_std"])
+        self.pre = DevicePreprocessor.from_dict(state["preprocess"])
         self.device = device
         self.model.to(device).eval()
         self.pre.to(device)

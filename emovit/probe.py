@@ -13,13 +13,44 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def band_stats(mels: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Log-mels (N, n_mels, T) -> features (N, 2 * n_mels): per-band mean, then std over time."""
+def band_stats(mels: np.ndarray, frames=None, chunk: int = 256) -> np.ndarray:
+    """Log-mels (N, n_mels, T) -> features (N, 2 * n_mels): per-band mean, then std over time.
+
+    ``frames`` (N,), optional: only the first ``frames[i]`` frames of song i count (the valid
+    part of a stored clip).
+    """
     out = []
     for i in range(0, len(mels), chunk):
         block = np.asarray(mels[i:i + chunk], dtype=np.float32)
-        out.append(np.concatenate([block.mean(axis=2), block.std(axis=2)], axis=1))
+        if frames is None:
+            out.append(np.concatenate([block.mean(axis=2), block.std(axis=2)], axis=1))
+            continue
+        valid = (np.arange(block.shape[2])[None, :] < np.asarray(frames[i:i + chunk])[:, None])[:, None, :]
+        n = valid.sum(axis=2)
+        mean = np.where(valid, block, 0).sum(axis=2) / n
+        std = np.sqrt(np.where(valid, (block - mean[:, :, None]) ** 2, 0).sum(axis=2) / n)
+        out.append(np.concatenate([mean, std], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 2 * mels.shape[1]), np.float32)
+
+
+def song_features(store, song_ids) -> np.ndarray:
+    """Band statistics (len(song_ids), 2 * n_mels) of the songs' whole stored clips (valid frames)."""
+    return band_stats(store.song_mels(song_ids), store.song_frames(song_ids))
+
+
+def validation_probe(store, split) -> tuple[object, dict]:
+    """The notebook's first look: the probe fitted on TRAINING songs, scored on validation songs.
+
+    Returns (fitted probe, {"valence": CCC, "arousal": CCC} on the validation songs).
+    """
+    from emovit.metrics import DIMENSIONS, ccc
+    from emovit.split import ids_of
+
+    labels = store.songs.set_index("song_id")[list(DIMENSIONS)]
+    train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
+    probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())
+    pred = probe.predict(song_features(store, val_ids))
+    return probe, {dim: round(ccc(labels.loc[val_ids, dim], pred[:, d]), 3) for d, dim in enumerate(DIMENSIONS)}
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray):

@@ -9,10 +9,13 @@ With none reachable the run stops with a message naming the three, unless
 ``cfg.allow_random_vit`` (the demo preset) asks for a small randomly initialised ViT.
 
 Input (``DevicePreprocessor``, on the device, batched): log-mel (B, n_mels, T) float16 dB
--> standardized with training-song statistics -> values in [-k, k] std mapped linearly onto
-pixels [0, 1] (k = ``pixel_clip_std``) -> resized to 224 x 224 (bilinear, antialiased) ->
-repeated to 3 channels -> normalized with the checkpoint's own image statistics
-(in21k: mean = std = 0.5) or the classic ImageNet-1k constants.
+-> standardized with training-song statistics -> (training only) SpecAugment masks, set to
+0 = the mean level -> values in [-k, k] std mapped linearly onto pixels [0, 1]
+(k = ``pixel_clip_std``) -> resized to image_height x image_width (bilinear, antialiased;
+224 x 224 by default) -> repeated to 3 channels -> normalized with the checkpoint's own image
+statistics (in21k: mean = std = 0.5) or the classic ImageNet-1k constants. Any other multiple
+of 16 (e.g. 128 x 512, close to a spectrogram's own aspect) works through the ViT's
+interpolation of its position embeddings.
 """
 
 from __future__ import annotations
@@ -127,16 +130,28 @@ def _found(source: str, location: str, cfg: Config) -> Pretrained:
     return Pretrained(source, location, mean, std)
 
 
+def check_image_shape(height: int, width: int) -> None:
+    """Both sides must be positive multiples of the ViT's 16-pixel patch."""
+    if height <= 0 or width <= 0 or height % 16 or width % 16:
+        raise ValueError(f"image_height and image_width must be positive multiples of 16 (the ViT patch), "
+                         f"got {height} x {width}")
+
+
 def random_vit_config(cfg: Config):
     from transformers import ViTConfig
 
+    check_image_shape(cfg.image_height, cfg.image_width)
     return ViTConfig(hidden_size=cfg.random_vit_hidden, num_hidden_layers=cfg.random_vit_layers,
                      num_attention_heads=cfg.random_vit_heads, intermediate_size=4 * cfg.random_vit_hidden,
-                     image_size=cfg.image_size, patch_size=16, num_channels=3)
+                     image_size=[cfg.image_height, cfg.image_width], patch_size=16, num_channels=3)
 
 
 class ViTRegressor(nn.Module):
-    """ViT backbone + head on the CLS token: images (B, 3, 224, 224) -> (B, 2) valence, arousal."""
+    """ViT backbone + head on the CLS token: images (B, 3, H, W) -> (B, 2) valence, arousal.
+
+    Inputs of another size than the backbone's ``image_size`` use interpolated position
+    embeddings (``interpolate_pos_encoding``); H and W must be multiples of the patch size.
+    """
 
     def __init__(self, backbone: nn.Module, dropout: float = 0.1):
         super().__init__()
@@ -147,8 +162,11 @@ class ViTRegressor(nn.Module):
         nn.init.normal_(self.head[1].weight, std=0.02)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        cls = self.backbone(pixel_values=pixels).last_hidden_state[:, 0]  # (B, hidden)
-        return self.head(cls)
+        size = self.backbone.config.image_size
+        native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        interpolate = tuple(pixels.shape[-2:]) != native
+        cls = self.backbone(pixel_values=pixels, interpolate_pos_encoding=interpolate).last_hidden_state[:, 0]
+        return self.head(cls)  # (B, 2)
 
 
 def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
@@ -174,23 +192,92 @@ def model_from_config_dict(vit_config: dict, dropout: float = 0.0) -> ViTRegress
     return ViTRegressor(ViTModel(ViTConfig.from_dict(vit_config), add_pooling_layer=False), dropout)
 
 
-class DevicePreprocessor(nn.Module):
-    """log-mel dB (B, n_mels, T) any float dtype -> normalized pixels (B, 3, size, size) float32."""
+class SpecAugment(nn.Module):
+    """Frequency and time masks (Park et al. 2019) on standardized log-mels, training mode only.
 
-    def __init__(self, mel_mean: float, mel_std: float, image_mean, image_std, size: int = 224,
-                 clip_std: float = 3.0):
+    (B, n_mels, T) -> same shape. Each item gets ``freq_masks`` bands of 0..``freq_mask_max``
+    mel bins and ``time_masks`` spans of 0..``time_mask_max_fraction`` x T frames, drawn
+    independently with torch's RNG on the input's device; masked values become 0, i.e. the
+    training songs' mean level (the input is standardized). In eval mode: the identity.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_mask_max: int = 24, time_masks: int = 2,
+                 time_mask_max_fraction: float = 0.1):
         super().__init__()
-        self.mel_mean, self.mel_std, self.size, self.clip_std = mel_mean, mel_std, size, clip_std
+        self.freq_masks, self.freq_mask_max = freq_masks, freq_mask_max
+        self.time_masks, self.time_mask_max_fraction = time_masks, time_mask_max_fraction
+
+    @staticmethod
+    def _spans(batch: int, length: int, count: int, max_width: int, device) -> torch.Tensor:
+        """(batch, length) bool: True inside any of ``count`` random spans of 0..max_width."""
+        pos = torch.arange(length, device=device)[None, :]
+        hit = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        max_width = min(max_width, length)
+        for _ in range(count):
+            width = torch.randint(0, max_width + 1, (batch, 1), device=device)
+            start = (torch.rand(batch, 1, device=device) * (length - width + 1)).floor().long()
+            hit |= (pos >= start) & (pos < start + width)
+        return hit
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return z
+        b, m, t = z.shape
+        freq = self._spans(b, m, self.freq_masks, self.freq_mask_max, z.device)[:, :, None]
+        time = self._spans(b, t, self.time_masks, int(self.time_mask_max_fraction * t), z.device)[:, None, :]
+        return z.masked_fill(freq | time, 0.0)
+
+    def to_dict(self) -> dict:
+        return {"freq_masks": self.freq_masks, "freq_mask_max": self.freq_mask_max, "time_masks": self.time_masks,
+                "time_mask_max_fraction": self.time_mask_max_fraction}
+
+
+class DevicePreprocessor(nn.Module):
+    """log-mel dB (B, n_mels, T) any float dtype -> normalized pixels (B, 3, H, W) float32.
+
+    ``size`` is (H, W) or one int for a square. ``spec_augment`` (optional) masks the
+    standardized log-mel in training mode only; ``eval()`` (validation, test, prediction)
+    never masks.
+    """
+
+    def __init__(self, mel_mean: float, mel_std: float, image_mean, image_std, size: int | tuple = 224,
+                 clip_std: float = 3.0, spec_augment: SpecAugment | None = None):
+        super().__init__()
+        self.height, self.width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        check_image_shape(self.height, self.width)
+        self.mel_mean, self.mel_std, self.clip_std = mel_mean, mel_std, clip_std
+        self.spec_augment = spec_augment
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    @classmethod
+    def from_config(cls, cfg: Config, standardizer, pretrained: Pretrained) -> DevicePreprocessor:
+        """The run's preprocessor: training-song statistics, the weights' image statistics,
+        ``image_height`` x ``image_width`` and SpecAugment when ``cfg.spec_augment``."""
+        augment = (SpecAugment(cfg.freq_masks, cfg.freq_mask_max, cfg.time_masks, cfg.time_mask_max_fraction)
+                   if cfg.spec_augment else None)
+        return cls(standardizer.mean, standardizer.std, pretrained.image_mean, pretrained.image_std,
+                   (cfg.image_height, cfg.image_width), cfg.pixel_clip_std, augment)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DevicePreprocessor:
+        """Rebuild from :meth:`to_dict` (checkpoints before format 2 stored one square ``size``).
+
+        Prediction never augments, so SpecAugment settings are not restored."""
+        size = (d["height"], d["width"]) if "height" in d else d["size"]
+        return cls(d["mel_mean"], d["mel_std"], d["image_mean"], d["image_std"], size, d["clip_std"])
+
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         z = (mels.float() - self.mel_mean) / self.mel_std  # standardized
+        if self.spec_augment is not None:
+            z = self.spec_augment(z)  # identity unless in training mode
         pixels = ((z + self.clip_std) / (2 * self.clip_std)).clamp(0, 1).unsqueeze(1)  # (B, 1, M, T) in [0, 1]
-        pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True,
+        pixels = F.interpolate(pixels, size=(self.height, self.width), mode="bilinear", antialias=True,
                                align_corners=False)
         return (pixels.expand(-1, 3, -1, -1) - self.image_mean) / self.image_std
 
     def to_dict(self) -> dict:
         return {"mel_mean": self.mel_mean, "mel_std": self.mel_std, "image_mean": self.image_mean.flatten().tolist(),
-                "image_std": self.image_std.flatten().tolist(), "size": self.size, "clip_std": self.clip_std}
+                "image_std": self.image_std.flatten().tolist(), "height": self.height, "width": self.width,
+                "clip_std": self.clip_std,
+                "spec_augment": self.spec_augment.to_dict() if self.spec_augment is not None else None}

@@ -1,17 +1,29 @@
-"""Fine-tune the ViT regressor: data, loss, optimizer, mixed precision, checkpoints, resume.
+"""Fine-tune the ViT regressor: data, crops, augmentation, loss, optimizer, AMP, checkpoints, resume.
 
 Training data = real TRAINING songs (asserted) + synthetic GAN samples (optional, with a
 loss weight); validation = real validation songs only. Host memory holds 1-channel float16
-log-mels only (memory-mapped .npy files opened lazily in each loader worker); resizing to
-224 x 224, the 3 channels and the normalization happen on the device, per batch.
+log-mels only (memory-mapped .npy files opened lazily in each loader worker); resizing, the 3
+channels, SpecAugment and the normalization happen on the device, per batch.
 
-Every epoch is reproducible from (seed, epoch): the shuffling generator and torch's RNG are
-re-seeded at the start of each epoch, so a run resumed from ``last_vit_model.pth`` ends with
-the same weights as an uninterrupted one (on the CPU; GPU kernels may differ slightly).
+Learning more from few songs (AST's recipe): each training item is a random ``clip_seconds``
+window of the song's stored clip, a new one every epoch (``random_crop``); validation, test
+and prediction average ``test_crops`` evenly spaced windows; SpecAugment masks and optional
+mixup act on training batches only.
+
+Every epoch is reproducible from (seed, epoch): the sampler, the crops (a generator seeded by
+(seed, epoch, item)) and torch's RNG (masks, dropout, mixup) are re-seeded at the start of
+each epoch, so a run resumed from its resume state ends with the same weights as an
+uninterrupted one (on the CPU; GPU kernels may differ slightly).
+
+An "epoch" is ``steps_per_epoch`` optimizer steps. By default that is one pass over the
+training set; ablation arms pass the main model's value, so every arm takes the same number
+of optimizer steps whatever its data size (a smaller set is cycled through, reshuffled on
+every pass).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -19,10 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from emovit.config import Config
+from emovit.features import crop_starts
 from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import amp_dtype
@@ -30,34 +43,86 @@ from emovit.split import assert_only_train, ids_of
 
 # Encoder layer index in a parameter name: "encoder.layer.N." (transformers 4.x) or "layers.N." (5.x).
 LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
-TRAIN_FIELDS = ("vit_epochs", "vit_batch_size", "vit_lr", "head_lr", "vit_weight_decay", "vit_warmup_fraction",
-                "vit_layer_decay", "vit_loss", "grad_clip", "early_stop_patience", "use_synthetic",
-                "synthetic_weight", "head_dropout", "seed", "image_size", "image_norm", "pixel_clip_std")
+# Config fields that cannot change what a ViT learns or how it is scored on validation songs. Every
+# other field is part of the ViT's run key (a new field is in the key unless it is listed here).
+NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "max_songs", "num_workers",
+                       "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
+                       "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
+                       "demo_song_seconds", "split_file", "predict_dir", "predict_hop_seconds")
+CHECKPOINT_FORMAT = 2  # best_vit_model.pth: 2 = run key, image height/width, test crops
+
+
+@dataclass
+class Part:
+    """One source of items: rows of a memory-mapped .npy store.
+
+    ``frames``: valid frames per row (a crop never reaches past them); ``song_ids``: real
+    songs' ids, None for synthetic samples.
+    """
+
+    path: str
+    rows: np.ndarray
+    labels: np.ndarray  # (n, 2) float32
+    weight: float
+    frames: np.ndarray
+    song_ids: list[int] | None = None
 
 
 class MelDataset(Dataset):
-    """Items (mel (n_mels, T) float16, label (2,) float32, weight () float32).
+    """Windows of stored log-mels with their labels and loss weights.
 
-    ``parts``: list of (npy_path, rows, labels (n, 2), weight). Files are memory-mapped on
-    first use in each process, so loader workers share pages instead of copying arrays.
+    ``mode``:
+      * "random": item i of epoch e is a random ``window``-frame crop, drawn from a generator
+        seeded by (seed, e, i) -> mel (n_mels, window) float16;
+      * "centre": the centre window -> (n_mels, window);
+      * "crops": ``crops`` evenly spaced windows -> (crops, n_mels, window).
+    Items are (mel, label (2,) float32, weight () float32). Files are memory-mapped on first use
+    in each process, so loader workers share pages instead of copying arrays.
     """
 
-    def __init__(self, parts: list[tuple[str, np.ndarray, np.ndarray, float]]):
-        self.parts = [(p, np.asarray(r), np.asarray(lab, np.float32), float(w)) for p, r, lab, w in parts]
-        self.offsets = np.cumsum([0] + [len(r) for _, r, _, _ in self.parts])
+    def __init__(self, parts: list[Part], window: int, mode: str = "centre", crops: int = 1, seed: int = 0):
+        if mode not in ("random", "centre", "crops"):
+            raise ValueError(f"mode must be 'random', 'centre' or 'crops', got {mode!r}")
+        self.parts, self.window, self.mode, self.crops, self.seed = parts, window, mode, crops, seed
+        self.epoch = 0  # set before each training epoch's loader is built
+        self.offsets = np.cumsum([0] + [len(p.rows) for p in parts])
         self._maps: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def song_ids(self) -> list[int]:
+        """Ids of the real songs, in item order (synthetic parts contribute none)."""
+        return [int(s) for p in self.parts if p.song_ids is not None for s in p.song_ids]
+
+    @property
+    def files(self) -> list[str]:
+        return [p.path for p in self.parts]
+
+    def _locate(self, i: int) -> tuple[Part, int]:
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.parts[k], int(i - self.offsets[k])
+
+    def starts(self, i: int) -> np.ndarray:
+        """Window starts (frames) of item i in this dataset's mode and current epoch."""
+        part, j = self._locate(i)
+        frames = int(part.frames[j])
+        if self.mode == "random":
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            return np.array([rng.integers(0, max(frames - self.window, 0) + 1)])
+        return crop_starts(frames, self.window, self.crops if self.mode == "crops" else 1)
+
     def __getitem__(self, i: int):
-        part = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        path, rows, labels, weight = self.parts[part]
-        j = i - self.offsets[part]
-        if path not in self._maps:
-            self._maps[path] = np.load(path, mmap_mode="r")
-        mel = torch.from_numpy(np.array(self._maps[path][rows[j]], dtype=np.float16))
-        return mel, torch.tensor(labels[j]), torch.tensor(weight)
+        part, j = self._locate(i)
+        if part.path not in self._maps:
+            self._maps[part.path] = np.load(part.path, mmap_mode="r")
+        row = self._maps[part.path][part.rows[j]]  # (n_mels, T_store) memmap view
+        windows = np.stack([np.asarray(row[:, s:s + self.window], dtype=np.float16) for s in self.starts(i)])
+        if windows.shape[2] < self.window:  # a store narrower than one window (never from extract_features)
+            raise ValueError(f"{part.path} row {part.rows[j]} has {windows.shape[2]} frames < window {self.window}")
+        mel = torch.from_numpy(windows if self.mode == "crops" else windows[0])
+        return mel, torch.tensor(part.labels[j]), torch.tensor(part.weight)
 
     def __getstate__(self):  # never pickle open memmaps into workers
         state = self.__dict__.copy()
@@ -65,21 +130,53 @@ class MelDataset(Dataset):
         return state
 
 
-def real_part(store, song_ids, weight: float = 1.0):
+class EpochSampler(Sampler):
+    """Indices of one epoch: ``num_samples`` items from permutations of range(n) laid end to end.
+
+    Seeded by (seed, epoch). With num_samples == n this is one shuffled pass; with more, a
+    smaller data set is cycled through, reshuffled on every pass (step-matched arms).
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int, epoch: int):
+        self.n, self.num_samples, self.seed, self.epoch = n, num_samples, seed, epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        passes = -(-self.num_samples // self.n)
+        order = torch.cat([torch.randperm(self.n, generator=gen) for _ in range(passes)])
+        return iter(order[: self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def real_part(store, song_ids, weight: float = 1.0) -> Part:
     songs = store.songs.set_index("song_id").loc[list(song_ids)]
-    return (store.path, songs["row"].to_numpy(), songs[["valence", "arousal"]].to_numpy(np.float32), weight)
+    return Part(store.path, songs["row"].to_numpy(), songs[["valence", "arousal"]].to_numpy(np.float32), weight,
+                songs["frames"].to_numpy(), [int(s) for s in song_ids])
 
 
 def make_datasets(store, split, synthetic, cfg: Config, train_ids=None) -> tuple[MelDataset, MelDataset, MelDataset]:
-    """(train, val, test). Train = real training songs (+ synthetic); val and test: real only."""
+    """(train, val, test). Train = real training songs (+ synthetic); val and test: real only.
+
+    Train items are random windows (``random_crop``) or centre windows; val and test items are
+    ``test_crops`` evenly spaced windows each (averaged by :func:`predict_dataset`).
+    """
     train_ids = ids_of(split, "train") if train_ids is None else sorted(int(s) for s in train_ids)
     assert_only_train(train_ids, split, stage="ViT")
+    window = store.params.num_frames
     parts = [real_part(store, train_ids)]
     if cfg.use_synthetic and synthetic is not None:
-        parts.append((synthetic.path, np.arange(len(synthetic.labels)), synthetic.labels, cfg.synthetic_weight))
-    val = MelDataset([real_part(store, ids_of(split, "val"))])
-    test = MelDataset([real_part(store, ids_of(split, "test"))])
-    return MelDataset(parts), val, test
+        n = len(synthetic.labels)
+        if synthetic.mels.shape[2] < window:
+            raise ValueError(f"synthetic spectrograms have {synthetic.mels.shape[2]} frames, fewer than the "
+                             f"model's window of {window}")
+        parts.append(Part(synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32),
+                          cfg.synthetic_weight, np.full(n, synthetic.mels.shape[2])))
+    train = MelDataset(parts, window, "random" if cfg.random_crop else "centre", seed=cfg.seed)
+    val, test = (MelDataset([real_part(store, ids_of(split, name))], window, "crops", crops=cfg.test_crops)
+                 for name in ("val", "test"))
+    return train, val, test
 
 
 # ---- loss ------------------------------------------------------------------------------
@@ -139,53 +236,111 @@ class TrainResult:
     best_epoch: int = 0
     best_val_ccc: float = float("-inf")
     stopped_early: bool = False
-    resumed_from: int = 0  # last completed epoch found in last_vit_model.pth (0 = fresh)
+    resumed_from: int = 0  # last completed epoch found in the resume state (0 = fresh)
     skipped_steps: int = 0  # steps skipped for a non-finite loss
     seconds: float = 0.0
     key: str = ""
+    steps_per_epoch: int = 0  # optimizer steps per epoch (equal across step-matched arms)
+    optimizer_steps: int = 0  # optimizer steps taken over all epochs, resumed ones included
 
 
-def run_key(cfg: Config, data_key: str, pretrained_location: str) -> str:
-    return hash_json({"train": {k: getattr(cfg, k) for k in TRAIN_FIELDS}, "data": data_key,
-                      "weights": pretrained_location})
+def training_settings(cfg: Config) -> dict:
+    """Every Config field that can change what the ViT learns (all but NOT_TRAINING_FIELDS)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_TRAINING_FIELDS}
 
 
-def _loader(ds, cfg: Config, device: str, shuffle: bool, epoch: int = 0) -> DataLoader:
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+def run_key(cfg: Config, data_key: str, pretrained_location: str, steps_per_epoch: int = 0) -> str:
+    """Identity of one ViT training run: its settings, its data, its starting weights and length."""
+    return hash_json({"train": training_settings(cfg), "data": data_key, "weights": pretrained_location,
+                      "steps_per_epoch": steps_per_epoch})
+
+
+def data_key(store, split, synthetic) -> str:
+    """Identity of the training and selection data: feature store, split, the labels of every
+    split song, and the synthetic set (whose file name is tied to the generator's weights)."""
+    labels = store.songs.set_index("song_id").loc[split["song_id"], ["valence", "arousal"]]
+    return hash_json({"features": os.path.basename(store.path), "split": split.to_dict(orient="list"),
+                      "labels": labels.round(6).to_numpy().tolist(),
+                      "synthetic": os.path.basename(synthetic.path) if synthetic is not None else None})
+
+
+def _loader(ds, cfg: Config, device: str, epoch: int | None = None, samples: int | None = None) -> DataLoader:
+    """Training loader of ``epoch`` (``samples`` items, shuffled) or, with epoch None, an
+    evaluation loader in dataset order."""
     workers = cfg.loader_workers
-    return DataLoader(ds, batch_size=cfg.vit_batch_size, shuffle=shuffle, generator=gen if shuffle else None,
-                      num_workers=workers, pin_memory=device.startswith("cuda"), persistent_workers=False,
+    sampler = None
+    if epoch is not None:
+        ds.epoch = epoch  # before the workers get their copy of the dataset
+        sampler = EpochSampler(len(ds), samples or len(ds), cfg.seed, epoch)
+    return DataLoader(ds, batch_size=cfg.vit_batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.startswith("cuda"), persistent_workers=False,
                       prefetch_factor=4 if workers else None)
+
+
+def mixup(mel: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float):
+    """Mix each item with another of the batch: lambda ~ Beta(alpha, alpha), one per batch.
+
+    mel (B, n_mels, T), y (B, 2), w (B,) -> the same shapes. alpha 0: returned unchanged.
+    Mixing log-mels in dB before standardization equals mixing them after (an affine map).
+    """
+    if alpha <= 0:
+        return mel, y, w
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(mel), device=mel.device)
+    mix = lambda t: lam * t + (1 - lam) * t[perm]  # noqa: E731
+    return mix(mel.float()), mix(y), mix(w)
 
 
 @torch.no_grad()
 def predict_dataset(model, pre, ds, cfg: Config, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions (N, 2), targets (N, 2)) in dataset order."""
+    """(predictions (N, 2), targets (N, 2)) in dataset order; several crops per item are averaged."""
     model.eval()
+    pre.eval()
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     preds, targets = [], []
-    for mel, y, _ in _loader(ds, cfg, device, shuffle=False):
+    for mel, y, _ in _loader(ds, cfg, device):
+        mel = mel.to(device, non_blocking=True)
+        crops = mel.shape[1] if mel.ndim == 4 else 1  # (B, K, n_mels, T) -> K windows per item
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(pre(mel.to(device, non_blocking=True)))
-        preds.append(out.float().cpu().numpy())
+            out = model(pre(mel.reshape(-1, *mel.shape[-2:])))
+        preds.append(out.float().view(len(y), crops, 2).mean(dim=1).cpu().numpy())
         targets.append(y.numpy())
     return np.concatenate(preds), np.concatenate(targets)
 
 
+@torch.no_grad()
+def augmented_examples(train_ds, pre, cfg: Config, device: str, count: int = 8, epoch: int = 1):
+    """The first ``count`` training items of ``epoch`` as the ViT sees them, masks included.
+
+    Returns (images (count, 3, H, W) float32 numpy, labels (count, 2)). Leaves ``pre`` in eval mode.
+    """
+    from emovit.config import replace
+
+    loader = _loader(train_ds, replace(cfg, vit_batch_size=count, loader_workers=0), device, epoch, samples=count)
+    mel, y, _ = next(iter(loader))
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    pre.to(device).train()
+    images = pre(mel.to(device)).cpu().numpy()
+    pre.eval()
+    return images, y.numpy()
+
+
 def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, best_path: str, last_path: str,
-              interrupt_after_epoch: int | None = None) -> TrainResult:
+              steps_per_epoch: int | None = None, interrupt_after_epoch: int | None = None) -> TrainResult:
     """Fine-tune ``model`` (unwrapped ViTRegressor) and keep the best epoch by mean val CCC.
 
-    Writes ``best_path`` (best val CCC, for ``predict``) and ``last_path`` (the resume
-    state: weights, optimizer, scheduler, scaler, history). With a ``last_path`` of the same
-    ``key``, training resumes after its last completed epoch (or returns at once if it had
-    finished). ``interrupt_after_epoch`` raises KeyboardInterrupt after that epoch (tests).
+    Writes ``best_path`` (best val CCC, for ``predict``; it carries ``key``) and ``last_path``
+    (the resume state: weights, optimizer, scheduler, scaler, history). With a ``last_path`` of
+    the same ``key`` and a ``best_path`` of that key, training resumes after its last completed
+    epoch (or returns at once if it had finished); anything else starts fresh.
+    ``steps_per_epoch`` (default: one pass over ``train_ds``) sets the optimizer steps per
+    epoch. ``interrupt_after_epoch`` raises KeyboardInterrupt after that epoch (tests).
     """
     start = time.perf_counter()
     model.to(device)
     pre.to(device)
     net = torch.nn.DataParallel(model) if device.startswith("cuda") and torch.cuda.device_count() > 1 else model
-    steps_per_epoch = max(1, -(-len(train_ds) // cfg.vit_batch_size))
+    steps_per_epoch = steps_per_epoch or max(1, -(-len(train_ds) // cfg.vit_batch_size))
     total = steps_per_epoch * cfg.vit_epochs
     opt = torch.optim.AdamW(param_groups(model, cfg))
     from transformers import get_cosine_schedule_with_warmup
@@ -193,29 +348,19 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.vit_warmup_fraction * total), total)
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    result = TrainResult(key=key)
+    result = TrainResult(key=key, steps_per_epoch=steps_per_epoch)
     bad_epochs = 0
-    state = None
-    if os.path.exists(last_path):
-        try:
-            state = load_checkpoint(last_path)
-        except RuntimeError as err:
-            if not cfg.retrain_bad_checkpoints:
-                raise RuntimeError(f"{err} Or set retrain_bad_checkpoints=True to train from scratch.") from err
-            LOG.warning("ViT: %s -- training from scratch (retrain_bad_checkpoints=True)", err)
+    state = _resume_state(last_path, best_path, key, cfg)
     if state is not None:
-        if state.get("key") == key:
-            model.load_state_dict(state["state_dict"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            result.history, bad_epochs = state["history"], state["bad_epochs"]
-            result.best_epoch, result.best_val_ccc = state["best_epoch"], state["best_val_ccc"]
-            result.resumed_from, result.stopped_early = state["epoch"], state["stopped_early"]
-            result.skipped_steps = state["skipped_steps"]
-            LOG.info("ViT: resuming after epoch %d from %s", state["epoch"], last_path)
-        else:
-            LOG.info("ViT: %s belongs to other settings or data; starting fresh", last_path)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        result.history, bad_epochs = state["history"], state["bad_epochs"]
+        result.best_epoch, result.best_val_ccc = state["best_epoch"], state["best_val_ccc"]
+        result.resumed_from, result.stopped_early = state["epoch"], state["stopped_early"]
+        result.skipped_steps, result.optimizer_steps = state["skipped_steps"], state["optimizer_steps"]
+        LOG.info("ViT: resuming after epoch %d from %s", state["epoch"], last_path)
     first_epoch = result.resumed_from + 1
     if result.stopped_early or first_epoch > cfg.vit_epochs:
         LOG.info("ViT: training had already finished (best epoch %d)", result.best_epoch)
@@ -225,11 +370,12 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)
         net.train()
+        pre.train()
         loss_sum, n_steps = 0.0, 0
-        batches = tqdm(_loader(train_ds, cfg, device, True, epoch), desc=f"epoch {epoch}", unit="batch", leave=False,
-                       mininterval=2.0)
+        loader = _loader(train_ds, cfg, device, epoch, samples=steps_per_epoch * cfg.vit_batch_size)
+        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0)
         for mel, y, w in batches:
-            mel, y, w = (t.to(device, non_blocking=True) for t in (mel, y, w))
+            mel, y, w = mixup(*(t.to(device, non_blocking=True) for t in (mel, y, w)), cfg.mixup_alpha)
             with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32,
                                 enabled=dtype is not None):
                 pred = net(pre(mel))
@@ -253,11 +399,12 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             sched.step()
             loss_sum += float(loss.detach())
             n_steps += 1
+            result.optimizer_steps += 1
             batches.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
             if epoch == first_epoch and n_steps == min(10, steps_per_epoch):
                 rate = n_steps * cfg.vit_batch_size / (time.perf_counter() - t0)
                 LOG.info("ViT: ~%.0f images/s; ETA for %d epochs ~%.0f s", rate, len(epochs),
-                         len(train_ds) * len(epochs) / rate)
+                         steps_per_epoch * cfg.vit_batch_size * len(epochs) / rate)
         pred, target = predict_dataset(model, pre, val_ds, cfg, device)
         row = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1),
                "val_loss": float(loss_fn(cfg.vit_loss, torch.from_numpy(pred), torch.from_numpy(target),
@@ -268,7 +415,7 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
         result.history.append(row)
         if row["val_ccc_mean"] > result.best_val_ccc:
             result.best_val_ccc, result.best_epoch, bad_epochs = row["val_ccc_mean"], epoch, 0
-            save_best(model, pre, cfg, best_path, epoch, row)
+            save_best(model, pre, cfg, best_path, epoch, row, key)
         else:
             bad_epochs += 1
         result.stopped_early = bad_epochs >= cfg.early_stop_patience
@@ -284,14 +431,58 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     return result
 
 
-def save_best(model, pre, cfg: Config, path: str, epoch: int, row: dict) -> None:
+def _resume_state(last_path: str, best_path: str, key: str, cfg: Config) -> dict | None:
+    """The resume state to continue from, or None to start fresh.
+
+    Continuing needs a resume state of this run's ``key`` AND a best checkpoint of the same
+    key: a run interrupted between writing the two files, then followed by a run of other
+    settings in the same folder, must never leave a best file of another run to be scored.
+    """
+    if not os.path.exists(last_path):
+        return None
+    try:
+        state = load_checkpoint(last_path)
+    except RuntimeError as err:
+        if not cfg.retrain_bad_checkpoints:
+            raise RuntimeError(f"{err} Or set retrain_bad_checkpoints=True to train from scratch.") from err
+        LOG.warning("ViT: %s -- training from scratch (retrain_bad_checkpoints=True)", err)
+        return None
+    if state.get("key") != key:
+        LOG.info("ViT: %s belongs to other settings or data; starting fresh", last_path)
+        return None
+    best_key = checkpoint_key(best_path) if os.path.exists(best_path) else None
+    if state["best_epoch"] and best_key != key:
+        LOG.warning("ViT: %s is not this run's best checkpoint (run key %s, found %s); starting fresh",
+                    best_path, key, best_key)
+        return None
+    return state
+
+
+def checkpoint_key(path: str) -> str | None:
+    """The run key stored in a best checkpoint (None for files before format 2)."""
+    return load_checkpoint(path).get("key")
+
+
+def load_best(path: str, key: str) -> dict:
+    """Load a best checkpoint, refusing one written by another run (other settings or data)."""
+    state = load_checkpoint(path)
+    if state.get("key") != key:
+        raise RuntimeError(
+            f"{path} was written by another run (run key {state.get('key')!r}, this run {key!r}): its model may "
+            "have trained on this run's test songs, so it is not scored. Delete it (or use another output_dir) "
+            "and run the training cell again.")
+    return state
+
+
+def save_best(model, pre, cfg: Config, path: str, epoch: int, row: dict, key: str) -> None:
     """Everything ``predict`` needs, loadable with ``torch.load(weights_only=True)``."""
+    from emovit.features import PARAM_FIELDS
+
     state = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "vit_config": model.backbone.config.to_dict(), "preprocess": pre.to_dict(),
-        "mel_params": {k: getattr(cfg, k) for k in ("sample_rate", "clip_seconds", "clip_offset", "n_fft",
-                                                    "hop_length", "n_mels", "db_amin")},
-        "config": cfg.to_dict(), "epoch": epoch, "val": row, "format": 1,
+        "mel_params": {k: getattr(cfg, k) for k in PARAM_FIELDS}, "test_crops": cfg.test_crops,
+        "config": cfg.to_dict(), "epoch": epoch, "val": row, "key": key, "format": CHECKPOINT_FORMAT,
     }
     _atomic_save(state, path)
 
@@ -302,16 +493,10 @@ def _save_last(path, model, opt, sched, scaler, result: TrainResult, epoch: int,
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
         "history": result.history, "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": result.best_epoch,
         "best_val_ccc": result.best_val_ccc, "stopped_early": result.stopped_early,
-        "skipped_steps": result.skipped_steps, "key": key,
+        "skipped_steps": result.skipped_steps, "optimizer_steps": result.optimizer_steps, "key": key,
     }, path)
 
 
 def _atomic_save(obj, path: str) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def data_key(store, split, synthetic) -> str:
-    """Identity of the training data: feature store, split and synthetic set."""
-    return hash_json({"features": os.path.basename(store.path), "split": split.to_dict(orient="list"),
-                      "synthetic": os.path.basename(synthetic.path) if synthetic is not None else None})

@@ -108,11 +108,13 @@ plots.label_scatter(songs, cfg.output_dir);
 
 # %% [markdown]
 # ## Features
-# Each song becomes one log-mel spectrogram: 30 s of mono audio at 22,050 Hz, n_fft 2048,
-# hop 512, 128 mel bands (128 x 1292). Power is in dB against a fixed reference, not the
-# clip's own maximum, so loudness survives. Extraction runs on all CPU cores and is cached:
-# re-running this cell with the same files and settings loads the cache. Files that cannot
-# be decoded are skipped and listed in `errors.csv`.
+# Each song's whole clip (DEAM: 45 s, up to `max_clip_seconds`) becomes one log-mel
+# spectrogram: mono audio at 22,050 Hz, n_fft 2048, hop 512, 128 mel bands (128 x 1938 for
+# 45 s). The model itself looks at 30 s windows (128 x 1292, dashed box below): training draws
+# a new window from each clip every epoch, evaluation averages several. Power is in dB against
+# a fixed reference, not the clip's own maximum, so loudness survives. Extraction runs on all
+# CPU cores and is cached: re-running this cell with the same files and settings loads the
+# cache. Files that cannot be decoded are skipped and listed in `errors.csv`.
 
 # %% module="emovit/features.py"
 
@@ -128,20 +130,26 @@ plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store
 
 # %% [markdown]
 # ## Split
-# Songs are split once, by song and seeded, into train / validation / test (`split.csv`).
-# Everything learned later -- standardization statistics, the GAN, the ViT -- sees training
-# songs only; validation and test hold real songs only.
+# Songs are split once, by song, into train / validation / test (`split.csv`). A song's split
+# is a hash of its id and the seed, so it never moves because another song failed to decode
+# on some machine; the set sizes are therefore close to, not exactly at, their targets (the
+# table shows both). `split_file` uses a published split instead. Everything learned later --
+# standardization statistics, the GAN, the ViT -- sees training songs only; validation and
+# test hold real songs only.
 
 # %% module="emovit/split.py"
 
 # %%
-from emovit.split import Standardizer, save_split, split_songs
+from emovit.split import fit_standardizer, read_split_file, save_split, split_songs, split_table
 
-split = split_songs(store.songs["song_id"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+if cfg.split_file:
+    split, split_counts = read_split_file(cfg.split_file, store.songs["song_id"])
+    print(f"split from {cfg.split_file}: {split_counts}")
+else:
+    split = split_songs(store.songs["song_id"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
 save_split(split, cfg.output_dir)
-train_rows = store.songs[store.songs["song_id"].isin(split.query("split == 'train'")["song_id"])]["row"]
-standardizer = Standardizer.fit(store.mels, train_rows)
-display(split["split"].value_counts().rename("songs").to_frame())
+standardizer = fit_standardizer(store, split)
+display(split_table(split, cfg.val_fraction, cfg.test_fraction))
 print(f"standardization (training songs only): mean {standardizer.mean:.2f} dB, std {standardizer.std:.2f} dB")
 plots.split_distributions(store.songs, split, cfg.output_dir);
 
@@ -156,16 +164,13 @@ plots.split_distributions(store.songs, split, cfg.output_dir);
 # %% module="emovit/probe.py"
 
 # %%
-from emovit.metrics import ccc
-from emovit.probe import band_stats, fit_probe
+from emovit.probe import validation_probe
 from emovit.split import ids_of
 
 labels = store.songs.set_index("song_id")[["valence", "arousal"]]
 train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
-probe = fit_probe(band_stats(store.song_mels(train_ids)), labels.loc[train_ids].to_numpy())
-val_pred = probe.predict(band_stats(store.song_mels(val_ids)))
-print({dim: round(ccc(labels.loc[val_ids, dim], val_pred[:, d]), 3) for d, dim in enumerate(labels.columns)},
-      "validation CCC of the ridge probe")
+probe, probe_val_ccc = validation_probe(store, split)
+print(probe_val_ccc, "validation CCC of the ridge probe")
 
 # %% [markdown]
 # ## Conditional GAN
@@ -200,7 +205,7 @@ plots.gan_training_curves(gan.history, cfg.output_dir);
 synthetic = synthesize(gan, cfg, device)
 shown = train_ids[:4]
 shown_labels = labels.loc[shown].to_numpy(np.float32)
-plots.real_vs_synthetic(store.song_mels(shown), generate(gan.generator, shown_labels, gan.standardizer, device, seed=cfg.seed),
+plots.real_vs_synthetic(store.centre_windows(shown), generate(gan.generator, shown_labels, gan.standardizer, device, seed=cfg.seed),
                         shown_labels, shown, cfg.output_dir);
 plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 
@@ -226,8 +231,10 @@ with pd.option_context("display.max_colwidth", 120):
 # from a folder you give (`vit_local_dir`), an attached Kaggle Model under `/kaggle/input`,
 # or the Hugging Face hub, in that order. A regression head on the CLS token outputs
 # valence and arousal on [-1, 1]. Spectrograms stay 1-channel float16 in host memory; each
-# batch is standardized, resized to 224 x 224, repeated to 3 channels and normalized with
-# the checkpoint's own image statistics on the device.
+# batch is standardized, resized to `image_height` x `image_width` (224 x 224, the
+# checkpoint's own size; e.g. 128 x 512 keeps the spectrogram's aspect, with interpolated
+# position embeddings), repeated to 3 channels and normalized with the checkpoint's own image
+# statistics on the device.
 
 # %% module="emovit/vit.py"
 
@@ -236,8 +243,7 @@ from emovit.vit import DevicePreprocessor, build_model, find_pretrained
 
 pretrained = find_pretrained(cfg)
 model = build_model(cfg, pretrained)
-pre = DevicePreprocessor(standardizer.mean, standardizer.std, pretrained.image_mean, pretrained.image_std,
-                         cfg.image_size, cfg.pixel_clip_std)
+pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
 print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for p in model.parameters()):,} "
       f"parameters; image mean {pretrained.image_mean}, std {pretrained.image_std}")
 
@@ -249,12 +255,31 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # `synthetic_weight`); the epoch with the best mean CCC on the **real validation songs** is
 # kept as `best_vit_model.pth`. If the run stops (Kaggle session limit, an error), re-run
 # this cell: it resumes after the last completed epoch (resume state in the cache folder).
+#
+# About 1,260 training songs are few for an 86M-parameter ViT, so the standard audio
+# augmentations (AST's recipe) are on, each measured by an ablation arm below:
+# - **random crops** (`random_crop`): each epoch takes a new 30 s window from each song's 45 s
+#   clip, so the model never sees exactly the same input twice;
+# - **SpecAugment** (`spec_augment`): 2 frequency masks of up to 24 mel bins and 2 time masks of
+#   up to 10% of the window, set to the mean level, on training batches only;
+# - **test-time averaging** (`test_crops`): validation and test average the predictions of 3
+#   evenly spaced windows, covering the whole clip;
+# - **mixup** (`mixup_alpha`, off by default): blends pairs of spectrograms and their labels.
+#
+# Here is one training batch as the ViT sees it:
 
 # %% module="emovit/vit_train.py"
 
 # %% module="emovit/evaluate.py"
 
 # %% module="emovit/experiment.py"
+
+# %%
+from emovit.vit_train import augmented_examples, make_datasets
+
+examples_ds, _, _ = make_datasets(store, split, synthetic if cfg.use_synthetic else None, cfg)
+images, image_labels = augmented_examples(examples_ds, pre, cfg, device)
+plots.augmented_batch(images, image_labels, cfg.output_dir);
 
 # %%
 from emovit.experiment import fit_and_test
@@ -280,37 +305,38 @@ plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch)
 from emovit.evaluate import metrics_table, write_results
 
 metrics = {"models": {main.name: main.metrics},
-           "protocol": {"split": "by song, seeded", "n_train_real": len(train_ids),
+           "protocol": {"split": cfg.split_file or "by song: hash of (seed, song id)", "n_train_real": len(train_ids),
                         "n_train_synthetic": main.n_train - len(train_ids), "n_val": len(ids_of(split, "val")),
-                        "n_test": len(main.predictions), "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
-           "vit": {"weights": pretrained.source, "best_epoch": main.run.best_epoch, "best_val_ccc": main.run.best_val_ccc}}
+                        "n_test": len(main.predictions), "test_crops": cfg.test_crops, "interval": "95% bootstrap percentile",
+                        "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
+           "vit": {"weights": pretrained.source, "best_epoch": main.run.best_epoch, "best_val_ccc": main.run.best_val_ccc,
+                   "optimizer_steps": main.run.optimizer_steps, "steps_per_epoch": main.run.steps_per_epoch}}
 write_results(cfg.output_dir, metrics, main.predictions)
 display(metrics_table({"ViT (real + GAN)": main.metrics}))
 plots.prediction_scatter(main.predictions, main.metrics, cfg.output_dir);
 plots.va_plane(main.predictions, cfg.output_dir);
 
 # %% [markdown]
-# ## Does the GAN help? Ablation and baseline
-# The same ViT, split, seed and settings **without** synthetic samples (real songs only),
-# and a ridge regression on per-band mean and standard deviation of the log-mel. All three
-# are scored on the same test songs; differences carry a paired bootstrap 95% interval (an
-# interval that contains 0 means the data cannot tell the two apart). Set
-# `run_ablation=False` to skip the second ViT.
+# ## Does the GAN help? Ablation arms and a baseline
+# Each arm of `arms` is the same ViT with a few settings changed -- by default **without the
+# GAN's samples** (`vit_real_only`: is the GAN worth it on top of the standard augmentations?)
+# and **without the standard augmentations** (`vit_no_augment`: crops, SpecAugment and
+# test-time averaging off, GAN on) -- trained with the same split, seed and **number of
+# optimizer steps** as the main model, so that more data is not confused with more training.
+# Beside them, a ridge regression on per-band mean and standard deviation of each clip. All
+# are scored on the same test songs; differences to the main model carry a paired bootstrap
+# 95% interval (an interval that contains 0 means the data cannot tell the two apart).
+# `OVERRIDES = {"arms": {}}` skips the arms.
 
 # %%
-from emovit.config import replace
 from emovit.evaluate import MODEL_LABELS, compare, results_table
-from emovit.experiment import ridge_baseline
+from emovit.experiment import arm_table, ridge_baseline, run_arms
 from emovit.io import atomic_write_csv
 
-outcomes = {main.name: main}
-if cfg.run_ablation:
-    real_only = fit_and_test("vit_real_only", replace(cfg, use_synthetic=False), store, split, None, standardizer,
-                             pretrained, device, best_path=os.path.join(cfg.cache_path, "vit_real_only", "best_vit_model.pth"),
-                             last_path=os.path.join(cfg.cache_path, "vit_real_only", "last_vit_model.pth"))
-    outcomes[real_only.name] = real_only
+outcomes = {main.name: main, **run_arms(main, cfg, store, split, synthetic, standardizer, pretrained, device)}
 outcomes["ridge_baseline"] = ridge_baseline(cfg, store, split)
 metrics["models"] = {k: o.metrics for k, o in outcomes.items()}
+metrics["arms"] = arm_table(outcomes).to_dict(orient="records")
 metrics["differences"] = {
     f"{main.name} - {k}": compare(main.predictions, o.predictions, cfg.n_bootstrap, cfg.seed)
     for k, o in outcomes.items() if k != main.name}
@@ -319,6 +345,7 @@ for k, o in outcomes.items():
     if k != main.name:
         atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), o.predictions)
 results = results_table(metrics["models"], metrics["differences"])
+display(arm_table(outcomes))
 with pd.option_context("display.width", 200, "display.max_columns", 10):
     display(results)
 plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);

@@ -10,7 +10,7 @@ import soundfile as sf
 
 from emovit.config import make_config, replace
 from emovit.deam import discover
-from emovit.features import MelParams, extract_features, load_window, log_mel
+from emovit.features import MelParams, crop_starts, extract_features, load_clip, load_window, log_mel
 
 
 def _wav(path, y, sr=22050):
@@ -23,16 +23,20 @@ def _songs(paths):
                          "valence": 0.0, "arousal": 0.0})
 
 
-def test_real_clips_decode_to_128_by_1292(real_deam, tmp_path):
+def test_real_clips_keep_the_whole_45_s(real_deam, tmp_path):
+    """DEAM's 45.06 s clips: 45 s stored (128 x 1938), of which the model sees 30 s windows (1292)."""
     cfg = make_config("kaggle", output_dir=str(tmp_path), num_workers=1)
     songs, _ = discover(str(real_deam))
     store = extract_features(songs, cfg)
-    assert store.mels.shape == (4, 128, 1292) and store.mels.dtype == np.float16
+    assert store.mels.shape == (4, 128, 1938) and store.mels.dtype == np.float16
+    assert store.params.num_frames == 1292 and list(store.songs.frames) == [1938] * 4
     mels = np.asarray(store.mels, dtype=np.float32)
     assert np.isfinite(mels).all()
-    assert store.counts == {"ok": 0, "padded": 0, "cropped": 4, "shifted": 0, "failed": 0}  # 45 s clips
+    assert store.counts == {"ok": 0, "padded": 0, "cropped": 4, "shifted": 0, "failed": 0}  # 45.06 s > 45 s
     assert -100.0 <= mels.min() and mels.max() < 60.0  # dB re 1.0, floor 10*log10(1e-10)
     assert len(store.errors) == 0
+    assert store.centre_windows(songs.song_id[:2]).shape == (2, 128, 1292)
+    np.testing.assert_array_equal(store.centre_windows([songs.song_id[0]])[0], mels[0, :, 323:323 + 1292])
 
 
 def test_fixed_reference_keeps_loudness():
@@ -58,12 +62,41 @@ def test_silence_short_and_long_files(tmp_path):
     assert status == "cropped" and len(y) == params.num_samples
 
 
+def test_whole_clip_between_one_window_and_max(tmp_path):
+    params = MelParams(22050, 2.0, 1.0, 2048, 512, 32, 1e-10, max_clip_seconds=4.0)
+    ramp = np.linspace(-0.5, 0.5, 22050 * 4)  # 4 s: from offset 1 s, 3 s remain (one window fits, < max)
+    y, status = load_clip(_wav(tmp_path / "1.wav", ramp), params)
+    assert status == "ok" and len(y) == 3 * 22050
+    np.testing.assert_allclose(y[:100], ramp[22050:22150], atol=1e-4)
+    y, status = load_clip(_wav(tmp_path / "2.wav", np.tile(ramp, 2)), params)  # 8 s: cropped at 1 + 4 s
+    assert status == "cropped" and len(y) == params.max_samples == 4 * 22050
+    assert params.max_frames == 1 + 4 * 22050 // 512 and params.num_frames == 1 + 2 * 22050 // 512
+
+
 def test_window_moves_earlier_when_file_ends_before_offset(tmp_path):
     params = MelParams(22050, 2.0, 3.0, 2048, 512, 32, 1e-10)
     path = _wav(tmp_path / "1.wav", np.linspace(-0.5, 0.5, 22050 * 4))  # 4 s < 3 + 2
     y, status = load_window(path, params)
     assert status == "shifted" and len(y) == params.num_samples
     assert y[-1] == pytest.approx(0.5, abs=1e-3)  # the window ends at the file's end
+
+
+def test_file_shorter_than_the_offset_is_used_padded(tmp_path):
+    """A 1 s file with a 3 s offset: decoding with an offset past the end raised in both backends;
+    now the whole file is used, zero-padded to one window, and counted as shifted."""
+    params = MelParams(22050, 2.0, 3.0, 2048, 512, 32, 1e-10, max_clip_seconds=4.0)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050)
+    y, status = load_clip(_wav(tmp_path / "1.wav", tone), params)
+    assert status == "shifted" and len(y) == params.num_samples
+    np.testing.assert_allclose(y[:22050], tone, atol=1e-3)
+    assert (y[22050:] == 0).all()
+
+
+def test_crop_starts_are_evenly_spaced():
+    assert crop_starts(1938, 1292, 1).tolist() == [323]  # the centre window
+    assert crop_starts(1938, 1292, 3).tolist() == [0, 323, 646]  # start, centre, end
+    assert crop_starts(1292, 1292, 3).tolist() == [0, 0, 0]  # a clip of exactly one window
+    assert crop_starts(1000, 1292, 2).tolist() == [0, 0]  # never negative
 
 
 def test_cache_hit_and_miss(small_cfg):
@@ -74,6 +107,11 @@ def test_cache_hit_and_miss(small_cfg):
     np.testing.assert_array_equal(np.asarray(first.mels), np.asarray(again.mels))
     changed = extract_features(songs, replace(small_cfg, n_mels=16))
     assert not changed.cache_hit and changed.mels.shape[1] == 16
+    for training_setting in ({"random_crop": False}, {"spec_augment": False}, {"test_crops": 1},
+                             {"mixup_alpha": 0.4}, {"image_height": 128, "image_width": 512}):
+        # Crops and augmentation are training settings: the feature cache is reused.
+        assert extract_features(songs, replace(small_cfg, **training_setting)).path == first.path
+    assert extract_features(songs, replace(small_cfg, max_clip_seconds=3.0)).path != first.path
     os.utime(songs.audio_path[0], ns=(1, 1))  # an input file changed
     assert not extract_features(songs, small_cfg).cache_hit
 

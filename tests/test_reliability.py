@@ -60,13 +60,14 @@ def build_corpus(root):
         (113, "annotation without audio", None),
         (114, "annotation row with NaN", lambda p: _mp3(p, _tone(10, 44100), 44100)),
         (115, "annotation outside 1-9", lambda p: _mp3(p, _tone(10, 44100), 44100)),
+        (116, "stereo mp3 shorter than clip_offset (0.6 s < 1 s)", lambda p: _mp3(p, _tone(0.6, 44100, channels=2), 44100)),
     ]
     cases = {}
     for song_id, case, write in writers:
         if write is not None:
             write(audio / f"{song_id}.mp3")
         cases[song_id] = case
-    rows = [f"{i},5.{i % 10},1,4.{i % 10},1" for i in (101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 113)]
+    rows = [f"{i},5.{i % 10},1,4.{i % 10},1" for i in (101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 113, 116)]
     rows += ["114,,1,5,1", "115,11.0,1,5,1"]
     (root / "static_annotations_averaged_songs_1_2000.csv").write_bytes(("\r\n".join([HEADER, *rows]) + "\r\n").encode())
     # A second, fixed-width padded copy: 101 identical (merged), 105 with another value (conflict).
@@ -84,7 +85,7 @@ def corpus_table(tmp_path):
     root = tmp_path / "corpus"
     cases = build_corpus(root)
     cfg = make_config("demo", data_dir=str(root), output_dir=str(tmp_path / "out"), clip_seconds=6.0,
-                      clip_offset=1.0, n_mels=32, num_workers=2)
+                      clip_offset=1.0, max_clip_seconds=8.0, n_mels=32, num_workers=2)
     songs, report = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     with open(store.path.replace(".npy", ".json")) as f:
@@ -117,6 +118,7 @@ def test_bad_input_corpus(tmp_path):
     assert what[104].startswith("skipped: ")
     assert what[105] == "used: cropped" and what[106] == "used: cropped" and what[107] == "used: cropped"
     assert what[108] == "used: shifted"  # 5 s < offset 1 + 6 s: window moved to the start, padded
+    assert what[116] == "used: shifted"  # shorter than the offset: the whole file, padded (was NoBackendError)
     assert what[109] == "used: cropped"
     assert what[110] == "used: cropped"
     assert what[111].startswith("skipped: FileNotFoundError")
@@ -125,16 +127,19 @@ def test_bad_input_corpus(tmp_path):
     assert what[114] == "skipped: audio without annotation" and what[115] == "skipped: audio without annotation"
     reasons = {(s["song_id"], s["reason"]) for s in report.skipped}
     assert (114, "annotation: missing value") in reasons and (115, "annotation: outside 1-9") in reasons
-    assert report.annotated == 12 and report.with_audio == 11 and report.annotated_no_audio == 1
+    assert report.annotated == 13 and report.with_audio == 12 and report.annotated_no_audio == 1
     assert report.audio_no_annotation == 3 and report.invalid_annotation_rows == 2
     assert report.duplicate_annotation_rows == 1 and report.conflicting_annotation_rows == 1
-    assert store.counts["failed"] == 3 and len(store.songs) == 8
-    assert store.counts == {"ok": 0, "padded": 0, "cropped": 6, "shifted": 2, "failed": 3}
+    assert store.counts["failed"] == 3 and len(store.songs) == 9
+    assert store.counts == {"ok": 0, "padded": 0, "cropped": 6, "shifted": 3, "failed": 3}
+    frames = store.songs.set_index("song_id")["frames"]
+    assert frames[116] == frames[108] == cfg.num_frames  # one (padded) window
+    assert frames[101] == 1 + int(8.0 * cfg.sample_rate) // cfg.hop_length  # the whole 8 s clip
     # Conflicts keep the first file in path order ("copy/..." sorts first) and report the other.
     assert store.songs.set_index("song_id").loc[105, "valence"] == pytest.approx((8.0 - 5) / 4)
     assert (105, "annotation: conflicts with an earlier file") in reasons
     mels = np.asarray(store.song_mels(store.songs.song_id), dtype=np.float32)
-    assert mels.shape == (8, 32, cfg.num_frames) and np.isfinite(mels).all()
+    assert mels.shape == (9, 32, 1 + int(8.0 * cfg.sample_rate) // cfg.hop_length) and np.isfinite(mels).all()
     errors = pd.read_csv(os.path.join(cfg.output_dir, "errors.csv"))
     assert sorted(errors.song_id) == [102, 104, 111] and errors.reason.str.len().gt(0).all()
 

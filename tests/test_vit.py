@@ -147,8 +147,8 @@ def test_training_data_guard_and_real_only_evaluation(vit_setup):
     train, val, test = make_datasets(store, split, None, cfg)
     row_to_id = dict(zip(store.songs.row, store.songs.song_id))
     for ds, name in ((val, "val"), (test, "test")):
-        assert [p[0] for p in ds.parts] == [store.path]  # real store only, never a synthetic file
-        assert sorted(row_to_id[r] for r in ds.parts[0][1]) == ids_of(split, name)
+        assert ds.files == [store.path]  # real store only, never a synthetic file
+        assert [row_to_id[r] for r in ds.parts[0].rows] == ds.song_ids == ids_of(split, name)
     assert len(train) == len(ids_of(split, "train"))
 
 
