@@ -5,7 +5,7 @@ Figures (all written to benchmarks/results.json with the machine's description):
   extraction  songs/s with 1 process and with all cores; overhead ratio of emovit's
               extraction (1 process) against bare librosa.load + melspectrogram on the same files
   reload      seconds to memory-map and read once a store of the given size (full scale:
-              1802 x 128 x 1292 float16, 596 MB)
+              1802 x 128 x 1938 float16 -- whole 45 s clips, 894 MB)
   vit         training images/s through the real loader + device preprocessing, against the same
               model fed pre-made tensors already on the device; their ratio (target >= 0.9)
   gan         training steps/s and sampling rate (spectrograms/s)
@@ -42,7 +42,7 @@ from emovit.gan_train import generate  # noqa: E402
 from emovit.runtime import describe_environment  # noqa: E402
 from emovit.split import Standardizer  # noqa: E402
 from emovit.vit import DevicePreprocessor, build_model, find_pretrained  # noqa: E402
-from emovit.vit_train import MelDataset, _loader, loss_fn, param_groups  # noqa: E402
+from emovit.vit_train import MelDataset, Part, _loader, loss_fn, param_groups  # noqa: E402
 
 SIZES = {
     "quick": {"songs": 4, "song_seconds": 12.0, "clip": 10.0, "reload_rows": 16, "vit_batch": 4, "vit_steps": 3,
@@ -94,8 +94,8 @@ def bench_extraction(work: Path, s: dict) -> dict:
 
 
 def bench_reload(work: Path, s: dict) -> dict:
-    """Memory-map a store of reload_rows x 128 x 1292 float16 and read it once (standardizer fit)."""
-    shape = (s["reload_rows"], 128, 1292)
+    """Memory-map a store of reload_rows x 128 x 1938 float16 (45 s clips) and read it once (standardizer fit)."""
+    shape = (s["reload_rows"], 128, 1938)
     path = work / "store.npy"
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     for i in range(0, shape[0], 128):
@@ -110,15 +110,19 @@ def bench_reload(work: Path, s: dict) -> dict:
 
 
 def bench_vit(work: Path, s: dict, device: str) -> dict:
-    """Images/s: real loader + device preprocessing vs pre-made tensors on the device."""
+    """Images/s: real loader (random crops of 1.5-window clips) + device preprocessing with
+    SpecAugment, the same without augmentation, and pre-made tensors on the device."""
     cfg = make_config("demo", output_dir=str(work / "vit"), vit_batch_size=s["vit_batch"], loader_workers=2,
                       n_mels=s["n_mels"], clip_seconds=s["clip"])
     frames = cfg.num_frames
     n = s["vit_batch"] * (s["vit_steps"] + 2)
     path = work / "vit_store.npy"
-    np.save(path, np.random.default_rng(0).normal(-40, 15, size=(n, s["n_mels"], frames)).astype(np.float16))
-    ds = MelDataset([(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0)])
+    stored = frames * 3 // 2  # like DEAM: 45 s clips, 30 s windows
+    np.save(path, np.random.default_rng(0).normal(-40, 15, size=(n, s["n_mels"], stored)).astype(np.float16))
+    ds = MelDataset([Part(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0, np.full(n, stored))],
+                    window=frames, mode="random", seed=0)
     found = find_pretrained(cfg)
+    augmenting = DevicePreprocessor.from_config(cfg, Standardizer(-40.0, 15.0), found).to(device).train()
     pre = DevicePreprocessor(-40.0, 15.0, found.image_mean, found.image_std).to(device)
 
     def run(batches):
@@ -139,21 +143,24 @@ def bench_vit(work: Path, s: dict, device: str) -> dict:
             torch.cuda.synchronize()
         return seen / (time.perf_counter() - start)
 
-    def real():
-        for mel, y, w in _loader(ds, cfg, device, shuffle=True):
-            yield pre(mel.to(device, non_blocking=True)), y.to(device), w.to(device)
+    def real(preprocess):
+        def batches():
+            for mel, y, w in _loader(ds, cfg, device, epoch=1):
+                yield preprocess(mel.to(device, non_blocking=True)), y.to(device), w.to(device)
+        return batches
 
-    fixed = pre(torch.from_numpy(np.load(path)[: s["vit_batch"]]).to(device))
+    fixed = pre(torch.from_numpy(np.load(path)[: s["vit_batch"], :, :frames]).to(device))
     y0, w0 = torch.zeros(s["vit_batch"], 2, device=device), torch.ones(s["vit_batch"], device=device)
 
     def premade():
         for _ in range(s["vit_steps"] + 2):
             yield fixed, y0, w0
 
-    real_rate, model_rate = run(real), run(premade)
+    augmented_rate, plain_rate, model_rate = run(real(augmenting)), run(real(pre)), run(premade)
     return {"model": f"random ViT hidden {cfg.random_vit_hidden}, {cfg.random_vit_layers} layers",
-            "batch": s["vit_batch"], "device": device, "images_per_s_real_loader": real_rate,
-            "images_per_s_premade_tensors": model_rate, "ratio": real_rate / model_rate,
+            "batch": s["vit_batch"], "device": device, "images_per_s_real_loader": augmented_rate,
+            "images_per_s_real_loader_no_augment": plain_rate, "images_per_s_premade_tensors": model_rate,
+            "ratio": augmented_rate / model_rate, "augment_ratio": augmented_rate / plain_rate,
             "loader_workers": cfg.loader_workers}
 
 
@@ -185,17 +192,18 @@ def bench_gan(s: dict, device: str) -> dict:
 
 def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
     """Peak RSS through discovery, features, split, sampling 3200 synthetic and the ViT data
-    pipeline (one epoch of loader + device preprocessing) at DEAM scale: ``songs_n`` songs of 30 s.
+    pipeline (one epoch of loader + device preprocessing) at DEAM scale: ``songs_n`` songs of 45 s,
+    stored whole (128 x 1938 per song).
 
     The generator is full size in its output (128 x 1292) but narrow (host memory does not
     depend on its width, and a full-width one samples at ~3/s on a CPU).
     """
     from emovit.gan_train import GanResult, synthesize
-    from emovit.split import ids_of, split_songs
+    from emovit.split import fit_standardizer, ids_of, split_songs
     from emovit.vit_train import make_datasets
 
     root = work / "deam_full"
-    make_demo_deam(str(root), num_songs=songs_n, seconds=30.0, seed=7)
+    make_demo_deam(str(root), num_songs=songs_n, seconds=45.0, seed=7)  # DEAM's 45 s clips, stored whole
     cfg = make_config("kaggle", data_dir=str(root), output_dir=str(work / "full_out"), loader_workers=2,
                       vit_batch_size=32, seed=0)
     songs, _ = discover(cfg.data_dir)
@@ -203,7 +211,7 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
     rss = {"after_features_mb": _rss_mb()}
     split = split_songs(store.songs.song_id, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     train_ids = ids_of(split, "train")
-    std = Standardizer.fit(store.mels, store.songs.set_index("song_id").loc[train_ids, "row"])
+    std = fit_standardizer(store, split)
     arch = GanArch(n_mels=128, frames=cfg.num_frames, z_dim=8, channels=2)
     labels = store.songs.set_index("song_id").loc[train_ids, ["valence", "arousal"]].to_numpy(np.float32)
     gan = GanResult(Generator(arch), Discriminator(arch), arch, std, labels, key="bench")
@@ -212,7 +220,7 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
     train, _, _ = make_datasets(store, split, synthetic, cfg)
     pre = DevicePreprocessor(std.mean, std.std, (0.5,) * 3, (0.5,) * 3)
     with torch.no_grad():
-        for mel, _, _ in _loader(train, cfg, "cpu", shuffle=True):
+        for mel, _, _ in _loader(train, cfg, "cpu", epoch=1):
             pre(mel)
     rss["after_vit_epoch_mb"] = _rss_mb()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

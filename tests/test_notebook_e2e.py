@@ -115,9 +115,10 @@ def test_vit_stage_outputs(demo_run):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     split = pd.read_csv(outputs / "split.csv")
     predictions = pd.read_csv(outputs / "predictions.csv")
-    assert sorted(predictions.song_id) == sorted(split.query("split == 'test'").song_id)  # real test songs only
+    assert list(predictions.song_id) == sorted(split.query("split == 'test'").song_id)  # real test songs only
     metrics = json.loads((outputs / "metrics.json").read_text())
     vit = metrics["models"]["vit_real_plus_synthetic"]
+    assert metrics["protocol"]["interval"] == "95% bootstrap percentile"
     for dim in ("valence", "arousal"):
         for name in ("ccc", "pearson_r", "r2", "rmse"):
             v = vit[dim][name]
@@ -125,6 +126,54 @@ def test_vit_stage_outputs(demo_run):
     assert metrics["vit"]["weights"] == "random"  # the demo preset says so
     assert metrics["protocol"]["n_test"] == len(predictions)
     assert re.search(r"'valence_1_9': [\d.]+", _text_outputs(nb))  # the predict() cell ran
+
+
+def _labels(demo_root) -> pd.DataFrame:
+    from emovit.deam import discover
+
+    return discover(str(demo_root))[0].set_index("song_id")[["valence", "arousal"]]
+
+
+def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute(demo_run, demo_root):
+    """Row-level truths: each predictions*.csv row holds its own song's annotated labels (order
+    matters), and every stored metric recomputes exactly from the file."""
+    from emovit.evaluate import compare, score
+
+    outputs, _ = demo_run
+    labels = _labels(demo_root)
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    config = json.loads((outputs / "config.json").read_text())
+    frames = {"vit_real_plus_synthetic": pd.read_csv(outputs / "predictions.csv")}
+    frames.update({k: pd.read_csv(outputs / f"predictions_{k}.csv") for k in metrics["models"] if k not in frames})
+    for name, frame in frames.items():
+        np.testing.assert_allclose(frame[["valence_true", "arousal_true"]].to_numpy(),
+                                   labels.loc[frame.song_id].to_numpy(), atol=1e-6, err_msg=name)
+        recomputed = json.loads(json.dumps(score(frame, config["n_bootstrap"], config["seed"])))
+        assert recomputed == metrics["models"][name], name
+    main = frames["vit_real_plus_synthetic"]
+    for name, frame in frames.items():
+        if name != "vit_real_plus_synthetic":
+            diff = json.loads(json.dumps(compare(main, frame, config["n_bootstrap"], config["seed"])))
+            assert diff == metrics["differences"][f"vit_real_plus_synthetic - {name}"], name
+
+
+def test_models_used_the_train_only_standardizer(demo_run):
+    """The statistics inside best_vit_model.pth are those of the training songs of split.csv,
+    recomputed here from the run's own feature cache."""
+    import torch
+
+    outputs, _ = demo_run
+    split = pd.read_csv(outputs / "split.csv")
+    folder = outputs / "cache" / "features"
+    npy = next(p for p in folder.glob("mel_*.npy"))
+    meta = json.loads(npy.with_suffix(".json").read_text())
+    rows = {sid: i for i, sid in enumerate(meta["song_ids"])}
+    mels = np.load(npy, mmap_mode="r")
+    train = split.query("split == 'train'").song_id
+    values = np.concatenate([np.asarray(mels[rows[s], :, :meta["frames"][rows[s]]], np.float64).ravel() for s in train])
+    pre = torch.load(outputs / "best_vit_model.pth", weights_only=True)["preprocess"]
+    assert pre["mel_mean"] == pytest.approx(values.mean(), abs=1e-6)
+    assert pre["mel_std"] == pytest.approx(values.std(), abs=1e-6)
 
 
 def test_vit_learns_on_demo_data(demo_run):
@@ -144,20 +193,23 @@ def test_vit_learns_on_demo_data(demo_run):
 def test_ablation_and_baseline_rows_are_finite(demo_run):
     outputs, _ = demo_run
     metrics = json.loads((outputs / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"vit_real_plus_synthetic", "vit_real_only", "ridge_baseline"}
-    assert set(metrics["differences"]) == {"vit_real_plus_synthetic - vit_real_only",
-                                           "vit_real_plus_synthetic - ridge_baseline"}
+    arms = ("vit_real_only", "vit_no_augment")
+    assert set(metrics["models"]) == {"vit_real_plus_synthetic", *arms, "ridge_baseline"}
+    assert set(metrics["differences"]) == {f"vit_real_plus_synthetic - {k}" for k in (*arms, "ridge_baseline")}
+    steps = {row["model"]: row["steps per epoch"] for row in metrics["arms"]}
+    assert steps["vit_real_only"] == steps["vit_no_augment"] == steps["vit_real_plus_synthetic"]  # step-matched
     for block in (*metrics["models"].values(), *metrics["differences"].values()):
         for dim in ("valence", "arousal"):
             for v in block[dim].values():
                 assert all(np.isfinite([v["value"], v["low"], v["high"]])) and v["low"] <= v["high"]
-    for name in ("ablation_comparison.png", "predictions_vit_real_only.csv", "predictions_ridge_baseline.csv"):
+    for name in ("ablation_comparison.png", "augmented_batch.png", "predictions_vit_real_only.csv",
+                 "predictions_vit_no_augment.csv", "predictions_ridge_baseline.csv"):
         assert (outputs / name).is_file(), name
     summary = json.loads((outputs / "run_summary.json").read_text())
-    assert {"features", "gan_training", "vit_real_plus_synthetic", "vit_real_only", "total_run"} <= set(
-        summary["timings_seconds"])
-    assert summary["counts"]["per_split"] == {"train": 84, "val": 18, "test": 18}
-    assert len(summary["results"]) == 10  # 3 models + 2 differences, x 2 dimensions
+    assert {"features", "gan_training", "vit_real_plus_synthetic", *arms, "total_run"} <= set(summary["timings_seconds"])
+    split = pd.read_csv(outputs / "split.csv")
+    assert summary["counts"]["per_split"] == split["split"].value_counts().to_dict()
+    assert len(summary["results"]) == 14  # 4 models + 3 differences, x 2 dimensions
 
 
 def test_zip_holds_every_output_except_caches(demo_run):
@@ -179,7 +231,10 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
                     "--run-dir", str(outputs), "--out", str(report)], check=True, cwd=ROOT)
     text = report.read_text()
     metrics = json.loads((outputs / "metrics.json").read_text())
-    for model, label in (("vit_real_plus_synthetic", "ViT, real + GAN"), ("ridge_baseline", "ridge on band statistics")):
+    from emovit.evaluate import MODEL_LABELS
+
+    for model in ("vit_real_plus_synthetic", "ridge_baseline"):
+        label = MODEL_LABELS[model]
         for dim in ("valence", "arousal"):
             c = metrics["models"][model][dim]["ccc"]
             row = f"| {label} | {dim} | {c['value']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |"
