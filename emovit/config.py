@@ -41,7 +41,7 @@ class Config:
     test_fraction: float = 0.15  # share of songs for the final test (real only)
 
     # --- conditional GAN (time-convolutional G, projection D, hinge loss; emovit/gan.py) ----
-    gan_steps: int = 2000  # training steps (one D + one G update each); replaces epochs over few songs
+    gan_steps: int = 3000  # training steps (one D + one G update each); replaces epochs over few songs
     gan_batch_size: int = 32  # random song crops per step
     gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
     gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)

@@ -353,3 +353,16 @@ def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path):
     assert q["label_fidelity_arousal"]["value"] > 0.6, q["label_fidelity_arousal"]
     shuffled = gan_quality(*args, synthetic, labels[np.random.default_rng(1).permutation(len(labels))])
     assert shuffled["label_fidelity_arousal"]["value"] < 0.3, shuffled["label_fidelity_arousal"]
+
+
+def test_kaggle_gan_projection_fits_the_t4_budget():
+    """benchmarks/bench.py's FLOP count (quick: batch 2, scaled): kaggle preset <= 8 T4 minutes at 25% MFU."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    p = bench.bench_gan_projection(quick=True)
+    assert p["gflop_per_step"] > 0 and p["gan_steps"] == make_config("kaggle").gan_steps
+    assert p["t4_minutes_at_mfu_25"] <= p["budget_minutes"], p
