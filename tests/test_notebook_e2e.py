@@ -85,7 +85,8 @@ def test_gan_stage_outputs(demo_run):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     quality = json.loads((outputs / "gan_quality.json").read_text())
     assert quality["n_synthetic"] == 320 and quality["training"]["diverged"] is None
-    assert quality["training"]["epochs_completed"] == 25
+    assert quality["training"]["steps_completed"] == 600 and quality["training"]["skipped_steps"] == 0
+    assert 0 < quality["training"]["best_step"] <= 600
 
 
 def test_gan_learns_labels_on_demo_data(demo_run):
