@@ -192,9 +192,9 @@ print({dim: round(ccc(labels.loc[val_ids, dim], val_pred[:, d]), 3) for d, dim i
 
 # %% module="emovit/gan.py"
 
-# %% module="emovit/gan_train.py"
-
 # %% module="emovit/gan_quality.py"
+
+# %% module="emovit/gan_train.py"
 
 # %%
 import numpy as np
