@@ -9,6 +9,7 @@ Figures (all written to benchmarks/results.json with the machine's description):
   vit         training images/s through the real loader + device preprocessing, against the same
               model fed pre-made tensors already on the device; their ratio (target >= 0.9)
   gan         training steps/s and sampling rate (spectrograms/s)
+  gan_projection  kaggle-preset GAN: FLOPs per step (FlopCounterMode) x gan_steps -> T4 minutes
   memory      peak resident memory of this process (RSS) over the whole benchmark
 
     python benchmarks/bench.py            # default sizes (a few minutes on 2 cores)
@@ -190,6 +191,66 @@ def bench_gan(s: dict, device: str) -> dict:
             "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample, "device": device}
 
 
+T4_FP16_PEAK_TFLOPS = 65.0  # NVIDIA T4 tensor-core fp16 peak
+GAN_MFU = (0.25, 0.40)  # assumed model FLOP utilisation range for the GAN on a T4 (see bench_gan_projection)
+
+
+def gan_step_flops(cfg, batch: int | None = None) -> dict:
+    """FLOPs of one GAN training step (D step + G step, as in gan_train._train) at ``cfg``'s size,
+    counted with torch.utils.flop_counter.FlopCounterMode on the CPU (meta-free, real tensors)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from emovit import gan as G
+    from emovit.gan_train import discriminator_step, generator_step_loss
+
+    batch = batch or cfg.gan_batch_size
+    arch = GanArch(n_mels=cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels)
+    gen, disc = Generator(arch), Discriminator(arch)
+    crop = cfg.gan_crop_frames or cfg.num_frames
+    real, y = torch.randn(batch, 1, cfg.n_mels, crop), torch.rand(batch, 2) * 2 - 1
+    no_amp = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    with FlopCounterMode(display=False) as d_count:
+        d_loss = discriminator_step(gen, disc, real, y, cfg, no_amp, None)[0]
+        d_loss.backward()
+    with FlopCounterMode(display=False) as g_count:
+        generator_step_loss(gen, disc, y, crop, cfg, no_amp, None).backward()
+    with FlopCounterMode(display=False) as s_count, torch.no_grad():
+        gen.eval()
+        gen(torch.randn(1, arch.z_dim), y[:1])
+    return {"d_step": d_count.get_total_flops(), "g_step": g_count.get_total_flops(),
+            "sample_full_length": s_count.get_total_flops(), "batch": batch, "crop_frames": crop,
+            "generator_parameters": G.count_parameters(gen), "discriminator_parameters": G.count_parameters(disc)}
+
+
+def bench_gan_projection(quick: bool = False) -> dict:
+    """Projected GAN minutes on one T4 for the kaggle preset: FLOPs per step x gan_steps (plus the
+    validation checks and sampling num_synthetic), over 65 TFLOP/s at an MFU of 25-40%.
+
+    Why 25-40%: the GAN is small convolutions (8-256 channels) on 128 x 256 crops at batch 32 in
+    fp16 -- too narrow to keep a T4's tensor cores full (large cuDNN convolutions reach ~50-60%
+    on a T4; narrow ones, spectral-norm power iterations and optimizer/EMA kernels pull that
+    down). The range is stated, not measured: `make gpu-check` measures GAN steps/s when a GPU is lent.
+    --quick counts a batch of 2 and scales linearly (FLOPs are linear in the batch).
+    """
+    cfg = make_config("kaggle")
+    count = gan_step_flops(cfg, batch=2 if quick else None)
+    scale = cfg.gan_batch_size / count["batch"]
+    per_step = (count["d_step"] + count["g_step"]) * scale
+    n_val = round(1802 * cfg.val_fraction)
+    evals = cfg.gan_steps // cfg.gan_eval_every
+    sampling = count["sample_full_length"] * (cfg.num_synthetic + evals * 2 * n_val)  # 2 samples per val song
+    total = per_step * cfg.gan_steps + sampling
+    minutes = {f"t4_minutes_at_mfu_{int(m * 100)}": total / (T4_FP16_PEAK_TFLOPS * 1e12 * m) / 60 for m in GAN_MFU}
+    return {"preset": "kaggle", "n_mels": cfg.n_mels, "frames": cfg.num_frames, "crop_frames": count["crop_frames"],
+            "batch": cfg.gan_batch_size, "gan_steps": cfg.gan_steps, "counted_batch": count["batch"],
+            "gflop_per_step_d": count["d_step"] * scale / 1e9, "gflop_per_step_g": count["g_step"] * scale / 1e9,
+            "gflop_per_step": per_step / 1e9, "gflop_per_sample_full_length": count["sample_full_length"] / 1e9,
+            "pflop_training": per_step * cfg.gan_steps / 1e15, "pflop_sampling_and_checks": sampling / 1e15,
+            "t4_peak_tflops": T4_FP16_PEAK_TFLOPS, **minutes, "budget_minutes": 8.0,
+            "generator_parameters": count["generator_parameters"],
+            "discriminator_parameters": count["discriminator_parameters"]}
+
+
 def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
     """Peak RSS through discovery, features, split, sampling 3200 synthetic and the ViT data
     pipeline (one epoch of loader + device preprocessing) at DEAM scale: ``songs_n`` songs of 45 s,
@@ -244,7 +305,7 @@ def write_markdown(r: dict, path: Path) -> None:
              "spectrograms and one epoch of the ViT data pipeline; RSS includes the file-backed pages of the "
              "memory-mapped stores).", "",
              "| stage | figure | value |", "| --- | --- | --- |"]
-    for section in ("extraction", "reload", "vit", "gan", "memory", "memory_full_scale"):
+    for section in ("extraction", "reload", "vit", "gan", "gan_projection", "memory", "memory_full_scale"):
         for key, value in r.get(section, {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 lines.append(f"| {section} | {key} | {value:.4g} |")
@@ -283,6 +344,9 @@ def main(argv=None) -> int:
             results[name] = fn()
             print(f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in results[name].items()))
+    results["gan_projection"] = bench_gan_projection(quick=args.quick)
+    print("gan_projection: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in results["gan_projection"].items()))
     results["memory"] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"memory: peak RSS {results['memory']['peak_rss_mb']:.0f} MB (this process)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,11 +51,15 @@ class Config:
     test_fraction: float = 0.15  # share of songs for the final test (real only)
     split_file: str = ""  # CSV (song_id, split = train/val/test) to use a published split instead ("" = hash split)
 
-    # --- conditional GAN (SNGAN, projection discriminator, hinge loss) --------------
-    gan_epochs: int = 60  # passes over the training songs
-    gan_batch_size: int = 32  # songs per step (the last partial batch is dropped)
-    gan_lr_g: float = 1e-4  # generator Adam learning rate, betas (0.0, 0.9)
-    gan_lr_d: float = 4e-4  # discriminator Adam learning rate (two time-scale rule)
+    # --- conditional GAN (time-convolutional G, projection D, hinge loss; emovit/gan.py) ----
+    gan_steps: int = 3000  # training steps (one D + one G update each); replaces epochs over few songs
+    gan_batch_size: int = 32  # random song crops per step
+    gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
+    gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)
+    gan_ema_decay: float = 0.999  # EMA of the generator's weights, used for sampling
+    gan_eval_every: int = 250  # steps between fidelity / Frechet checks on validation songs (best kept)
+    gan_lr_g: float = 5e-4  # generator Adam learning rate, betas (0.0, 0.99)
+    gan_lr_d: float = 5e-4  # discriminator Adam learning rate, betas (0.0, 0.99)
     gan_z_dim: int = 128  # noise dimension of the generator
     gan_channels: int = 32  # width of the outermost G/D blocks (inner blocks up to 8x)
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
@@ -106,6 +110,7 @@ class Config:
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song
+    demo_style: str = "demo"  # demo generator: "demo" (mono wavetable songs) or "band" (stereo drums, pads, bass)
 
     @property
     def cache_path(self) -> str:
@@ -147,8 +152,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_clip_seconds": 25.0,  # the 30 s demo songs after the 5 s offset
         "n_mels": 64,
         "demo_num_songs": 120,
-        "gan_epochs": 25,
+        "gan_steps": 600,
         "gan_batch_size": 16,
+        "gan_crop_frames": 128,
+        "gan_ema_decay": 0.99,
+        "gan_eval_every": 50,
+        "gan_lr_g": 1e-3,
+        "gan_lr_d": 1e-3,
         "gan_channels": 8,
         "gan_z_dim": 32,
         "num_synthetic": 320,

@@ -5,10 +5,19 @@
 the header, CRLF, the 13-column 2000-2058 file with its ``valence_ max_mean`` column).
 
 Each song has a latent (valence, arousal) drawn like DEAM's labels (centred, correlated).
-The audio encodes them the way music does, with noise so that the task is not trivial:
+The audio encodes them the way music does, with noise so that the task is not trivial.
+Two styles (``style=``), so that a model is not tuned to one generator:
+
+``"demo"`` (default): mono wavetable chords and noise-burst percussion, written as mono mp3.
     arousal -> tempo (70-160 bpm), onset density, loudness (-26 to -8 dBFS), brightness
                (number of harmonics);
     valence -> mode (major vs minor third, by a logistic in valence) and register.
+``"band"``: a stereo band -- drum kit (sine-sweep kick, noise snare, hi-hat), soft chord pads
+    (a fixed, dark timbre: brightness carries no label) and a bass line -- written as stereo mp3.
+    arousal -> tempo (60-170 bpm), note density (hi-hat 8ths/16ths, bass notes per beat),
+               drum intensity (snare/hat level against the pads) and level (-28 to -10 dBFS);
+    valence -> mode of the chords (major vs minor, by a logistic in valence) and register
+               (pad and bass octave).
 The annotated mean rating is the latent mapped to 1-9 plus rater noise (std 0.6 on 1-9).
 Everything is deterministic given ``seed`` (each song has its own generator).
 """
@@ -89,11 +98,81 @@ def synthesize(valence: float, arousal: float, seconds: float, sample_rate: int,
     return np.clip(y, -0.99, 0.99).astype(np.float32)
 
 
-def _write_song(task: tuple[str, float, float, float, int, int]) -> str:
-    path, valence, arousal, seconds, sample_rate, seed = task
+def _tone(freq: np.ndarray | float, n: int, sample_rate: int, kind: str) -> np.ndarray:
+    """(n,) float32 oscillator at ``freq`` Hz (scalar or per sample): "sine", "soft" (3 partials)."""
+    ph = np.cumsum(np.broadcast_to(np.asarray(freq, np.float64), (n,)) / sample_rate) % 1.0
+    if kind == "sine":
+        return np.sin(2 * np.pi * ph).astype(np.float32)
+    return ((np.sin(2 * np.pi * ph) + 0.3 * np.sin(4 * np.pi * ph) + 0.1 * np.sin(6 * np.pi * ph)) / 1.4).astype(np.float32)
+
+
+def synthesize_band(valence: float, arousal: float, seconds: float, sample_rate: int, seed: int) -> np.ndarray:
+    """One "band" song: float32 stereo waveform (seconds * sample_rate, 2) in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    a01, v01 = (arousal + 1) / 2, (valence + 1) / 2
+    bpm = 60 + 110 * a01 + rng.normal(0, 6)
+    beat = 60.0 / bpm
+    major = rng.random() < 1 / (1 + np.exp(-6 * valence))
+    key = 36 + 12 * v01 + rng.normal(0, 1.0)  # bass register (MIDI); pads sit 2 octaves higher
+    gain = 10 ** ((-28 + 18 * a01 + rng.normal(0, 1.5)) / 20)
+    drive = 0.2 + 0.8 * a01 + rng.normal(0, 0.05)  # drum intensity against the pads
+    t = np.arange(n) / sample_rate
+
+    # Chord pads: a chord per bar (I-vi-IV-V in major, i-VI-iv-v in minor), slow attack.
+    degrees = [0, 9, 5, 7] if major else [0, 8, 5, 7]
+    third = 4 if major else 3
+    bar = 4 * beat
+    bars = int(seconds / bar) + 2
+    roots = key + 24 + np.asarray(degrees)[np.arange(bars) % 4] + 12 * (rng.random(bars) < 0.15)
+    chord = np.minimum((t / bar).astype(int), bars - 1)
+    pads = np.zeros(n, np.float32)
+    for interval in (0, third, 7, 12):
+        pads += _tone(440.0 * 2 ** ((roots[chord] + interval - 69) / 12), n, sample_rate, "soft")
+    envelope = np.minimum(1.0, (t % bar) / (0.3 * bar)).astype(np.float32)  # swell at each chord
+    pads *= envelope / 4
+
+    # Bass: the chord root, 1 note per beat when calm, 2 or 4 when aroused; plucked decay.
+    per_beat = 1 + int(a01 > 0.4) + 2 * int(a01 > 0.75)
+    step = beat / per_beat
+    note = (t / step).astype(int)
+    bass_freq = 440.0 * 2 ** ((roots[chord] - 24 + 12 * (note % 2 == 1) * (a01 > 0.6) - 69) / 12)
+    bass = _tone(bass_freq, n, sample_rate, "soft") * np.exp(-(t % step) / (0.4 * step)).astype(np.float32)
+
+    # Drum kit: kick on beats 1 and 3, snare on 2 and 4, hi-hat on 8ths (16ths when aroused).
+    drums = np.zeros(n + sample_rate, np.float32)
+    k_len, s_len, h_len = int(0.25 * sample_rate), int(0.18 * sample_rate), int(0.05 * sample_rate)
+    kt = np.arange(k_len) / sample_rate
+    kick = (np.sin(2 * np.pi * np.cumsum(50 + 100 * np.exp(-kt / 0.03)) / sample_rate) * np.exp(-kt / 0.12)).astype(np.float32)
+    snare = (rng.normal(0, 1, s_len) * np.exp(-np.arange(s_len) / (0.05 * sample_rate))).astype(np.float32)
+    hat = np.diff(rng.normal(0, 1, h_len + 1)).astype(np.float32) * np.exp(-np.arange(h_len) / (0.01 * sample_rate)).astype(np.float32)
+    hats_per_beat = 2 if a01 < 0.55 else 4
+    for i, onset in enumerate(np.arange(0, seconds, beat)):
+        s = int(onset * sample_rate)
+        if i % 2 == 0:
+            drums[s:s + k_len] += kick
+        else:
+            drums[s:s + s_len] += 0.8 * drive * snare
+        for j in range(hats_per_beat):
+            h = s + int(j * beat / hats_per_beat * sample_rate)
+            drums[h:h + h_len] += 0.3 * drive * hat
+    drums = drums[:n]
+
+    left = 0.5 * pads + 0.6 * bass + 0.7 * drive * drums
+    right = 0.7 * pads + 0.6 * bass + 0.5 * drive * drums
+    y = gain * 2.5 * np.stack([left, right], axis=1) + rng.normal(0, 1e-3, (n, 2))
+    return np.clip(y, -0.99, 0.99).astype(np.float32)
+
+
+STYLES = {"demo": synthesize, "band": synthesize_band}
+
+
+def _write_song(task: tuple) -> str:
+    path, valence, arousal, seconds, sample_rate, seed = task[:6]
+    style = task[6] if len(task) > 6 else "demo"
     import soundfile as sf
 
-    y = synthesize(valence, arousal, seconds, sample_rate, seed)
+    y = STYLES[style](valence, arousal, seconds, sample_rate, seed)
     with atomic_path(path) as tmp:
         sf.write(tmp, y, sample_rate, format="MP3", subtype="MPEG_LAYER_III")
     return path
@@ -141,13 +220,19 @@ def write_annotations(root: str, table: pd.DataFrame) -> None:
 
 
 def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed: int = 0,
-                   sample_rate: int = 44100, num_workers: int = 0) -> pd.DataFrame:
+                   sample_rate: int = 44100, num_workers: int = 0, style: str = "demo") -> pd.DataFrame:
     """Write a synthetic DEAM under ``root`` (skipped when the same one is already there).
 
-    Returns the truth table: song_id, latent valence and arousal on [-1, 1], audio_path.
+    ``style``: "demo" (mono wavetable songs) or "band" (stereo drums + pads + bass); see the
+    module docstring for the cues each uses. Returns the truth table: song_id, latent valence
+    and arousal on [-1, 1], audio_path.
     """
+    if style not in STYLES:
+        raise ValueError(f"Unknown demo style {style!r}; choose one of {sorted(STYLES)}")
     ids, valence, arousal = latent_labels(num_songs, seed)
     spec = {"num_songs": num_songs, "seconds": seconds, "seed": seed, "sample_rate": sample_rate, "version": 2}
+    if style != "demo":  # the demo style keeps its old marker, so existing folders stay valid
+        spec["style"] = style
     audio_dir = os.path.join(root, AUDIO_DIR)
     paths = [os.path.join(audio_dir, f"{i}.mp3") for i in ids]
     truth = pd.DataFrame({"song_id": ids, "valence": valence, "arousal": arousal, "audio_path": paths})
@@ -159,7 +244,7 @@ def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed:
                 return truth
     os.makedirs(audio_dir, exist_ok=True)
     write_annotations(root, annotation_table(ids, valence, arousal, seed))
-    tasks = [(p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i))
+    tasks = [(p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i), style)
              for p, v, a, i in zip(paths, valence, arousal, ids)]
     bar = tqdm(total=len(tasks), desc="demo songs", unit="song")
     for _ in parallel_imap(_write_song, tasks, num_workers):

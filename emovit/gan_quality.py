@@ -26,6 +26,13 @@ from emovit.metrics import DIMENSIONS, ccc
 from emovit.probe import band_stats, fit_probe
 
 
+def centre_crop(mels: np.ndarray, frames: int) -> np.ndarray:
+    """(N, n_mels, T) -> (N, n_mels, min(T, frames)): the centre ``frames`` of each row, so whole
+    stored clips compare like with like with generated windows of ``frames``."""
+    start = max(0, (mels.shape[2] - frames) // 2)
+    return mels[:, :, start:start + frames]
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F)."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
@@ -52,10 +59,13 @@ def gan_quality(real_train: np.ndarray, train_labels: np.ndarray, real_val: np.n
     """Every measure as {"value": synthetic, "reference": real-data value} per dimension.
 
     Args:
-        real_train, real_val, synthetic: log-mels (N, n_mels, T) in dB (memmaps are fine).
+        real_train, real_val, synthetic: log-mels (N, n_mels, T) in dB (memmaps are fine); real
+            songs longer than the synthetic ones are centre-cropped to their length first.
         *_labels: (N, 2) valence, arousal on [-1, 1].
     """
-    f_train, f_val, f_syn = band_stats(real_train), band_stats(real_val), band_stats(synthetic)
+    frames = synthetic.shape[2]
+    f_train, f_val = band_stats(centre_crop(real_train, frames)), band_stats(centre_crop(real_val, frames))
+    f_syn = band_stats(synthetic)
     real_probe = fit_probe(f_train, train_labels)
     syn_probe = fit_probe(f_syn, synthetic_labels)
     on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
@@ -96,7 +106,7 @@ def quality_table(quality: dict) -> pd.DataFrame:
 def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> dict:
     """Run :func:`gan_quality` on the real train / validation songs and write gan_quality.json.
 
-    The file also records the training outcome: epochs, divergence, reuse, parameter counts.
+    The file also records the training outcome: steps, kept step, divergence, reuse, parameter counts.
     """
     import os
 
@@ -109,7 +119,10 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
     quality = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(), store.centre_windows(val_ids),
                           labels.loc[val_ids].to_numpy(), synthetic.mels, synthetic.labels, seed=seed)
     quality["training"] = {
-        "epochs_completed": len(gan.history), "diverged": gan.diverged, "reused_checkpoint": gan.reused,
+        "steps_completed": gan.steps_completed, "best_step": gan.best_step, "skipped_steps": gan.skipped_steps,
+        # passes over the training songs' crops, for readers used to epochs
+        "epochs_completed": round(gan.steps_completed * gan.batch_size / max(len(train_ids), 1), 1),
+        "diverged": gan.diverged, "reused_checkpoint": gan.reused,
         "train_seconds": gan.seconds, "generator_parameters": count_parameters(gan.generator),
         "discriminator_parameters": count_parameters(gan.discriminator),
     }

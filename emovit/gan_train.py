@@ -1,20 +1,39 @@
 """Train the conditional GAN on TRAINING songs only, checkpoint it, and sample from it.
 
-``train_or_load_gan`` asserts that every song it is given is a training song, trains the
-SNGAN of :mod:`emovit.gan` (or reuses ``generator.pth`` when it was trained with the same
-config, architecture, features and songs), and writes ``generator.pth`` and
-``discriminator.pth`` atomically. A non-finite loss stops training, restores the weights
-of the last finite epoch and is recorded; the run goes on.
+``train_or_load_gan`` asserts that every song it is given is a training song, trains the GAN
+of :mod:`emovit.gan` (or reuses ``generator.pth`` when it was trained with the same config,
+architecture, features, songs, LABEL VALUES and standardizer), and writes ``generator.pth``
+and ``discriminator.pth`` atomically.
+
+Training (one step = one discriminator update + one generator update):
+* each item is a random ``gan_crop_frames`` window of a training song (the store may keep
+  whole clips longer than ``cfg.num_frames``; only each song's valid frames are used);
+* DiffAugment (``gan_diffaugment``) on real and fake alike before the discriminator;
+* the generator forward of the discriminator step runs under ``torch.no_grad()`` (its graph
+  would never be used: issue 11);
+* mixed precision per :func:`emovit.runtime.amp_dtype` (fp16 + GradScaler before Ampere,
+  bf16 on Ampere+, off on the CPU); the discriminator's pooled features stay float32;
+* an exponential moving average of the generator's weights (``gan_ema_decay``) is what samples;
+* a non-finite loss skips that step and is counted; more than ``cfg.max_skipped_steps``
+  skipped steps restore the last good (last evaluated) weights and stop training;
+* every ``gan_eval_every`` steps the EMA generator draws samples for the VALIDATION songs'
+  labels (validation labels and audio are read for monitoring only, never trained on):
+  label fidelity (CCC of a ridge probe fitted on the real training songs) and the Frechet
+  distance of band statistics to the real validation songs; the checkpoint with the best
+  score = mean fidelity - 0.25 * max(0, ln(Frechet / real-vs-real reference)) is kept.
 
 ``synthesize`` draws ``num_synthetic`` labels from the training songs' label distribution
 (resampled rows plus small Gaussian jitter, clipped to the training range -- never uniform
 over [-1, 1]), generates spectrograms in batches on the device and stores them like the real
-features: dB, float16, memory-mapped, so both pass through the same ViT preprocessing.
+features: dB, float16, memory-mapped, so both pass through the same ViT preprocessing. Its
+cache file name holds the GAN key AND a digest of the generator's weights.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,51 +46,80 @@ from emovit import gan as G
 from emovit.config import Config
 from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.runtime import amp_dtype
-from emovit.split import Standardizer, assert_only_train
+from emovit.split import Standardizer, assert_only_train, ids_of
 
-GAN_FIELDS = ("gan_epochs", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels", "seed")
-CHECKPOINT_VERSION = 1
+GAN_FIELDS = ("gan_steps", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels",
+              "gan_crop_frames", "gan_diffaugment", "gan_ema_decay", "gan_eval_every", "mixed_precision", "seed")
+CHECKPOINT_VERSION = 2  # 1: dense-layer generator with epochs (issue 12 made it stale)
+SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
 
 @dataclass
 class GanResult:
     """A trained (or reloaded) GAN and how it got there."""
 
-    generator: G.Generator
+    generator: G.Generator  # the EMA generator: what samples
     discriminator: G.Discriminator
     arch: G.GanArch
     standardizer: Standardizer
     train_labels: np.ndarray  # (N, 2) labels of the training songs it learned from
     key: str
-    history: list[dict] = field(default_factory=list)  # one row per epoch
+    history: list[dict] = field(default_factory=list)  # one row per evaluation (every gan_eval_every steps)
     reused: bool = False
-    diverged: dict | None = None  # {"epoch", "step", "restored_epoch"} when training stopped on NaN/inf
+    diverged: dict | None = None  # {"step", "skipped_steps", "restored_step"} when training stopped on NaN/inf
     seconds: float = 0.0
+    best_step: int = 0  # step of the kept checkpoint
+    steps_completed: int = 0
+    skipped_steps: int = 0  # steps skipped on a non-finite loss
+    weights_digest: str = ""  # sha256 of the generator's state (names the synthetic cache)
+    train_generator: G.Generator | None = None  # the training (non-EMA) generator at best_step
+    batch_size: int = 0  # crops per step it was trained with
 
 
-def gan_key(cfg: Config, arch: G.GanArch, feature_path: str, song_ids, standardizer: Standardizer) -> str:
+def gan_key(cfg: Config, arch: G.GanArch, feature_path: str, song_ids, labels: np.ndarray,
+            standardizer: Standardizer) -> str:
+    """Hash of everything the trained GAN depends on: settings, arch, features, songs, label values."""
     return hash_json({
         "version": CHECKPOINT_VERSION, "gan": {k: getattr(cfg, k) for k in GAN_FIELDS}, "arch": arch.to_dict(),
-        "features": os.path.basename(feature_path), "songs": sorted(int(s) for s in song_ids),
-        "standardizer": standardizer.to_dict(),
+        "features": os.path.basename(feature_path), "songs": [int(s) for s in song_ids],
+        "labels": np.round(np.asarray(labels, np.float64), 6).tolist(), "standardizer": standardizer.to_dict(),
     })
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 (16 hex) over a model's state dict, names and bytes in order."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _valid_frames(store, song_ids, total: int) -> np.ndarray:
+    """Valid frames per song: the store's ``frames`` column when it has one, else all ``total``."""
+    songs = store.songs.set_index("song_id")
+    if "frames" in songs.columns:
+        return np.minimum(songs.loc[song_ids, "frames"].to_numpy(np.int64), total)
+    return np.full(len(song_ids), total, np.int64)
 
 
 def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standardizer, device: str) -> GanResult:
     """Train the cGAN on ``song_ids`` (must all be training songs), or reuse its checkpoint.
 
     Args:
-        store: :class:`emovit.features.FeatureStore` holding the songs' log-mels (dB).
+        store: :class:`emovit.features.FeatureStore` holding the songs' log-mels (dB), shape
+            (N, n_mels, T_store) with T_store >= cfg.num_frames allowed.
         split: the split table; validation or test songs among ``song_ids`` raise AssertionError.
+            Its validation songs are read for monitoring (fidelity, Frechet) only.
     """
     song_ids = sorted(int(s) for s in song_ids)
     assert_only_train(song_ids, split, stage="GAN")
     labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32)
-    x = torch.from_numpy(store.centre_windows(song_ids))  # (N, n_mels, T) float16 dB
-    x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T)
-    arch = G.GanArch(n_mels=x.shape[2], frames=x.shape[3], z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
+    x = torch.from_numpy(np.ascontiguousarray(store.song_mels(song_ids)))  # (N, n_mels, T_store) float16 dB
+    x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
+    arch = G.GanArch(n_mels=x.shape[2], frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
                      out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))
-    key = gan_key(cfg, arch, store.path, song_ids, standardizer)
+    key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
     g_path = os.path.join(cfg.output_dir, "generator.pth")
     d_path = os.path.join(cfg.output_dir, "discriminator.pth")
     if os.path.exists(g_path) and os.path.exists(d_path):
@@ -82,110 +130,288 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
                 raise RuntimeError(f"{err} Or set retrain_bad_checkpoints=True to train it again.") from err
             LOG.warning("GAN: %s -- training again (retrain_bad_checkpoints=True)", err)
             result = None
+        except StaleCheckpoint as err:
+            LOG.info("GAN: %s; training again", err)
+            result = None
         if result is not None and result.key == key:
-            LOG.info("GAN: reusing %s (same config, features and training songs)", g_path)
+            LOG.info("GAN: reusing %s (same config, features, training songs and labels)", g_path)
             result.reused = True
             return result
         if result is not None:
-            LOG.info("GAN: %s was trained with other settings or songs; training again", g_path)
+            LOG.info("GAN: %s was trained with other settings, songs or labels; training again", g_path)
 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen, disc = G.Generator(arch).to(device), G.Discriminator(arch).to(device)
-    history, diverged = _train(gen, disc, x.to(device), torch.from_numpy(labels).to(device), cfg, device)
-    result = GanResult(gen, disc, arch, standardizer, labels, key, history, False, diverged,
-                       time.perf_counter() - start)
+    monitor = Monitor.build(cfg, store, split, song_ids, labels)
+    frames = _valid_frames(store, song_ids, x.shape[3])
+    result = GanResult(gen, disc, arch, standardizer, labels, key)
+    _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device)
+    result.seconds = time.perf_counter() - start
+    result.weights_digest = weights_digest(result.generator)
     save_gan(result, cfg, g_path, d_path)
     return result
 
 
-def _train(gen, disc, x, y, cfg: Config, device: str) -> tuple[list[dict], dict | None]:
-    """SNGAN training loop; returns (history, divergence record or None)."""
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan_lr_g, betas=(0.0, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan_lr_d, betas=(0.0, 0.9))
+# ---- monitoring on validation songs ----------------------------------------------------------
+
+@dataclass
+class Monitor:
+    """Label fidelity and Frechet distance of EMA samples for the validation songs' labels."""
+
+    probe: object  # ridge probe fitted on the real training songs' band statistics
+    val_labels: np.ndarray  # (V, 2)
+    val_features: np.ndarray  # (V, F) band statistics of the real validation songs (centre crops)
+    fidelity_reference: dict  # per dimension: the probe's CCC on the real validation songs
+    frechet_reference: float  # Frechet(real train, real validation)
+    copies: int  # samples per validation label
+
+    @classmethod
+    def build(cls, cfg: Config, store, split, song_ids, labels: np.ndarray) -> Monitor | None:
+        from emovit.gan_quality import frechet_distance
+        from emovit.metrics import ccc
+        from emovit.probe import band_stats, fit_probe
+
+        val_ids = ids_of(split, "val")
+        if len(val_ids) < 3:
+            LOG.warning("GAN: fewer than 3 validation songs; no monitoring, the last step is kept")
+            return None
+        f_train = band_stats(store.centre_windows(song_ids))
+        f_val = band_stats(store.centre_windows(val_ids))
+        val_labels = store.songs.set_index("song_id").loc[val_ids, ["valence", "arousal"]].to_numpy(np.float32)
+        probe = fit_probe(f_train, labels)
+        pred = probe.predict(f_val)
+        ref = {dim: ccc(val_labels[:, d], pred[:, d]) for d, dim in enumerate(("valence", "arousal"))}
+        return cls(probe, val_labels, f_val, ref, frechet_distance(f_train, f_val), copies=2)
+
+    def evaluate(self, gen: G.Generator, standardizer: Standardizer, device: str, seed: int) -> dict:
+        from emovit.gan_quality import frechet_distance
+        from emovit.metrics import ccc
+        from emovit.probe import band_stats
+
+        labels = np.repeat(self.val_labels, self.copies, axis=0)
+        f_syn = band_stats(generate(gen, labels, standardizer, device, batch_size=64, seed=seed))
+        pred = self.probe.predict(f_syn)
+        row = {f"fidelity_{dim}": ccc(labels[:, d], pred[:, d]) for d, dim in enumerate(("valence", "arousal"))}
+        row |= {f"fidelity_reference_{dim}": v for dim, v in self.fidelity_reference.items()}
+        # One sample per validation label, so the distance has the reference's sample size.
+        row["frechet"] = frechet_distance(self.val_features, f_syn[:: self.copies])
+        row["frechet_reference"] = self.frechet_reference
+        fd_penalty = max(0.0, math.log(max(row["frechet"], 1e-9) / max(self.frechet_reference, 1e-9)))
+        row["score"] = (row["fidelity_valence"] + row["fidelity_arousal"]) / 2 - SELECTION_FD_WEIGHT * fd_penalty
+        return row
+
+
+# ---- training --------------------------------------------------------------------------------
+
+def random_crops(x: torch.Tensor, idx: torch.Tensor, frames: np.ndarray, length: int,
+                 rng: torch.Generator) -> torch.Tensor:
+    """(B, 1, n_mels, length) float32 windows of songs ``x[idx]`` at random valid offsets.
+
+    Songs with fewer valid frames than ``length`` start at 0 (their padding is included).
+    """
+    out = []
+    for i in idx.tolist():
+        span = int(frames[i]) - length
+        start = int(torch.randint(0, span + 1, (1,), generator=rng)) if span > 0 else 0
+        out.append(x[i, :, :, start:start + length])
+    return torch.stack(out).float()
+
+
+def discriminator_step(gen, disc, real, labels, cfg: Config, autocast, aug_rng) -> tuple[torch.Tensor, ...]:
+    """Forward of one D step: (loss, real scores, fake scores, fake). The fake is made under
+    ``torch.no_grad()``: the D step never backpropagates into G, so no G graph is built."""
+    with torch.no_grad(), autocast():
+        fake = gen(torch.randn(len(real), gen.arch.z_dim, device=real.device), labels, frames=real.shape[3])
+    with autocast():
+        d_real = disc(G.diff_augment(real, cfg.gan_diffaugment, aug_rng), labels)
+        d_fake = disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels)
+        d_loss = G.d_hinge_loss(d_real, d_fake)
+    return d_loss, d_real, d_fake, fake
+
+
+def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, aug_rng) -> torch.Tensor:
+    with autocast():
+        fake = gen(torch.randn(len(labels), gen.arch.z_dim, device=labels.device), labels, frames=frames)
+        return G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+@torch.no_grad()
+def standing_bn_stats(gen: G.Generator, labels: np.ndarray, device: str, frames: int, batches: int = 8,
+                      batch_size: int = 32, seed: int = 0) -> None:
+    """Recompute the (EMA) generator's BatchNorm statistics from its own forward passes
+    (BigGAN's "standing statistics"): EMA weights do not match running stats gathered by
+    the training weights."""
+    rng = np.random.default_rng(seed)
+    for m in gen.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the passes below
+    gen.train()
+    cpu = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        y = torch.from_numpy(np.asarray(labels)[rng.integers(0, len(labels), batch_size)]).to(device)
+        gen(torch.randn(batch_size, gen.arch.z_dim, generator=cpu).to(device), y,
+            noise=torch.randn(gen.noise_shape(batch_size, frames), generator=cpu).to(device), frames=frames)
+    for m in gen.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.1
+    gen.eval()
+
+
+def _snapshot(result: GanResult, gen, disc, ema, step: int) -> dict:
+    return {"gen": copy.deepcopy(gen.state_dict()), "disc": copy.deepcopy(disc.state_dict()),
+            "ema": copy.deepcopy(ema.state_dict()), "step": step}
+
+
+def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None, cfg: Config, device: str) -> None:
+    """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place."""
+    gen, disc = result.generator, result.discriminator
+    ema = copy.deepcopy(gen).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan_lr_g, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan_lr_d, betas=(0.0, 0.99))
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler_g = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
     scaler_d = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None)
+
     n, bs = len(x), min(cfg.gan_batch_size, len(x))
-    steps = max(1, n // bs)  # drop the last partial batch: BatchNorm needs full batches
-    gen_rng = torch.Generator().manual_seed(cfg.seed)
-    good = (copy.deepcopy(gen.state_dict()), copy.deepcopy(disc.state_dict()), 0)
-    history: list[dict] = []
-    bar = tqdm(range(1, cfg.gan_epochs + 1), desc="GAN", unit="epoch")
-    for epoch in bar:
-        t0 = time.perf_counter()
+    result.batch_size = bs
+    crop = min(cfg.gan_crop_frames or cfg.num_frames, int(x.shape[3]))
+    crop -= crop % 2**G.UPSAMPLINGS if crop >= 2**G.UPSAMPLINGS else 0  # whole low-resolution columns
+    rng = torch.Generator().manual_seed(cfg.seed)
+    aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    best, best_score = _snapshot(result, gen, disc, ema, 0), -math.inf
+    last_good = best
+    sums, count, skipped, t0 = np.zeros(4), 0, 0, time.perf_counter()
+    bar = tqdm(range(1, cfg.gan_steps + 1), desc="GAN", unit="step")
+    for step in bar:
         gen.train()
         disc.train()
-        perm = torch.randperm(n, generator=gen_rng).to(device)
-        sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake"), 0.0)
-        for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
-            real, labels = x[idx].float(), y[idx]
-            z = torch.randn(bs, gen.arch.z_dim, device=device)
-            with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                fake = gen(z, labels)
-                d_real, d_fake = disc(real, labels), disc(fake.detach(), labels)
-                d_loss = G.d_hinge_loss(d_real, d_fake)
+        idx = torch.randint(0, n, (bs,), generator=rng)
+        real, labels = random_crops(x, idx, frames, crop, rng), y[idx.to(y.device)]
+        d_loss, d_real, d_fake, _ = discriminator_step(gen, disc, real, labels, cfg, autocast, aug_rng)
+        if not torch.isfinite(d_loss):
+            skipped += 1
+        else:
             opt_d.zero_grad(set_to_none=True)
             scaler_d.scale(d_loss).backward()
             scaler_d.step(opt_d)
             scaler_d.update()
-            with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                g_loss = G.g_hinge_loss(disc(gen(torch.randn_like(z), labels), labels))
-            opt_g.zero_grad(set_to_none=True)
-            scaler_g.scale(g_loss).backward()
-            scaler_g.step(opt_g)
-            scaler_g.update()
-            values = torch.stack([d_loss.detach().float(), g_loss.detach().float(),
-                                  d_real.detach().float().mean(), d_fake.detach().float().mean()]).cpu()
-            if not torch.isfinite(values).all():
-                gen.load_state_dict(good[0])
-                disc.load_state_dict(good[1])
-                record = {"epoch": epoch, "step": step, "restored_epoch": good[2]}
-                LOG.warning("GAN: non-finite loss at epoch %d step %d; restored the weights of epoch %d "
-                            "and stopped GAN training", epoch, step, good[2])
-                bar.close()
-                return history, record
-            for k, v in zip(sums, values.tolist()):
-                sums[k] += v
-        row = {k: v / steps for k, v in sums.items()} | {"epoch": epoch, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        good = (copy.deepcopy(gen.state_dict()), copy.deepcopy(disc.state_dict()), epoch)
-        bar.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}")
-        if epoch == 1 and cfg.gan_epochs > 1:
-            LOG.info("GAN: first epoch %.1f s; ETA for %d epochs ~%.0f s", row["seconds"], cfg.gan_epochs,
-                     row["seconds"] * (cfg.gan_epochs - 1))
-    return history, None
+            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng)
+            if not torch.isfinite(g_loss):
+                skipped += 1
+            else:
+                opt_g.zero_grad(set_to_none=True)
+                scaler_g.scale(g_loss).backward()
+                scaler_g.step(opt_g)
+                scaler_g.update()
+                update_ema(ema, gen, min(cfg.gan_ema_decay, (1 + step) / (10 + step)))
+                sums += [float(d_loss.detach()), float(g_loss.detach()), float(d_real.detach().mean()), float(d_fake.detach().mean())]
+                count += 1
+        if skipped > cfg.max_skipped_steps:
+            for model, key in ((gen, "gen"), (disc, "disc"), (ema, "ema")):
+                model.load_state_dict(last_good[key])
+            result.diverged = {"step": step, "skipped_steps": skipped, "restored_step": last_good["step"]}
+            LOG.warning("GAN: %d steps with a non-finite loss (limit max_skipped_steps=%d); restored the weights "
+                        "of step %d and stopped GAN training", skipped, cfg.max_skipped_steps, last_good["step"])
+            break
+        if step % cfg.gan_eval_every == 0 or step == cfg.gan_steps:
+            row = {"step": step, **dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), (sums / max(count, 1)).tolist())),
+                   "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
+            standing_bn_stats(ema, result.train_labels, device, crop, seed=cfg.seed)
+            if monitor is not None:
+                row |= monitor.evaluate(ema, result.standardizer, device, seed=cfg.seed)
+            score = row.get("score", step)  # without monitoring: the latest
+            last_good = _snapshot(result, gen, disc, ema, step)
+            if score > best_score:
+                best, best_score = last_good, score
+            row = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
+            result.history.append(row)
+            bar.set_postfix({k: f"{row[k]:.2f}" for k in ("d_loss", "g_loss", "fidelity_valence", "fidelity_arousal",
+                                                             "frechet") if k in row})
+            sums, count = np.zeros(4), 0
+        result.steps_completed = step
+    bar.close()
+    result.skipped_steps = skipped
+    kept = best  # a snapshot taken at an evaluation before any divergence
+    gen.load_state_dict(kept["gen"])
+    disc.load_state_dict(kept["disc"])
+    ema.load_state_dict(kept["ema"])
+    result.best_step = kept["step"]
+    result.generator = ema.eval()
+    result.train_generator = gen
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+class StaleCheckpoint(Exception):
+    """A generator.pth from another checkpoint version or architecture: retrain, never load."""
 
 
 def save_gan(result: GanResult, cfg: Config, g_path: str, d_path: str) -> None:
-    """Write generator.pth and discriminator.pth atomically (loadable with weights_only=True)."""
+    """Write generator.pth and discriminator.pth atomically (loadable with weights_only=True).
+
+    generator.pth: "state_dict" = the EMA generator (what samples), "train_state_dict" = the
+    training generator at the same step; both carry arch, key, standardizer, training labels,
+    history, the kept step and the weights digest.
+    """
     common = {
         "arch": result.arch.to_dict(), "key": result.key, "standardizer": result.standardizer.to_dict(),
         "train_labels": torch.from_numpy(np.asarray(result.train_labels, np.float32)),
         "history": result.history, "diverged": result.diverged, "config": cfg.to_dict(),
-        "seconds": result.seconds, "version": CHECKPOINT_VERSION,
+        "seconds": result.seconds, "version": CHECKPOINT_VERSION, "best_step": result.best_step,
+        "steps_completed": result.steps_completed, "skipped_steps": result.skipped_steps,
+        "weights_digest": result.weights_digest, "batch_size": result.batch_size,
     }
-    for model, path in ((result.generator, g_path), (result.discriminator, d_path)):
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def cpu(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    train_gen = result.train_generator or result.generator
+    files = ((g_path, {"state_dict": cpu(result.generator), "train_state_dict": cpu(train_gen)}),
+             (d_path, {"state_dict": cpu(result.discriminator)}))
+    for path, states in files:
         with atomic_path(path) as tmp:
-            torch.save({"state_dict": state, **common}, tmp)
+            torch.save({**states, **common}, tmp)
 
 
 def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
-    """Rebuild a GAN from its two checkpoints (``torch.load(weights_only=True)``)."""
+    """Rebuild a GAN from its two checkpoints (``torch.load(weights_only=True)``).
+
+    Raises StaleCheckpoint for files of another version / architecture (checked before any
+    state dict is loaded), RuntimeError naming the file for unreadable ones.
+    """
     g_ckpt = load_checkpoint(g_path)
     d_ckpt = load_checkpoint(d_path)
+    for path, ckpt in ((g_path, g_ckpt), (d_path, d_ckpt)):
+        version, name = ckpt.get("version"), ckpt.get("arch", {}).get("name")
+        if version != CHECKPOINT_VERSION or name != G.ARCH_NAME:
+            raise StaleCheckpoint(f"{path} is checkpoint version {version}, architecture {name!r} "
+                                  f"(this code: version {CHECKPOINT_VERSION}, {G.ARCH_NAME!r})")
     arch = G.GanArch(**g_ckpt["arch"])
     gen, disc = G.Generator(arch), G.Discriminator(arch)
     gen.load_state_dict(g_ckpt["state_dict"])
     disc.load_state_dict(d_ckpt["state_dict"])
-    return GanResult(
-        gen.to(device), disc.to(device), arch, Standardizer(**g_ckpt["standardizer"]),
+    result = GanResult(
+        gen.to(device).eval(), disc.to(device), arch, Standardizer(**g_ckpt["standardizer"]),
         g_ckpt["train_labels"].numpy(), g_ckpt["key"], g_ckpt["history"], True, g_ckpt["diverged"],
-        g_ckpt["seconds"],
-    )
+        g_ckpt["seconds"], g_ckpt["best_step"], g_ckpt["steps_completed"], g_ckpt["skipped_steps"],
+        weights_digest(gen), batch_size=g_ckpt["batch_size"])
+    return result
 
+
+# ---- sampling ------------------------------------------------------------------------------
 
 def sample_labels(train_labels: np.ndarray, n: int, jitter: float, seed: int) -> np.ndarray:
     """(n, 2) labels: training rows resampled, plus N(0, jitter), clipped to the training range."""
@@ -198,7 +424,7 @@ def sample_labels(train_labels: np.ndarray, n: int, jitter: float, seed: int) ->
 @torch.no_grad()
 def generate(gen: G.Generator, labels: np.ndarray, standardizer: Standardizer, device: str,
              batch_size: int = 64, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """Spectrograms for ``labels`` (n, 2): (n, n_mels, T) float16 in dB, like the real store.
+    """Spectrograms for ``labels`` (n, 2): (n, n_mels, gen.arch.frames) float16 in dB, like the real store.
 
     ``out`` may be a memmap to write into; same seed and labels give the same output.
     """
@@ -207,9 +433,10 @@ def generate(gen: G.Generator, labels: np.ndarray, standardizer: Standardizer, d
     out = np.empty((n, gen.arch.n_mels, gen.arch.frames), np.float16) if out is None else out
     rng = torch.Generator(device="cpu").manual_seed(seed)
     for i in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", leave=False):
-        y = torch.from_numpy(labels[i:i + batch_size]).to(device)
+        y = torch.from_numpy(np.asarray(labels[i:i + batch_size], np.float32)).to(device)
         z = torch.randn(len(y), gen.arch.z_dim, generator=rng).to(device)
-        x = standardizer.inverse(gen(z, y).float()).squeeze(1)
+        noise = torch.randn(gen.noise_shape(len(y)), generator=rng).to(device)
+        x = standardizer.inverse(gen(z, y, noise=noise).float()).squeeze(1)
         out[i:i + len(y)] = x.clamp(-1000, 1000).to(torch.float16).cpu().numpy()
     return out
 
@@ -224,11 +451,13 @@ class SyntheticSet:
 
 
 def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
-    """``cfg.num_synthetic`` samples, cached under ``<cache>/gan`` by GAN key, count and seed."""
+    """``cfg.num_synthetic`` samples, cached under ``<cache>/gan`` by GAN key, generator weights,
+    count, seed and jitter."""
     start = time.perf_counter()
     folder = os.path.join(cfg.cache_path, "gan")
     os.makedirs(folder, exist_ok=True)
-    stem = f"synthetic_{result.key}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
+    digest = result.weights_digest or weights_digest(result.generator)
+    stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
     mel_path, label_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("npy", "labels.npy"))
     reused = os.path.exists(mel_path) and os.path.exists(label_path)
     if not reused:

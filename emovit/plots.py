@@ -70,16 +70,34 @@ def _va_axes(ax) -> None:
     ax.set_aspect("equal")
 
 
-def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_training_curves.png"):
-    """Generator and discriminator hinge losses per epoch."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["d_loss"] for h in history], label="discriminator (hinge)")
-    ax.plot(epochs, [h["g_loss"] for h in history], label="generator (-D(G(z)))")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean over steps)")
-    ax.set_title("Conditional GAN training")
-    ax.legend()
+def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_training_curves.png",
+                        best_step: int | None = None):
+    """Per evaluation step: hinge losses; label fidelity on validation labels beside its real
+    reference; Frechet distance to the validation songs beside real-vs-real. The kept step is marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), constrained_layout=True)
+    steps = [h["step"] for h in history]
+    axes[0].plot(steps, [h["d_loss"] for h in history], marker=".", label="discriminator (hinge)")
+    axes[0].plot(steps, [h["g_loss"] for h in history], marker=".", label="generator (-D(G(z)))")
+    axes[0].set_ylabel("loss (mean since last check)")
+    axes[0].set_title("Losses")
+    if history and "fidelity_valence" in history[0]:
+        for dim, color in (("valence", "tab:blue"), ("arousal", "tab:red")):
+            axes[1].plot(steps, [h[f"fidelity_{dim}"] for h in history], marker=".", color=color, label=f"{dim}: synthetic")
+            axes[1].axhline(history[0][f"fidelity_reference_{dim}"], color=color, ls="--", lw=1,
+                            label=f"{dim}: real validation songs")
+        axes[2].plot(steps, [h["frechet"] for h in history], marker=".", label="synthetic vs real validation")
+        axes[2].axhline(history[0]["frechet_reference"], color="grey", ls="--", label="real train vs real validation")
+        axes[2].set_yscale("log")
+    axes[1].set_ylabel("label fidelity (CCC of the real-trained probe)")
+    axes[1].set_title("Label fidelity on validation labels")
+    axes[2].set_ylabel("Frechet distance (band statistics)")
+    axes[2].set_title("Frechet distance to validation songs")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        if best_step:
+            ax.axvline(best_step, color="green", lw=1, alpha=0.6, label=f"kept (step {best_step})")
+        ax.legend(fontsize=7)
+    fig.suptitle("Conditional GAN training (monitored every gan_eval_every steps)")
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
 

@@ -99,7 +99,8 @@ from emovit.deam import discover
 from emovit.demo_data import make_demo_deam
 
 if cfg.preset == "demo":
-    make_demo_deam(cfg.data_dir, num_songs=cfg.demo_num_songs, seconds=cfg.demo_song_seconds, seed=cfg.seed)
+    make_demo_deam(cfg.data_dir, num_songs=cfg.demo_num_songs, seconds=cfg.demo_song_seconds, seed=cfg.seed,
+                   style=cfg.demo_style)
 songs, data_report = discover(cfg.data_dir)
 if cfg.max_songs:
     songs = songs.head(cfg.max_songs)
@@ -175,17 +176,30 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 # %% [markdown]
 # ## Conditional GAN
 # A conditional GAN learns to draw log-mel spectrograms for a given (valence, arousal), from
-# the **training songs only** (the code asserts it). Recipe: SNGAN -- spectral
-# normalization, hinge loss, a projection discriminator, conditional batch norm in the
-# generator (details in the `emovit/gan.py` cell). It then synthesizes `num_synthetic`
-# spectrograms with labels resampled from the training songs' labels (plus small jitter),
-# stored like the real features. A re-run with the same settings reuses `generator.pth`.
+# the **training songs only** (the code asserts it). With ~1,260 songs a GAN easily
+# over-fits its discriminator or memorises, so the design is data-efficient:
+# - the **generator is convolutional along time** (a learned per-band constant and the
+#   song-level noise extended in time, plus a local noise sequence), so it trains on
+#   **random crops** of the songs (`gan_crop_frames`: many windows per song, cheaper steps)
+#   and still generates the full window;
+# - the **discriminator** is at least as large as the generator, spectrally normalised,
+#   pools over time only (bands keep their pitch), and is conditioned by a **projection**
+#   term it cannot ignore; **DiffAugment** (time shift, cutout, small level shift) is applied
+#   to real and fake alike;
+# - samples come from an **exponential moving average** of the generator's weights;
+# - training runs `gan_steps` steps; every `gan_eval_every` steps the label fidelity and the
+#   Frechet distance are measured on the **validation** songs and the best checkpoint is kept
+#   (curves below). A non-finite loss skips its step; too many restore the last good weights.
+#
+# It then synthesizes `num_synthetic` spectrograms with labels resampled from the training
+# songs' labels (plus small jitter), stored like the real features. A re-run with the same
+# settings, songs and labels reuses `generator.pth`.
 
 # %% module="emovit/gan.py"
 
-# %% module="emovit/gan_train.py"
-
 # %% module="emovit/gan_quality.py"
+
+# %% module="emovit/gan_train.py"
 
 # %%
 import numpy as np
@@ -196,10 +210,12 @@ from emovit.gan_train import generate, synthesize, train_or_load_gan
 gan = train_or_load_gan(cfg, store, split, train_ids, standardizer, device)
 print(f"generator {count_parameters(gan.generator):,} parameters, discriminator "
       f"{count_parameters(gan.discriminator):,}; " + ("reused the saved checkpoint" if gan.reused else
-      f"trained {len(gan.history)} epochs in {gan.seconds:.0f} s on {device}"))
+      f"trained {gan.steps_completed} steps in {gan.seconds:.0f} s on {device}, kept step {gan.best_step}"))
+if gan.skipped_steps:
+    print(f"{gan.skipped_steps} step(s) skipped on a non-finite loss")
 if gan.diverged:
-    print(f"WARNING: GAN training stopped on a non-finite loss: {gan.diverged} (weights of the last finite epoch kept)")
-plots.gan_training_curves(gan.history, cfg.output_dir);
+    print(f"WARNING: GAN training stopped on non-finite losses: {gan.diverged} (last good weights kept)")
+plots.gan_training_curves(gan.history, cfg.output_dir, best_step=gan.best_step);
 
 # %%
 synthetic = synthesize(gan, cfg, device)

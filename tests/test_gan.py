@@ -1,4 +1,8 @@
-"""Conditional GAN: shapes, conditioning, train-only guard, NaN recovery, checkpoints, labels."""
+"""Conditional GAN: shapes, conditioning, train-only guard, NaN handling, no D-step graph, fp32
+pooling, checkpoints (EMA, stale architectures), cache keys, and a learning test."""
+
+import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -7,20 +11,29 @@ import torch
 
 from emovit import gan as G
 from emovit import gan_train
-from emovit.config import make_config
+from emovit.config import make_config, replace
 from emovit.deam import discover
 from emovit.features import extract_features
 from emovit.split import Standardizer, ids_of, split_songs
 
 
 @pytest.mark.parametrize("n_mels,frames", [(64, 431), (128, 1292)])
-def test_shapes_demo_and_full_size(n_mels, frames):
+def test_shapes_crops_and_full_length(n_mels, frames):
     arch = G.GanArch(n_mels=n_mels, frames=frames, z_dim=16, channels=4)
     gen, disc = G.Generator(arch), G.Discriminator(arch)
-    x = gen(torch.randn(2, 16), torch.rand(2, 2) * 2 - 1)
+    y = torch.rand(2, 2) * 2 - 1
+    x = gen(torch.randn(2, 16), y)
     assert x.shape == (2, 1, n_mels, frames)
     assert x.min() >= arch.out_low and x.max() <= arch.out_high
-    assert disc(x, torch.zeros(2, 2)).shape == (2,)
+    crop = gen(torch.randn(2, 16), y, frames=128)  # training crops: the same weights, any length
+    assert crop.shape == (2, 1, n_mels, 128)
+    assert disc(x, y).shape == disc(crop, y).shape == (2,)
+
+
+@pytest.mark.parametrize("n_mels,z_dim,channels", [(64, 32, 8), (128, 128, 32)])  # the demo and kaggle sizes
+def test_discriminator_at_least_as_large_as_generator(n_mels, z_dim, channels):
+    arch = G.GanArch(n_mels=n_mels, frames=1292, z_dim=z_dim, channels=channels)
+    assert G.count_parameters(G.Discriminator(arch)) >= G.count_parameters(G.Generator(arch))
 
 
 def test_bad_n_mels_is_a_clear_error():
@@ -36,9 +49,67 @@ def test_conditioning_changes_the_output():
             if isinstance(m, G.ConditionalBatchNorm):
                 m.affine.weight.normal_(0, 0.5)
     gen.eval()
-    z = torch.randn(4, 8)
-    low, high = gen(z, torch.full((4, 2), -0.8)), gen(z, torch.full((4, 2), 0.8))
+    z, noise = torch.randn(4, 8), torch.randn(gen.noise_shape(4))
+    low, high = gen(z, torch.full((4, 2), -0.8), noise=noise), gen(z, torch.full((4, 2), 0.8), noise=noise)
     assert (low - high).abs().mean() > 0.01
+
+
+def test_diff_augment_policies():
+    x = torch.randn(3, 1, 8, 32)
+    assert G.diff_augment(x, "") is x
+    rng = torch.Generator().manual_seed(0)
+    moved = G.diff_augment(x, "translation", rng)
+    # a circular shift along time: every (sample, band) row keeps its values, bands never mix
+    torch.testing.assert_close(moved.sort(dim=3).values, x.sort(dim=3).values)
+    cut = G.diff_augment(x, "cutout", rng)
+    assert ((cut == 0).all(dim=2).sum(dim=2) == 32 // 4).all()  # one band of W/4 frames per sample
+    shifted = G.diff_augment(x, "level", rng) - x
+    assert shifted.abs().max() <= 0.1 + 1e-6
+    torch.testing.assert_close(shifted, shifted[:, :, :1, :1].expand_as(shifted), atol=1e-5, rtol=0)  # one offset per sample
+    with pytest.raises(ValueError, match="unknown DiffAugment"):
+        G.diff_augment(x, "flip", rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_discriminator_pooling_and_projection_in_float32_under_autocast(dtype):
+    """Issue 11: the summed features must not go through half precision."""
+    disc = G.Discriminator(G.GanArch(n_mels=32, frames=64, channels=4))
+    x, y = torch.randn(2, 1, 32, 64), torch.rand(2, 2)
+    with torch.autocast("cpu", dtype=dtype):
+        assert disc.blocks[0](x).dtype == dtype  # the convolutions do run in half precision
+        phi, score = disc.features(x), disc(x, y)
+    assert phi.dtype == torch.float32 and score.dtype == torch.float32
+
+
+def _saved_bytes(fn):
+    """Bytes of tensors autograd saves for backward while ``fn`` runs (what a step keeps alive)."""
+    total = {"bytes": 0}
+
+    def pack(t):
+        total["bytes"] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total["bytes"], out
+
+
+def test_discriminator_step_builds_no_generator_graph():
+    """Issue 11: the generator forward of the D step runs without a graph. Measured on the CPU
+    as the bytes autograd saves: the D step saves exactly what D's two forwards save; a
+    generator forward with grad (the old code) would add its own activations on top."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4)
+    gen, disc = G.Generator(arch), G.Discriminator(arch)
+    cfg = make_config("demo", gan_diffaugment="")
+    real, y = torch.randn(4, 1, 32, 64), torch.rand(4, 2)
+    step_bytes, (loss, _, _, fake) = _saved_bytes(lambda: gan_train.discriminator_step(
+        gen, disc, real, y, cfg, lambda: torch.autocast("cpu", enabled=False), None))
+    assert fake.grad_fn is None and not fake.requires_grad and loss.requires_grad
+    d_only, _ = _saved_bytes(lambda: (disc(real, y), disc(fake, y)))
+    g_graph, _ = _saved_bytes(lambda: gen(torch.randn(4, 8), y, frames=64))
+    assert g_graph > 0.2 * d_only  # so the assertion below could fail
+    assert d_only <= step_bytes <= d_only + 1024  # + the hinge loss's few saved scores
 
 
 def test_sample_labels_follow_the_training_distribution():
@@ -52,14 +123,24 @@ def test_sample_labels_follow_the_training_distribution():
     np.testing.assert_array_equal(labels, gan_train.sample_labels(train, 3200, jitter=0.05, seed=1))
 
 
+def test_random_crops_stay_inside_each_songs_valid_frames():
+    x = torch.arange(100, dtype=torch.float16).expand(3, 1, 2, 100).clone()  # value = frame index
+    frames = np.array([100, 40, 10])  # the third song is shorter than a crop: starts at 0
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        crops = gan_train.random_crops(x, torch.tensor([0, 1, 2]), frames, 16, rng)
+        assert crops.shape == (3, 1, 2, 16) and crops.dtype == torch.float32
+        assert crops[1].max() < 40 and crops[2, 0, 0, 0] == 0
+
+
 @pytest.fixture
 def tiny_setup(small_demo, tmp_path):
     cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1, gan_epochs=2, gan_batch_size=4,
-                      gan_channels=4, gan_z_dim=8, num_synthetic=10, gan_sample_batch_size=4)
+                      clip_offset=0.0, n_mels=32, num_workers=1, gan_steps=4, gan_eval_every=2, gan_batch_size=4,
+                      gan_channels=4, gan_z_dim=8, gan_crop_frames=32, num_synthetic=10, gan_sample_batch_size=4)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
-    split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
+    split = split_songs(store.songs.song_id, 0.25, 0.2, seed=7)  # 7 / 3 / 2 songs: 3 validation songs to monitor
     train = ids_of(split, "train")
     rows = store.songs.set_index("song_id").loc[train, "row"]
     return cfg, store, split, train, Standardizer.fit(store.mels, rows)
@@ -75,12 +156,14 @@ def test_validation_or_test_song_fires_the_guard(tiny_setup):
 def test_checkpoint_roundtrip_reuse_and_same_samples(tiny_setup):
     cfg, store, split, train, std = tiny_setup
     first = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
-    assert not first.reused and len(first.history) == 2 and first.diverged is None
+    assert not first.reused and first.steps_completed == 4 and first.diverged is None
+    assert [h["step"] for h in first.history] == [2, 4] and first.best_step in (2, 4)
+    assert {"fidelity_valence", "fidelity_arousal", "frechet", "frechet_reference"} <= set(first.history[0])
     for name in ("generator.pth", "discriminator.pth"):
         ckpt = torch.load(f"{cfg.output_dir}/{name}", weights_only=True)
-        assert {"state_dict", "arch", "standardizer", "train_labels", "key"} <= set(ckpt)
+        assert {"state_dict", "arch", "standardizer", "train_labels", "key", "version"} <= set(ckpt)
     again = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
-    assert again.reused and again.key == first.key
+    assert again.reused and again.key == first.key and again.weights_digest == first.weights_digest
     labels = gan_train.sample_labels(first.train_labels, 6, 0.05, seed=3)
     a = gan_train.generate(first.generator, labels, std, "cpu", batch_size=4, seed=7)
     b = gan_train.generate(again.generator, labels, std, "cpu", batch_size=4, seed=7)
@@ -94,26 +177,94 @@ def test_checkpoint_roundtrip_reuse_and_same_samples(tiny_setup):
     assert not gan_train.train_or_load_gan(cfg, store, split, train[:-1], std, "cpu").reused
 
 
-def test_nan_loss_restores_last_finite_weights(tiny_setup, monkeypatch):
+def test_ema_weights_load_with_weights_only(tiny_setup):
     cfg, store, split, train, std = tiny_setup
-    cfg.gan_epochs = 3
-    calls = {"n": 0}
-    real_loss = G.d_hinge_loss
-    steps_per_epoch = len(train) // cfg.gan_batch_size
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    ckpt = torch.load(os.path.join(cfg.output_dir, "generator.pth"), weights_only=True)
+    gen = G.Generator(G.GanArch(**ckpt["arch"]))
+    gen.load_state_dict(ckpt["state_dict"])  # the EMA generator: what samples
+    differs = [not torch.equal(ckpt["state_dict"][k], ckpt["train_state_dict"][k])
+               for k in ckpt["state_dict"] if ckpt["state_dict"][k].is_floating_point()]
+    assert any(differs)  # EMA weights are not the training weights
+    labels = gan_train.sample_labels(result.train_labels, 4, 0.05, seed=0)
+    np.testing.assert_array_equal(gan_train.generate(gen, labels, std, "cpu", seed=1),
+                                  gan_train.generate(result.generator, labels, std, "cpu", seed=1))
+
+
+def test_old_architecture_checkpoint_is_stale_and_retrained(tiny_setup):
+    """A generator.pth of the previous (dense-layer, version 1) architecture is detected
+    before any state dict is loaded, and the GAN is trained again."""
+    cfg, store, split, train, std = tiny_setup
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    old_arch = {"n_mels": 32, "frames": cfg.num_frames, "z_dim": 8, "channels": 4, "label_dim": 2,
+                "out_low": -4.0, "out_high": 4.0}
+    old = {"state_dict": {"fc.weight": torch.zeros(128 * 2 * 6, 72), "fc.bias": torch.zeros(128 * 2 * 6)},
+           "arch": old_arch, "key": "old", "standardizer": std.to_dict(), "train_labels": torch.zeros(3, 2),
+           "history": [], "diverged": None, "config": {}, "seconds": 1.0, "version": 1}
+    for name in ("generator.pth", "discriminator.pth"):
+        torch.save(old, os.path.join(cfg.output_dir, name))
+    with pytest.raises(gan_train.StaleCheckpoint, match="version 1"):
+        gan_train.load_gan(os.path.join(cfg.output_dir, "generator.pth"),
+                           os.path.join(cfg.output_dir, "discriminator.pth"), "cpu")
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    assert not result.reused and result.steps_completed == cfg.gan_steps
+    saved = torch.load(os.path.join(cfg.output_dir, "generator.pth"), weights_only=True)
+    assert saved["version"] == gan_train.CHECKPOINT_VERSION and saved["arch"]["name"] == G.ARCH_NAME
+
+
+def test_key_covers_label_values_and_synthetic_cache_covers_weights(tiny_setup):
+    cfg, store, split, train, std = tiny_setup
+    first = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    relabelled = store.songs.copy()
+    relabelled.loc[relabelled.song_id == train[0], "valence"] += 0.25  # same songs, one label changed
+    store.songs = relabelled
+    second = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    assert not second.reused and second.key != first.key
+    assert gan_train.train_or_load_gan(cfg, store, split, train, Standardizer(std.mean + 1, std.std), "cpu").key \
+        != second.key  # the standardizer is in the key too
+    # Same key, other weights (e.g. a replaced generator.pth): a new synthetic file, not the old one.
+    a = gan_train.synthesize(second, cfg, "cpu")
+    with torch.no_grad():
+        next(second.generator.parameters()).add_(0.5)
+    second.weights_digest = gan_train.weights_digest(second.generator)
+    b = gan_train.synthesize(second, cfg, "cpu")
+    assert not b.reused and a.path != b.path
+
+
+def test_one_nan_step_is_skipped_and_training_goes_on(tiny_setup, monkeypatch):
+    cfg, store, split, train, std = tiny_setup
+    calls, real_loss = {"n": 0}, G.d_hinge_loss
 
     def flaky(real, fake):
         calls["n"] += 1
         loss = real_loss(real, fake)
-        return loss * float("nan") if calls["n"] > steps_per_epoch else loss  # NaN from epoch 2 on
+        return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(G, "d_hinge_loss", flaky)
     result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
-    assert result.diverged == {"epoch": 2, "step": 0, "restored_epoch": 1}
-    assert len(result.history) == 1
+    assert result.diverged is None and result.skipped_steps == 1 and result.steps_completed == cfg.gan_steps
+    assert all(torch.isfinite(p).all() for p in result.generator.parameters())
+
+
+def test_persistent_nan_stops_after_the_limit_and_restores_good_weights(tiny_setup, monkeypatch):
+    cfg, store, split, train, std = tiny_setup
+    cfg = replace(cfg, gan_steps=8, max_skipped_steps=2)
+    calls, real_loss = {"n": 0}, G.d_hinge_loss
+
+    def broken(real, fake):
+        calls["n"] += 1
+        loss = real_loss(real, fake)
+        return loss * float("nan") if calls["n"] > 2 else loss  # NaN from step 3 on
+
+    monkeypatch.setattr(G, "d_hinge_loss", broken)
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    # steps 3-5 skipped; the check at step 4 saved the (still finite) weights of step 2
+    assert result.diverged == {"step": 5, "skipped_steps": 3, "restored_step": 4}
+    assert result.best_step in (2, 4) and result.steps_completed == 4
     assert all(torch.isfinite(p).all() for p in result.generator.parameters())
     assert all(torch.isfinite(p).all() for p in result.discriminator.parameters())
     saved = torch.load(f"{cfg.output_dir}/generator.pth", weights_only=True)
-    assert saved["diverged"]["restored_epoch"] == 1
+    assert saved["diverged"]["restored_step"] == 4
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path):
@@ -123,8 +274,8 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
         gan_train.load_gan(str(path), str(path), "cpu")
 
 
-def test_frame_table_of_quality(tmp_path):
-    from emovit.gan_quality import frechet_distance, mean_pairwise_distance, quality_table
+def test_frame_table_of_quality_and_centre_crop(tmp_path):
+    from emovit.gan_quality import centre_crop, frechet_distance, gan_quality, mean_pairwise_distance, quality_table
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(400, 3)), rng.normal(1.0, 1.0, size=(400, 3))
@@ -133,3 +284,91 @@ def test_frame_table_of_quality(tmp_path):
     assert mean_pairwise_distance(np.zeros((10, 3))) == 0
     table = quality_table({"diversity": {"value": 1.0, "reference": 2.0}, "n_real_val": 3})
     assert isinstance(table, pd.DataFrame) and list(table.measure) == ["diversity"]
+    long = np.arange(10)[None, None, :].repeat(2, 0)
+    np.testing.assert_array_equal(centre_crop(long, 4)[0, 0], [3, 4, 5, 6])
+    # whole stored clips (longer) are compared with generated windows on their centre frames
+    real = rng.normal(-40, 5, size=(30, 4, 20)).astype(np.float32)
+    labels = rng.uniform(-1, 1, size=(30, 2))
+    q = gan_quality(real, labels, real, labels, real[:, :, 5:15], labels)
+    assert q["frechet_distance"]["value"] == pytest.approx(q["frechet_distance"]["reference"], abs=1e-6)
+
+
+# ---- learning test --------------------------------------------------------------------------------
+
+@dataclass
+class FakeStore:
+    """The part of FeatureStore the GAN reads: mels (N, n_mels, T) dB, songs table, path."""
+
+    mels: np.ndarray
+    songs: pd.DataFrame
+    path: str = "cue_store.npy"
+
+    window: int = 64  # the generated window (cfg.num_frames of the test's config)
+
+    def song_mels(self, ids):
+        return self.mels[self.songs.set_index("song_id").loc[list(ids), "row"].to_numpy()]
+
+    def centre_windows(self, ids):
+        start = (self.mels.shape[2] - self.window) // 2
+        return self.song_mels(ids)[:, :, start:start + self.window]
+
+
+def cue_store(n: int = 60, n_mels: int = 32, frames: int = 96, seed: int = 0) -> FakeStore:
+    """Spectrograms whose labels set visible cues: arousal -> level and brightness (tilt);
+    valence -> a formant-like bump high (V > 0) or low (V < 0); a beat every 8 frames; noise 3 dB.
+    Stored clips (96 frames) are longer than the generated window (64): crops, as with whole clips."""
+    rng = np.random.default_rng(seed)
+    v, a = rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n)
+    band = np.arange(n_mels)[None, :, None]
+    level = -50 + 12 * a[:, None, None] * (1 + band / n_mels)
+    bump = 12 * (np.clip(v, 0, None)[:, None, None] * np.exp(-((band - 10) ** 2) / 8)
+                 + np.clip(-v, 0, None)[:, None, None] * np.exp(-((band - 22) ** 2) / 8))
+    beat = 6 * ((np.arange(frames)[None, None, :] % 8) < 2)
+    mels = level + bump + beat + rng.normal(0, 3, (n, n_mels, frames))
+    songs = pd.DataFrame({"song_id": np.arange(1, n + 1), "valence": v.astype(np.float32),
+                          "arousal": a.astype(np.float32), "row": np.arange(n)})
+    return FakeStore(mels.astype(np.float16), songs)
+
+
+def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path):
+    """Learning test: 150 CPU steps (~10 s of one core) on 36 training songs whose labels set
+    level, tilt and a spectral bump. Label fidelity = CCC of a ridge probe fitted on the real
+    training songs, on samples generated for resampled training labels (gan_quality).
+
+    Measured (this design, seed 42): arousal fidelity 0.90-0.95 (reference 0.998 on real
+    validation songs), valence 0.16-0.35 (reference 0.72). Threshold: arousal above 0.6 --
+    well below what the GAN reaches, far above the ~0.1 of an unconditioned generator; the
+    same samples scored against SHUFFLED labels fall below 0.3 (measured ~0.1), so the
+    conditioning, not the data's marginal, carries it.
+    """
+    from emovit.gan_quality import gan_quality
+
+    store = cue_store()
+    cfg = make_config("demo", output_dir=str(tmp_path / "out"), clip_seconds=1.463, n_mels=32, gan_steps=150,
+                      gan_eval_every=50, gan_batch_size=16, gan_channels=4, gan_z_dim=8, gan_crop_frames=32)
+    assert cfg.num_frames == 64
+    split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
+    train, val = ids_of(split, "train"), ids_of(split, "val")
+    std = Standardizer.fit(store.mels, store.songs.set_index("song_id").loc[train, "row"])
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    labels = gan_train.sample_labels(result.train_labels, 200, 0.05, seed=0)
+    synthetic = gan_train.generate(result.generator, labels, std, "cpu", seed=1)
+    truth = store.songs.set_index("song_id")[["valence", "arousal"]]
+    args = (store.song_mels(train), truth.loc[train].to_numpy(), store.song_mels(val), truth.loc[val].to_numpy())
+    q = gan_quality(*args, synthetic, labels)
+    assert q["label_fidelity_arousal"]["value"] > 0.6, q["label_fidelity_arousal"]
+    shuffled = gan_quality(*args, synthetic, labels[np.random.default_rng(1).permutation(len(labels))])
+    assert shuffled["label_fidelity_arousal"]["value"] < 0.3, shuffled["label_fidelity_arousal"]
+
+
+def test_kaggle_gan_projection_fits_the_t4_budget():
+    """benchmarks/bench.py's FLOP count (quick: batch 2, scaled): kaggle preset <= 8 T4 minutes at 25% MFU."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    p = bench.bench_gan_projection(quick=True)
+    assert p["gflop_per_step"] > 0 and p["gan_steps"] == make_config("kaggle").gan_steps
+    assert p["t4_minutes_at_mfu_25"] <= p["budget_minutes"], p

@@ -85,26 +85,30 @@ def test_gan_stage_outputs(demo_run):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     quality = json.loads((outputs / "gan_quality.json").read_text())
     assert quality["n_synthetic"] == 320 and quality["training"]["diverged"] is None
-    assert quality["training"]["epochs_completed"] == 25
+    assert quality["training"]["steps_completed"] == 600 and quality["training"]["skipped_steps"] == 0
+    assert 0 < quality["training"]["best_step"] <= 600
 
 
 def test_gan_learns_labels_on_demo_data(demo_run):
     """Learning test: synthetic spectrograms carry the labels they were conditioned on.
 
     Reference = the same ridge probe (trained on real training songs) scored on real
-    validation songs. Measured on the demo (seed 42): arousal 0.90 vs reference 0.86,
-    valence 0.34 vs 0.54. Thresholds: at least half the reference for arousal (the loud,
-    bright, fast cue the GAN must reproduce), a quarter for valence (mode and register are
-    fine spectral detail a 25-epoch CPU GAN only partly learns), and no mode collapse
-    (diversity above a third of the real songs'). An unconditioned or collapsed generator
-    scores near 0 on the first two.
+    validation songs. Measured with tools/gan_experiment.py on the demo preset (seed 42, 600
+    steps, issue 12 design): label fidelity valence 0.56 vs reference 0.54 (1.04x), arousal
+    0.96 vs 0.86 (1.12x); Frechet 1.16x the real-vs-real reference; diversity 0.77x real.
+    (The previous dense-layer GAN: valence 0.35 vs 0.54, arousal 0.90 vs 0.86.) Thresholds
+    leave margin for the features/split changes landing in parallel: fidelity above half the
+    reference for valence and 0.7x for arousal, Frechet below 2.5x, diversity within
+    0.4-1.5x (no mode collapse, not noise). An unconditioned or collapsed generator scores
+    near 0 on the first two; a noise generator fails the last two.
     """
     outputs, _ = demo_run
     q = json.loads((outputs / "gan_quality.json").read_text())
     arousal, valence = q["label_fidelity_arousal"], q["label_fidelity_valence"]
-    assert arousal["value"] > 0.5 * arousal["reference"], arousal
-    assert valence["value"] > 0.25 * valence["reference"], valence
-    assert q["diversity"]["value"] > q["diversity"]["reference"] / 3, q["diversity"]
+    assert arousal["value"] > 0.7 * arousal["reference"], arousal
+    assert valence["value"] > 0.5 * valence["reference"], valence
+    assert q["frechet_distance"]["value"] < 2.5 * q["frechet_distance"]["reference"], q["frechet_distance"]
+    assert 0.4 < q["diversity"]["value"] / q["diversity"]["reference"] < 1.5, q["diversity"]
 
 
 def test_vit_stage_outputs(demo_run):

@@ -38,7 +38,7 @@ def pipeline(tmp_path_factory):
     cfg = make_config("demo", data_dir=str(root / "data"), output_dir=str(root / "out"), clip_seconds=4.0,
                       clip_offset=1.0, max_clip_seconds=5.0, n_mels=32, num_workers=1, random_vit_hidden=32,
                       random_vit_layers=1, random_vit_heads=2, vit_epochs=3, vit_batch_size=4, early_stop_patience=10,
-                      n_bootstrap=50, gan_epochs=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8, num_synthetic=8,
+                      n_bootstrap=50, gan_steps=2, gan_eval_every=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8, num_synthetic=8,
                       gan_sample_batch_size=4, arms={"vit_real_only": {"use_synthetic": False}})
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)

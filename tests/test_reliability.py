@@ -176,8 +176,8 @@ def test_feature_extraction_interrupted_then_rerun(small_demo, tmp_path, monkeyp
 @pytest.fixture
 def gan_setup(small_demo, tmp_path):
     cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1, gan_epochs=3, gan_batch_size=4,
-                      gan_channels=4, gan_z_dim=8)
+                      clip_offset=0.0, n_mels=32, num_workers=1, gan_steps=3, gan_eval_every=1,
+                      gan_batch_size=4, gan_channels=4, gan_z_dim=8)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
@@ -194,7 +194,7 @@ def test_gan_interrupted_then_rerun_matches_uninterrupted(gan_setup, monkeypatch
 
     def dies(scores):
         calls["n"] += 1
-        if calls["n"] == 2:  # in the second epoch (7 training songs, batch 4: one step per epoch)
+        if calls["n"] == 2:  # in the second step
             raise KeyboardInterrupt("simulated interruption during GAN training")
         return real(scores)
 
@@ -219,5 +219,5 @@ def test_corrupt_gan_checkpoint_names_the_file_or_retrains(gan_setup):
     with pytest.raises(RuntimeError, match=r"generator\.pth.*retrain_bad_checkpoints"):
         gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
     result = gan_train.train_or_load_gan(replace(cfg, retrain_bad_checkpoints=True), store, split, train, std, "cpu")
-    assert not result.reused and len(result.history) == cfg.gan_epochs
+    assert not result.reused and result.steps_completed == cfg.gan_steps
     torch.load(path, weights_only=True)  # rewritten, whole
