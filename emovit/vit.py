@@ -191,6 +191,12 @@ class DevicePreprocessor(nn.Module):
                                align_corners=False)
         return (pixels.expand(-1, 3, -1, -1) - self.image_mean) / self.image_std
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DevicePreprocessor:
+        """Inverse of :meth:`to_dict`: the preprocessor saved in a checkpoint's ``preprocess``."""
+        return cls(d["mel_mean"], d["mel_std"], d["image_mean"], d["image_std"], size=d["size"],
+                   clip_std=d["clip_std"])
+
     def to_dict(self) -> dict:
         return {"mel_mean": self.mel_mean, "mel_std": self.mel_std, "image_mean": self.image_mean.flatten().tolist(),
                 "image_std": self.image_std.flatten().tolist(), "size": self.size, "clip_std": self.clip_std}
