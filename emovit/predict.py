@@ -20,9 +20,11 @@ How a song is read (``Predictor``):
   2. Windows of the checkpoint's length (``MelParams.num_frames`` frames = ``clip_seconds``)
      slide over it every ``hop_seconds`` (default half a window; ``Config.predict_hop_seconds``,
      CLI ``--hop``). When the hop does not land on the end of the song, one last window is
-     aligned with the end, so every second is heard: W = 1 + ceil((F - T) / hop_frames)
-     windows, starting at min(k * hop, F - T). (The last window overlaps its neighbour more,
-     so the song's tail weighs slightly more in the mean; never more than one window's worth.)
+     aligned with the end, so every second is heard: W = 1 + ceil((F - T - tol) / hop_frames)
+     windows, starting at min(k * hop_frames, F - T). The tolerance tol (1% of a window, at
+     least one frame) keeps frame rounding from adding a near-duplicate window: a 30 s song
+     with 10 s windows every 5 s has 5 windows (0, 5, 10, 15, 20 s), not 6. (An end-aligned
+     window overlaps its neighbour more, so the song's tail weighs slightly more in the mean.)
   3. The windows go through the device preprocessing and the ViT in batches. The per-window
      values are the curve (start second, valence, arousal); their mean is the song's value,
      on [-1, 1] and on DEAM's 1-9 scale ((x * 4) + 5).
@@ -77,6 +79,7 @@ from emovit.vit import DevicePreprocessor, model_from_config_dict
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wma", ".aif",
                     ".aiff", ".aifc", ".au", ".caf", ".w64")
+TAIL_TOLERANCE = 0.01  # a tail of at most this fraction of a window gets no window of its own
 NEUTRAL_RADIUS = 0.1  # [-1, 1] scale; see the module docstring
 QUADRANTS = {(True, True): "happy / excited", (False, True): "angry / tense",
              (False, False): "sad / depressed", (True, False): "calm / relaxed"}
@@ -181,6 +184,7 @@ class Predictor:
             raise ValueError(f"hop_seconds must be positive (or 0 for half a window), got {hop_seconds}")
         self.hop_frames = max(1, int(round(hop / self.frame_seconds)))
         self.hop_seconds = self.hop_frames * self.frame_seconds
+        self.tail_tolerance = max(1, int(round(TAIL_TOLERANCE * self.window_frames)))  # frames
         self.timings = {"decode": 0.0, "log_mel": 0.0, "model": 0.0}  # seconds spent, summed over calls
         self._lock = threading.Lock()
 
@@ -213,7 +217,8 @@ class Predictor:
         last = frames - self.window_frames
         if last < 0:
             raise ValueError(f"log-mel of {frames} frames is shorter than one window ({self.window_frames})")
-        count = 1 + -(-last // self.hop_frames)
+        tail = max(last - self.tail_tolerance, 0)
+        count = 1 + -(-tail // self.hop_frames)
         return np.minimum(np.arange(count) * self.hop_frames, last)
 
     @torch.no_grad()
