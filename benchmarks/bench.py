@@ -230,7 +230,8 @@ def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = Non
             "device": device, "songs_per_s_sequential": rates[0], "songs_per_s_1_decode_thread": rates[1],
             "songs_per_s_2_decode_threads": rates[2], **split,
             "python_overhead_seconds_per_song": overhead / n, "python_overhead_fraction": overhead / (n / rates[0]),
-            "audio_minutes_per_s_best": max(rates.values()) * s["predict_seconds"] / 60}
+            "audio_minutes_per_s_best": max(rates.values()) * s["predict_seconds"] / 60,
+            "load_average_1min": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
 
 
 def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
@@ -292,6 +293,12 @@ def write_markdown(r: dict, path: Path) -> None:
                 lines.append(f"| {section} | {key} | {value:.4g} |")
             elif isinstance(value, str):
                 lines.append(f"| {section} | {key} | {value} |")
+    if "machine" in r.get("predict", {}):
+        lines += ["", "The `predict` rows come from a separate `python benchmarks/bench.py --only predict` run on the "
+                  f"same kind of machine (load average {r['predict'].get('load_average_1min', float('nan')):.1f} "
+                  f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
+                  "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
+                  "sequential run's time, the rest is `python_overhead`."]
     lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
               "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
     path.write_text("\n".join(lines))

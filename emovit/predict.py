@@ -48,8 +48,8 @@ A folder (``predict_folder``): every file below it whose extension is an audio f
 may read (``AUDIO_EXTENSIONS``; m4a/aac/wma need ffmpeg, which Kaggle has), hidden files
 (".name", e.g. macOS "._song.mp3") left out and counted in the log; files named explicitly are
 always tried. Every file gets one row; a file that cannot be decoded gets its reason in
-``error`` and the rest go on. Decoding of the next files runs in a few threads while the model
-works on the current one (librosa, numpy and torch release the GIL).
+``error`` and the rest go on. Decoding of the next files runs in threads while the model
+works on the current one (librosa's decoders, numpy and torch release the GIL).
 """
 
 from __future__ import annotations
@@ -304,8 +304,12 @@ def find_audio(folder_or_files: str | os.PathLike | Iterable) -> list[str]:
 def predict_many(paths: list[str], predictor: Predictor, workers: int | None = None,
                  progress: bool = True) -> list[SongPrediction]:
     """One ``SongPrediction`` per path, in order. ``workers`` threads decode the next files
-    while the model runs (0 = decode in this thread; None = min(4, CPU cores))."""
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    while the model runs (0 = decode in this thread). None: min(4, CPU cores) on a GPU, where
+    the model waits for decoding; 1 on the CPU, where decoding and the model share the cores
+    (on the 2-core CPU of ``make bench`` 1 or 2 threads measured no better than 0 -- within
+    noise -- and 1 keeps a GPU busy)."""
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if predictor.device.startswith("cuda") else 1
     start = time.perf_counter()
     results = []
     bar = tqdm(total=len(paths), desc="predict", unit="song", disable=not progress)
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                         help="seconds between windows (default: half the checkpoint's window)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores) on a GPU, 1 on the CPU)")
     parser.add_argument("--neutral-radius", type=float, default=NEUTRAL_RADIUS,
                         help=f"'neutral' within this distance of the centre, [-1, 1] scale (default {NEUTRAL_RADIUS})")
     args = parser.parse_args(argv)
