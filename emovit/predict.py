@@ -272,7 +272,7 @@ def _reason(err: BaseException) -> str:
 def predict(audio_path: str, checkpoint: str, device: str = "cpu", hop_seconds: float | None = None) -> dict:
     """Valence and arousal of a whole file on the [-1, 1] and the 1-9 scales, plus its quadrant,
     length in seconds and number of windows (see ``Predictor.__call__``)."""
-    return Predictor(checkpoint, device, hop_seconds)(audio_path)
+    return Predictor(checkpoint, device=device, hop_seconds=hop_seconds)(audio_path)
 
 
 def find_audio(folder_or_files: str | os.PathLike | Iterable) -> list[str]:
@@ -364,7 +364,8 @@ def predict_folder(folder_or_files, checkpoint: str | Predictor, device: str = "
     ``hop_seconds`` are its own). Returns the songs table, or (songs, curves) with
     ``return_curves``. A file that cannot be decoded is a row with its reason in ``error``.
     """
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device, hop_seconds)
+    predictor = (checkpoint if isinstance(checkpoint, Predictor)
+                 else Predictor(checkpoint, device=device, hop_seconds=hop_seconds))
     paths = find_audio(folder_or_files)
     if not paths:
         LOG.warning("predict: no audio files in %s", folder_or_files)
@@ -403,12 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                         help="seconds between windows (default: half the checkpoint's window)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores) on a GPU, 1 on the CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding threads (default: min(4, cores) on a GPU, 1 on the CPU)")
     parser.add_argument("--neutral-radius", type=float, default=NEUTRAL_RADIUS,
                         help=f"'neutral' within this distance of the centre, [-1, 1] scale (default {NEUTRAL_RADIUS})")
     args = parser.parse_args(argv)
     setup_logging()
-    predictor = Predictor(args.checkpoint, args.device or pick_device(), args.hop)
+    predictor = Predictor(args.checkpoint, device=args.device or pick_device(), hop_seconds=args.hop)
     LOG.info("predict: %s on %s, %.1f s windows every %.2f s", args.checkpoint, predictor.device,
              predictor.params.clip_seconds, predictor.hop_seconds)
     table, curves = predict_folder(args.paths, predictor, workers=args.workers, neutral_radius=args.neutral_radius,

@@ -346,7 +346,7 @@ def test_notebook_section_writes_both_csvs_and_figures(demo_run):
     with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
         assert {"my_predictions.csv", "my_curves.csv", "my_songs_va_plane.png", "my_emotion_curves.png"} <= set(
             zf.namelist())
-    cell = next(c for c in nb.cells if c.cell_type == "code" and "predict_folder(" in c.source)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "predict_folder(my_songs" in c.source)
     assert not any(o.get("output_type") == "error" for o in cell.outputs)
     assert sum("image/png" in o.get("data", {}) for o in cell.outputs) == 2
 
