@@ -10,10 +10,14 @@ Figures (all written to benchmarks/results.json with the machine's description):
               model fed pre-made tensors already on the device; their ratio (target >= 0.9)
   gan         training steps/s and sampling rate (spectrograms/s)
   gan_projection  kaggle-preset GAN: FLOPs per step (FlopCounterMode) x gan_steps -> T4 minutes
+  predict     songs/s of emovit.predict over a folder of 3-minute songs (the demo checkpoint's
+              architecture), decoding in this thread and in decode threads beside the model;
+              where the time goes (decode, log-mel, model, the rest = Python overhead)
   memory      peak resident memory of this process (RSS) over the whole benchmark
 
     python benchmarks/bench.py            # default sizes (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # tiny sizes: CI runs this so the code cannot rot
+    python benchmarks/bench.py --only predict   # one stage, merged into an existing results.json
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ from emovit.vit_train import MelDataset, Part, _loader, loss_fn, param_groups  #
 
 SIZES = {
     "quick": {"songs": 4, "song_seconds": 12.0, "clip": 10.0, "reload_rows": 16, "vit_batch": 4, "vit_steps": 3,
-              "gan_steps": 2, "gan_samples": 8, "n_mels": 64},
+              "gan_steps": 2, "gan_samples": 8, "n_mels": 64, "predict_songs": 2, "predict_seconds": 25.0},
     "default": {"songs": 160, "song_seconds": 45.0, "clip": 30.0, "reload_rows": 1802, "vit_batch": 32,
-                "vit_steps": 12, "gan_steps": 6, "gan_samples": 64, "n_mels": 128},
+                "vit_steps": 12, "gan_steps": 6, "gan_samples": 64, "n_mels": 128, "predict_songs": 20,
+                "predict_seconds": 180.0},
 }
 
 
@@ -251,6 +256,52 @@ def bench_gan_projection(quick: bool = False) -> dict:
             "discriminator_parameters": count["discriminator_parameters"]}
 
 
+def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = None) -> dict:
+    """Songs/s of ``emovit.predict`` on ``predict_songs`` generated songs of ``predict_seconds``
+    (44.1 kHz mp3, like DEAM), with the demo preset's checkpoint: ``checkpoint`` if given (a
+    best_vit_model.pth of a demo run), else the same architecture untrained (hidden 128,
+    4 layers, 10 s windows, 64 mels; speed does not depend on the weights).
+
+    Decoding in the main thread (sequential) gives the split of the time: decode (librosa.load),
+    log-mel, model (preprocessing + ViT), and the rest (Python: tables, windows, progress);
+    then the same folder with decode threads running ahead of the model.
+    """
+    from emovit.predict import Predictor, find_audio, predict_many
+    from emovit.vit_train import save_best
+
+    root = work / "my_songs"
+    make_demo_deam(str(root), num_songs=s["predict_songs"], seconds=s["predict_seconds"], seed=5)
+    given = checkpoint is not None
+    if not given:
+        cfg = make_config("demo", output_dir=str(work / "predict"))
+        found = find_pretrained(cfg)
+        pre = DevicePreprocessor.from_config(cfg, Standardizer(-40.0, 15.0), found)
+        checkpoint = str(work / "predict" / "best_vit_model.pth")
+        save_best(build_model(cfg, found), pre, cfg, checkpoint, epoch=0, row={}, key="bench")
+    paths = find_audio(str(root))
+    predictor = Predictor(checkpoint, device)
+    predictor.predict_file(paths[0])  # librosa / numba / torch warm-up outside the timings
+    n = len(paths)
+    rates = {}
+    for workers in (0, 1, 2):
+        predictor.timings = dict.fromkeys(predictor.timings, 0.0)
+        results, seconds = timed(lambda w=workers: predict_many(paths, predictor, workers=w, progress=False))
+        assert not any(r.error for r in results), [r.error for r in results if r.error]
+        rates[workers] = n / seconds
+        if workers == 0:
+            split = {f"{k}_seconds_per_song": v / n for k, v in predictor.timings.items()}
+            overhead = seconds - sum(predictor.timings.values())
+            windows = sum(len(r.values) for r in results)
+    return {"songs": n, "song_seconds": s["predict_seconds"], "windows_per_song": windows / n,
+            "window_seconds": predictor.params.clip_seconds, "hop_seconds": predictor.hop_seconds,
+            "checkpoint": "demo run's best_vit_model.pth" if given else "demo architecture, untrained",
+            "device": device, "songs_per_s_sequential": rates[0], "songs_per_s_1_decode_thread": rates[1],
+            "songs_per_s_2_decode_threads": rates[2], **split,
+            "python_overhead_seconds_per_song": overhead / n, "python_overhead_fraction": overhead / (n / rates[0]),
+            "audio_minutes_per_s_best": max(rates.values()) * s["predict_seconds"] / 60,
+            "load_average_1min": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
+
+
 def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
     """Peak RSS through discovery, features, split, sampling 3200 synthetic and the ViT data
     pipeline (one epoch of loader + device preprocessing) at DEAM scale: ``songs_n`` songs of 45 s,
@@ -305,12 +356,18 @@ def write_markdown(r: dict, path: Path) -> None:
              "spectrograms and one epoch of the ViT data pipeline; RSS includes the file-backed pages of the "
              "memory-mapped stores).", "",
              "| stage | figure | value |", "| --- | --- | --- |"]
-    for section in ("extraction", "reload", "vit", "gan", "gan_projection", "memory", "memory_full_scale"):
+    for section in ("extraction", "reload", "vit", "gan", "gan_projection", "predict", "memory", "memory_full_scale"):
         for key, value in r.get(section, {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 lines.append(f"| {section} | {key} | {value:.4g} |")
             elif isinstance(value, str):
                 lines.append(f"| {section} | {key} | {value} |")
+    if "machine" in r.get("predict", {}):
+        lines += ["", "The `predict` rows come from a separate `python benchmarks/bench.py --only predict` run on the "
+                  f"same kind of machine (load average {r['predict'].get('load_average_1min', float('nan')):.1f} "
+                  f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
+                  "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
+                  "sequential run's time, the rest is `python_overhead`."]
     lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
               "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
     path.write_text("\n".join(lines))
@@ -322,6 +379,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--full-scale-memory", type=int, default=0, metavar="SONGS",
                         help="only the full-scale memory run, with this many songs (1802 = DEAM)")
+    parser.add_argument("--only", choices=["extraction", "reload", "vit", "gan", "predict"],
+                        help="run one stage and merge it into an existing --out")
+    parser.add_argument("--checkpoint", default=None,
+                        help="predict stage: a demo run's best_vit_model.pth (default: the demo architecture, untrained)")
     args = parser.parse_args(argv)
     sizes = SIZES["quick" if args.quick else "default"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -339,8 +400,19 @@ def main(argv=None) -> int:
             args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
             write_markdown(previous, args.out.with_name("RESULTS.md"))
             return 0
-        for name, fn in (("extraction", lambda: bench_extraction(work, sizes)), ("reload", lambda: bench_reload(work, sizes)),
-                         ("vit", lambda: bench_vit(work, sizes, device)), ("gan", lambda: bench_gan(sizes, device))):
+        stages = (("extraction", lambda: bench_extraction(work, sizes)), ("reload", lambda: bench_reload(work, sizes)),
+                  ("vit", lambda: bench_vit(work, sizes, device)), ("gan", lambda: bench_gan(sizes, device)),
+                  ("predict", lambda: bench_predict(work, sizes, device, args.checkpoint)))
+        if args.only:  # one stage, merged into the existing results
+            previous = json.loads(args.out.read_text()) if args.out.exists() else results
+            previous[args.only] = {**dict(stages)[args.only](), "machine": results["machine"]}
+            print(json.dumps(previous[args.only], indent=1))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+            if previous.get("mode") == "default":
+                write_markdown(previous, args.out.with_name("RESULTS.md"))
+            return 0
+        for name, fn in stages:
             results[name] = fn()
             print(f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in results[name].items()))

@@ -107,6 +107,10 @@ class Config:
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model
 
+    # --- predicting your own music (DESIGN section 7; emovit.predict) -----------------
+    predict_dir: str = ""  # folder of your own songs for "Your own music" ("" = a few test songs instead)
+    predict_hop_seconds: float = 0.0  # seconds between prediction windows (0 = half the checkpoint's window)
+
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song

@@ -239,3 +239,55 @@ def augmented_batch(images, labels: np.ndarray, output_dir: str, name: str = "au
     fig.suptitle("One training batch after random crop and SpecAugment (ViT input, channel 0)")
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
+
+
+def songs_va_plane(table: pd.DataFrame, output_dir: str, quadrants: dict, neutral_radius: float,
+                   name: str = "my_songs_va_plane.png"):
+    """Predicted songs (``emovit.predict`` songs table) on the valence-arousal plane, each named,
+    with the quadrant names in the corners and the neutral disc of radius ``neutral_radius``.
+
+    ``quadrants``: {(valence >= 0, arousal >= 0): name}, i.e. ``emovit.predict.QUADRANTS``.
+    """
+    ok = table[table["error"].fillna("") == ""]
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    if neutral_radius > 0:
+        ax.add_patch(plt.Circle((0, 0), neutral_radius, color="grey", alpha=0.2, lw=0,
+                                label=f"neutral (within {neutral_radius:g} of the centre)"))
+    ax.scatter(ok["valence"], ok["arousal"], s=30, zorder=3, label="song (mean over its windows)")
+    for row in ok.itertuples():
+        label = row.file if len(row.file) <= 24 else row.file[:21] + "..."
+        ax.annotate(label, (row.valence, row.arousal), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    for (pos_v, pos_a), words in quadrants.items():
+        ax.text(0.95 if pos_v else -0.95, 0.95 if pos_a else -0.95, words, ha="right" if pos_v else "left",
+                va="top" if pos_a else "bottom", fontsize=10, color="dimgrey", style="italic")
+    _va_axes(ax)
+    ax.set_title(f"Your songs on the valence-arousal plane (n = {len(ok)})")
+    ax.legend(loc="lower center", fontsize=7, bbox_to_anchor=(0.5, -0.22))
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
+def emotion_curves(curves: pd.DataFrame, output_dir: str, max_songs: int = 4, name: str = "my_emotion_curves.png"):
+    """Valence and arousal over time for the first ``max_songs`` songs of an ``emovit.predict``
+    curves table: one panel per song, each window drawn at its centre, song means dashed."""
+    paths = list(dict.fromkeys(curves["path"]))[:max_songs]
+    fig, axes = plt.subplots(len(paths), 1, figsize=(9, 2.4 * max(len(paths), 1)), squeeze=False,
+                             constrained_layout=True)
+    for ax, path in zip(axes[:, 0], paths):
+        song = curves[curves["path"] == path]
+        centre = (song["start_s"] + song["end_s"]) / 2
+        for dim, color in (("valence", "tab:blue"), ("arousal", "tab:red")):
+            ax.plot(centre, song[dim], marker="o", ms=3, color=color, label=dim)
+            ax.axhline(song[dim].mean(), color=color, ls="--", lw=1, label=f"{dim}, song mean")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylim(-1, 1)
+        ax.set_xlim(0, max(float(song["end_s"].max()), 1e-3))
+        ax.set_ylabel("value ([-1, 1])")
+        ax.set_title(f"{song['file'].iloc[0]}: {len(song)} window{'s' if len(song) > 1 else ''}", fontsize=9)
+    if not paths:
+        axes[0, 0].text(0.5, 0.5, "no song could be decoded", ha="center", va="center")
+    axes[-1, 0].set_xlabel("time in the song (s, window centre)")
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
+    fig.suptitle("Valence and arousal over time")
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig

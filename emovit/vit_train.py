@@ -48,7 +48,7 @@ LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "max_songs", "num_workers",
                        "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
                        "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
-                       "demo_song_seconds", "split_file")
+                       "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds")
 CHECKPOINT_FORMAT = 2  # best_vit_model.pth: 2 = run key, image height/width, test crops
 
 

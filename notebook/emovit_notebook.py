@@ -367,19 +367,40 @@ with pd.option_context("display.width", 200, "display.max_columns", 10):
 plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
 
 # %% [markdown]
-# ## Predict a new song
-# `predict(audio_path, checkpoint)` needs only `best_vit_model.pth`: it holds the ViT
-# config, the weights, the feature parameters and the normalization statistics. Here it
-# runs on one test song.
+# ## Your own music
+# `best_vit_model.pth` alone predicts any audio file of any length (mp3, wav, flac, ogg; m4a
+# with ffmpeg, which Kaggle has). Windows as long as the training clips slide over the whole
+# song every `predict_hop_seconds` (0 = half a window); each window gives a point of the
+# curve over time, and the song's value is their mean, on [-1, 1] and on DEAM's 1-9 scale,
+# with its Russell quadrant in words ("neutral" within 0.1 of the centre). A file that cannot
+# be decoded gets a row with the reason instead of stopping the cell.
+#
+# **Your songs**: attach them as a Kaggle dataset (*Add Input -> Datasets*, e.g. an upload of
+# a folder of mp3s) and set `OVERRIDES = {"predict_dir": "/kaggle/input/<your-dataset>"}`;
+# every audio file below that folder is predicted. With `predict_dir` empty, a few test songs
+# stand in. The tables go to `my_predictions.csv` (one row per file) and `my_curves.csv`
+# (one row per window). Outside the notebook: `python -m emovit.predict my_songs/
+# --checkpoint best_vit_model.pth --csv my_predictions.csv --curves my_curves.csv`.
 
 # %% module="emovit/predict.py"
 
 # %%
-from emovit.predict import predict
+from emovit.predict import NEUTRAL_RADIUS, QUADRANTS, Predictor, display_table, predict_folder, write_tables
 
-example = store.songs.set_index("song_id").loc[ids_of(split, "test")[0]]
-print(f"song {ids_of(split, 'test')[0]}: rated valence {example.valence:+.2f}, arousal {example.arousal:+.2f}")
-predict(example.audio_path, main.best_path)
+if cfg.predict_dir:
+    my_songs = cfg.predict_dir
+else:
+    my_songs = list(store.songs.set_index("song_id").loc[ids_of(split, "test")[:6], "audio_path"])
+    print(f"predict_dir is empty: predicting {len(my_songs)} test songs instead")
+predictor = Predictor(main.best_path, device, hop_seconds=cfg.predict_hop_seconds)
+print(f"{predictor.params.clip_seconds:g} s windows every {predictor.hop_seconds:.2f} s on {device}")
+my_predictions, my_curves = predict_folder(my_songs, predictor, return_curves=True)
+write_tables(my_predictions, my_curves, os.path.join(cfg.output_dir, "my_predictions.csv"),
+             os.path.join(cfg.output_dir, "my_curves.csv"))
+with pd.option_context("display.max_colwidth", 80):
+    display(display_table(my_predictions))
+plots.songs_va_plane(my_predictions, cfg.output_dir, QUADRANTS, NEUTRAL_RADIUS);
+plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4);
 
 # %% [markdown]
 # ## Run summary

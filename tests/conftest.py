@@ -51,5 +51,24 @@ def small_cfg(small_demo, tmp_path):
                        clip_seconds=4.0, clip_offset=1.0, n_mels=32, num_workers=1)
 
 
+@pytest.fixture(scope="session")
+def demo_run(demo_root, tmp_path_factory):
+    """The built notebook executed once under papermill on the demo preset (~4 min on 2 cores):
+    (outputs folder, executed notebook). Its best_vit_model.pth is the demo checkpoint."""
+    import nbformat
+    import papermill
+
+    out = tmp_path_factory.mktemp("demo_run")
+    # The kernel spec starts "python" from PATH: make it this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    executed = out / "executed.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "vit_with_gans_emotion_prediction.ipynb"), str(executed), kernel_name="python3", cwd=str(out),
+        progress_bar=False,
+        parameters={"PRESET": "demo", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out / "outputs")},
+    )
+    return out / "outputs", nbformat.read(str(executed), as_version=4)
+
+
 # Tests never reach the Hugging Face hub (there is no internet here or in CI).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,6 +20,8 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
         "reload": ["open_seconds", "read_all_seconds"],
         "vit": ["images_per_s_real_loader", "images_per_s_premade_tensors", "ratio"],
         "gan": ["train_steps_per_s_demo_arch_batch16", "samples_per_s_full_arch_128x1292"],
+        "predict": ["songs_per_s_sequential", "songs_per_s_2_decode_threads", "decode_seconds_per_song",
+                    "log_mel_seconds_per_song", "model_seconds_per_song"],
         "memory": ["peak_rss_mb"],
     }
     for section, keys in expected.items():

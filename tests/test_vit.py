@@ -211,7 +211,7 @@ def test_best_checkpoint_and_predict_in_a_fresh_process(vit_setup):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) == {"valence", "arousal", "valence_1_9", "arousal_1_9"}
+    assert {"valence", "arousal", "valence_1_9", "arousal_1_9"} <= set(result)  # predict() may add keys
     assert result["valence_1_9"] == pytest.approx(result["valence"] * 4 + 5)
     from emovit.predict import Predictor
 
