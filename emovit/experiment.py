@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from emovit.config import Config, replace
@@ -54,7 +55,7 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
                     steps_per_epoch=steps_per_epoch)
     model.load_state_dict(load_best(best_path, key)["state_dict"])
     pred, true = predict_dataset(model, pre, test_ds, cfg, device)
-    predictions = prediction_frame(test_ds.song_ids, true, pred)
+    predictions = prediction_frame(test_ds.song_ids, song_labels(store, test_ds.song_ids, check=true), pred)
     return Outcome(name, predictions, score(predictions, cfg.n_bootstrap, cfg.seed), time.perf_counter() - start,
                    run, best_path, len(train_ds))
 
@@ -78,6 +79,19 @@ def run_arms(main: Outcome, cfg: Config, store, split, synthetic, standardizer, 
     return outcomes
 
 
+def song_labels(store, song_ids, check=None) -> np.ndarray:
+    """(N, 2) float64 valence, arousal of ``song_ids`` from the songs table -- the one source of
+    true labels in every prediction frame, so frames of different models compare exactly.
+
+    ``check`` (N, 2), optional: the labels a data loader carried for the same songs (float32);
+    a mismatch means rows and songs went out of step, and raises.
+    """
+    labels = store.songs.set_index("song_id").loc[list(song_ids), ["valence", "arousal"]].to_numpy(np.float64)
+    if check is not None and not np.allclose(labels, check, atol=1e-6):
+        raise AssertionError("the test loader's labels are not those of its songs: rows and song ids are misaligned")
+    return labels
+
+
 def ridge_baseline(cfg: Config, store, split) -> Outcome:
     """Ridge on per-band mean and std of each song's whole stored clip, fitted on the training songs."""
     start = time.perf_counter()
@@ -85,7 +99,7 @@ def ridge_baseline(cfg: Config, store, split) -> Outcome:
     train_ids, test_ids = ids_of(split, "train"), ids_of(split, "test")
     probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())
     pred = probe.predict(song_features(store, test_ids))
-    predictions = prediction_frame(test_ids, labels.loc[test_ids].to_numpy(), pred)
+    predictions = prediction_frame(test_ids, song_labels(store, test_ids), pred)
     return Outcome("ridge_baseline", predictions, score(predictions, cfg.n_bootstrap, cfg.seed),
                    time.perf_counter() - start, n_train=len(train_ids))
 

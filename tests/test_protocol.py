@@ -159,6 +159,11 @@ def test_arms_take_the_main_models_optimizer_steps(pipeline):
     assert real_only.run.steps_per_epoch == main.run.steps_per_epoch == -(-main.n_train // cfg.vit_batch_size)
     assert real_only.run.optimizer_steps == main.run.optimizer_steps == 2 * main.run.steps_per_epoch
     assert list(real_only.predictions.song_id) == list(main.predictions.song_id)
+    ridge = experiment.ridge_baseline(cfg, store, split)
+    for other in (real_only, ridge):  # every model's frame carries the same true values: comparable
+        pd.testing.assert_frame_equal(other.predictions[["song_id", "valence_true", "arousal_true"]],
+                                      main.predictions[["song_id", "valence_true", "arousal_true"]])
+        compare(main.predictions, other.predictions, n_boot=20, seed=0)
     table = experiment.arm_table({"main": main, **arms}).set_index("model")
     assert table.loc["vit_real_only", "optimizer steps"] == table.loc["main", "optimizer steps"]
 
