@@ -83,6 +83,7 @@ class GanArch:
     embed_dim: int = 64  # label embedding width
     out_low: float = -4.0  # output range (standardized units): the training data's min ...
     out_high: float = 4.0  # ... and max, reached through a tanh
+    d_band_stats: bool = False  # D also sees each band's mean and std over time (song-level dynamics)
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -205,6 +206,10 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(DBlock(widths[i], widths[i + 1], first=i == 0) for i in range(UPSAMPLINGS))
         self.blocks.append(DBlock(widths[-1], widths[-1], down=False))  # capacity at low resolution (cheap)
         self.features_dim = widths[-1] * arch.rows0
+        if arch.d_band_stats:  # (B, 2 * n_mels) band mean / std over time -> (B, widths[-1])
+            self.stats = nn.Sequential(spectral_norm(nn.Linear(2 * arch.n_mels, widths[-1])), nn.LeakyReLU(0.2),
+                                       spectral_norm(nn.Linear(widths[-1], widths[-1])))
+            self.features_dim += widths[-1]
         self.linear = spectral_norm(nn.Linear(self.features_dim, 1))
         self.embed = nn.Sequential(spectral_norm(nn.Linear(arch.label_dim, arch.embed_dim)), nn.ReLU(),
                                    spectral_norm(nn.Linear(arch.embed_dim, self.features_dim)))
@@ -215,12 +220,20 @@ class Discriminator(nn.Module):
         for block in self.blocks:
             h = block(h)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return F.leaky_relu(h.float(), 0.2).sum(dim=3).flatten(1)
+            phi = F.leaky_relu(h.float(), 0.2).sum(dim=3).flatten(1)
+            if not self.arch.d_band_stats:
+                return phi
+            return torch.cat([phi, F.leaky_relu(self.stats(band_moments(x.float())), 0.2)], dim=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         phi = self.features(x)
         with torch.autocast(device_type=phi.device.type, enabled=False):
             return self.linear(phi).squeeze(1) + (self.embed(y.float()) * phi).sum(dim=1)
+
+
+def band_moments(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, n_mels, W) -> (B, 2 * n_mels): each band's mean, then its std over time."""
+    return torch.cat([x.mean(dim=3), x.std(dim=3)], dim=2).flatten(1)
 
 
 def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
