@@ -18,6 +18,22 @@ Design (issue 12) and why:
   (label embedding, z) -- BigGAN's shared embedding + hierarchical z -- and the discriminator
   uses a projection term <embed(y), phi(x)> with an MLP label embedding, which it cannot
   ignore without losing the real/fake game on the label-dependent part.
+* **Band statistics in the discriminator** (``d_band_stats``, issue 12's second iteration).
+  Diagnosis of the first iteration (tools/gan_experiment.py, demo / band generator): a probe
+  trained on real songs read the synthetic labels well, but one trained on synthetic samples
+  failed on real songs because the samples' song-level statistics were too narrow and
+  shifted: per-band std over time had 0.60x / 0.29x the real spread (16 / 33 of 128 probe
+  features below 0.3x, which the probe's StandardScaler then blows up), the std features
+  sat 0.8 / 2.3 real standard deviations off, the labels explained more of the synthetic
+  features than of the real ones (median R^2 0.75 vs 0.55 / 0.70 vs 0.44), and the synthetic
+  set had about half the real effective dimensionality (participation ratio 2.0 vs 4.0 /
+  1.5 vs 5.4). The probe then fitted near-constant directions (ridge alpha 3 vs 178 on
+  real; coefficient cosine with the real probe ~0). The convolutional D pools its
+  features over time, so second-order time statistics were weakly constrained. The fix: a
+  small spectrally normalised MLP reads each band's mean and std over time of D's input
+  and its output joins phi (both the linear and the projection term), so D can tell
+  songs' dynamics and register apart from the samples'. Cost: a (2 n_mels -> 8c -> 8c)
+  MLP, < 1% of a step.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (its parameter
   count is at least the generator's; a test checks it), with spectral norm on every layer.
 * **Data-efficient training** (in :mod:`emovit.gan_train`): DiffAugment (random time
