@@ -99,10 +99,11 @@ def test_gan_learns_labels_on_demo_data(demo_run):
     0.61 (1.13x), arousal 0.94 vs 0.89 (1.06x); train-synthetic-test-real valence 0.41
     (0.67x), arousal 0.79 (0.89x); Frechet 1.60x the real-vs-real reference; diversity 0.82x
     real. Without the band statistics (same split and features): fidelity valence 0.39x,
-    TSTR valence -0.18 (-0.29x), arousal 0.52 (0.58x). Thresholds leave margin for
+    TSTR valence -0.18 (-0.29x), arousal 0.52 (0.58x). Data seed 7 (not this test's): with
+    TSTR 0.43x / 0.57x, Frechet 2.31x; without -0.05x / 0.12x. Thresholds leave margin for
     thread-count nondeterminism and the 14-song validation set: fidelity above half the
     reference for valence and 0.7x for arousal, TSTR above 0.25x for valence (the design
-    without band statistics fails it) and 0.5x for arousal, Frechet below 2.5x, diversity
+    without band statistics fails it on both seeds) and 0.4x for arousal, Frechet below 2.5x, diversity
     within 0.4-1.5x (no mode collapse, not noise). An unconditioned or collapsed generator
     scores near 0 on the first four; a noise generator fails the last two.
     """
@@ -112,7 +113,7 @@ def test_gan_learns_labels_on_demo_data(demo_run):
     assert arousal["value"] > 0.7 * arousal["reference"], arousal
     assert valence["value"] > 0.5 * valence["reference"], valence
     tstr_a, tstr_v = q["train_synthetic_test_real_arousal"], q["train_synthetic_test_real_valence"]
-    assert tstr_a["value"] > 0.5 * tstr_a["reference"], tstr_a
+    assert tstr_a["value"] > 0.4 * tstr_a["reference"], tstr_a
     assert tstr_v["value"] > 0.25 * tstr_v["reference"], tstr_v
     assert q["frechet_distance"]["value"] < 2.5 * q["frechet_distance"]["reference"], q["frechet_distance"]
     assert 0.4 < q["diversity"]["value"] / q["diversity"]["reference"] < 1.5, q["diversity"]
