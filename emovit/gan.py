@@ -75,7 +75,9 @@ n_mels 64, 10 s; 600 steps, seed 42; one core of a shared 2-core CPU; value / re
 A second data seed (demo generator, seed 7; without / with): fidelity valence 0.74x / 1.20x,
 arousal 0.80x / 1.05x; TSTR valence -0.05x / 0.43x, arousal 0.12x / 0.57x; Frechet 3.46x /
 2.31x; diversity 0.65x / 0.93x; 190 / 189 CPU seconds.
-The CCCs on 14 validation songs are noisy (diagnostic TSTR on validation + test, 38 songs:
+The notebook's own demo run (tests/test_notebook_e2e.py, same seed, kernel thread count):
+fidelity 0.98x / 1.04x, Frechet 1.73x, diversity 0.85x, but TSTR 0.21x / 0.21x -- TSTR
+is fragile from run to run. The CCCs on 14 validation songs are noisy (diagnostic TSTR on validation + test, 38 songs:
 demo 0.47 / 0.72 with, -0.08 / 0.40 without; band 0.13 / 0.70 with, -0.04 / 0.52 without).
 Not yet reached: the band generator's valence is carried (fidelity 1.10x) but a probe
 trained on its samples does not transfer (valence there is register and a random major /
