@@ -209,7 +209,8 @@ def gan_step_flops(cfg, batch: int | None = None) -> dict:
     from emovit.gan_train import discriminator_step, generator_step_loss
 
     batch = batch or cfg.gan_batch_size
-    arch = GanArch(n_mels=cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels)
+    arch = GanArch(n_mels=cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
+                   d_band_stats=cfg.gan_d_band_stats)
     gen, disc = Generator(arch), Discriminator(arch)
     crop = cfg.gan_crop_frames or cfg.num_frames
     real, y = torch.randn(batch, 1, cfg.n_mels, crop), torch.rand(batch, 2) * 2 - 1
@@ -218,7 +219,7 @@ def gan_step_flops(cfg, batch: int | None = None) -> dict:
         d_loss = discriminator_step(gen, disc, real, y, cfg, no_amp, None)[0]
         d_loss.backward()
     with FlopCounterMode(display=False) as g_count:
-        generator_step_loss(gen, disc, y, crop, cfg, no_amp, None).backward()
+        generator_step_loss(gen, disc, y, crop, cfg, no_amp, None, real=real).backward()
     with FlopCounterMode(display=False) as s_count, torch.no_grad():
         gen.eval()
         gen(torch.randn(1, arch.z_dim), y[:1])

@@ -62,6 +62,8 @@ class Config:
     gan_lr_d: float = 5e-4  # discriminator Adam learning rate, betas (0.0, 0.99)
     gan_z_dim: int = 128  # noise dimension of the generator
     gan_channels: int = 32  # width of the outermost G/D blocks (inner blocks up to 8x)
+    gan_d_band_stats: bool = True  # D also sees each band's mean / std over time (song-level dynamics; issue 12)
+    gan_mode_seeking: float = 0.0  # weight of the mode-seeking term on same-label pairs' band statistics (0 = off)
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from emovit import gan as G
@@ -49,7 +50,7 @@ from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 
 GAN_FIELDS = ("gan_steps", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels",
-              "gan_crop_frames", "gan_diffaugment", "gan_ema_decay", "gan_eval_every", "mixed_precision", "seed")
+              "gan_crop_frames", "gan_diffaugment", "gan_d_band_stats", "gan_mode_seeking", "gan_ema_decay", "gan_eval_every", "mixed_precision", "seed")
 CHECKPOINT_VERSION = 2  # 1: dense-layer generator with epochs (issue 12 made it stale)
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
@@ -118,7 +119,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     x = torch.from_numpy(np.ascontiguousarray(store.song_mels(song_ids)))  # (N, n_mels, T_store) float16 dB
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
     arch = G.GanArch(n_mels=x.shape[2], frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
-                     out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))
+                     out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3),
+                     d_band_stats=cfg.gan_d_band_stats)
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
     g_path = os.path.join(cfg.output_dir, "generator.pth")
     d_path = os.path.join(cfg.output_dir, "discriminator.pth")
@@ -230,10 +232,27 @@ def discriminator_step(gen, disc, real, labels, cfg: Config, autocast, aug_rng) 
     return d_loss, d_real, d_fake, fake
 
 
-def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, aug_rng) -> torch.Tensor:
+def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, aug_rng,
+                        real: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinge G loss; with ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with
+    different z, and the term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) -
+    band stats(fake_b)| / |z_a - z_b| up to the same ratio measured between real crops of two
+    different songs (``real``), so z carries song-level variation (register, dynamics)."""
+    z = torch.randn(len(labels), gen.arch.z_dim, device=labels.device)
+    half = len(labels) // 2
+    seek = cfg.gan_mode_seeking > 0 and half > 0 and real is not None
+    if seek:
+        labels = torch.cat([labels[:half], labels[:half], labels[2 * half:]])
     with autocast():
-        fake = gen(torch.randn(len(labels), gen.arch.z_dim, device=labels.device), labels, frames=frames)
-        return G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
+        fake = gen(z, labels, frames=frames)
+        loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
+    if seek:
+        s_fake, s_real = G.band_moments(fake.float()), G.band_moments(real.float())
+        dz = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
+        ratio = (s_fake[:half] - s_fake[half:2 * half]).abs().mean(dim=1) / dz
+        target = ((s_real[:half] - s_real[half:2 * half]).abs().mean(dim=1) / dz).mean().detach()
+        loss = loss + cfg.gan_mode_seeking * F.relu(target - ratio.mean())
+    return loss
 
 
 @torch.no_grad()
@@ -308,7 +327,7 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
             scaler_d.scale(d_loss).backward()
             scaler_d.step(opt_d)
             scaler_d.update()
-            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng)
+            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng, real=real)
             if not torch.isfinite(g_loss):
                 skipped += 1
             else:

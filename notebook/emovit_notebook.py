@@ -184,8 +184,10 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 #   and still generates the full window;
 # - the **discriminator** is at least as large as the generator, spectrally normalised,
 #   pools over time only (bands keep their pitch), and is conditioned by a **projection**
-#   term it cannot ignore; **DiffAugment** (time shift, cutout, small level shift) is applied
-#   to real and fake alike;
+#   term it cannot ignore; it also reads each band's **mean and spread over time**
+#   (`gan_d_band_stats`), so samples must match songs' dynamics, not only their average
+#   spectrum (without it, a probe trained on synthetic samples failed on real songs);
+#   **DiffAugment** (time shift, cutout, small level shift) is applied to real and fake alike;
 # - samples come from an **exponential moving average** of the generator's weights;
 # - training runs `gan_steps` steps; every `gan_eval_every` steps the label fidelity and the
 #   Frechet distance are measured on the **validation** songs and the best checkpoint is kept

@@ -36,6 +36,57 @@ def test_discriminator_at_least_as_large_as_generator(n_mels, z_dim, channels):
     assert G.count_parameters(G.Discriminator(arch)) >= G.count_parameters(G.Generator(arch))
 
 
+def test_band_moments_exact():
+    x = torch.tensor([[[[1.0, 3.0], [2.0, 2.0]]]])  # (1, 1, 2 bands, 2 frames)
+    assert torch.allclose(G.band_moments(x), torch.tensor([[2.0, 2.0, 2.0**0.5, 0.0]]))
+
+
+def test_band_statistics_branch_of_the_discriminator():
+    """gan_d_band_stats: D's features gain widths[-1] columns read from each band's mean / std
+    over time, so two inputs that differ only in a band's time variance score differently."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4, d_band_stats=True)
+    disc, plain = G.Discriminator(arch).eval(), G.Discriminator(G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4))
+    assert disc.features_dim == plain.features_dim + 8 * 4
+    assert G.count_parameters(disc) >= G.count_parameters(G.Generator(arch))
+    x, y = torch.randn(2, 1, 32, 64), torch.rand(2, 2)
+    assert disc.features(x).shape == (2, disc.features_dim) and disc(x, y).dtype == torch.float32
+    stats = disc.features(x)[:, plain.features_dim:]
+    swapped = disc.features(x.flip(3))[:, plain.features_dim:]  # time order does not change band moments
+    assert torch.allclose(stats, swapped, atol=1e-5)
+
+
+def test_mode_seeking_term_pushes_same_label_pairs_apart():
+    """gan_mode_seeking: with a generator that ignores z (all its z weights zeroed) the pairs
+    sharing a label are identical, so the term adds exactly weight * target (> 0) to the loss;
+    with the weight 0 the loss is the plain hinge loss."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4)
+    gen, disc = G.Generator(arch).eval(), G.Discriminator(arch)
+    real, y = torch.randn(4, 1, 32, 64), torch.rand(4, 2)
+    with torch.no_grad():  # converge spectral norm's power iteration, then freeze it (eval)
+        for _ in range(30):
+            disc(real, y)
+    disc.eval()
+    with torch.no_grad():
+        gen.global_proj.weight[:, arch.embed_dim:] = 0  # z enters through global_proj and the CBN affines
+    noise = torch.zeros(gen.noise_shape(4, 64))
+    fixed = lambda z, labels, frames: gen(z, labels, noise=noise, frames=frames)  # noqa: E731
+    fixed.arch = arch
+    off = make_config("demo", gan_diffaugment="", gan_mode_seeking=0.0)
+    on = replace(off, gan_mode_seeking=2.0)
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    torch.manual_seed(1)
+    base = gan_train.generator_step_loss(fixed, disc, y[[0, 1, 0, 1]], 64, off, no_autocast, None, real=real)
+    torch.manual_seed(1)
+    seek = gan_train.generator_step_loss(fixed, disc, y, 64, on, no_autocast, None, real=real)
+    torch.manual_seed(1)
+    z = torch.randn(4, 8)
+    s = G.band_moments(real)
+    target = ((s[:2] - s[2:]).abs().mean(dim=1) / (z[:2] - z[2:]).abs().mean(dim=1)).mean()
+    assert torch.allclose(seek - base, 2.0 * target, rtol=1e-4), (seek - base, target)
+
+
 def test_bad_n_mels_is_a_clear_error():
     with pytest.raises(ValueError, match="multiple of 16"):
         G.Generator(G.GanArch(n_mels=40, frames=100))

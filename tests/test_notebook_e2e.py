@@ -75,17 +75,23 @@ def test_gan_stage_outputs(demo_run):
 
 
 def test_gan_learns_labels_on_demo_data(demo_run):
-    """Learning test: synthetic spectrograms carry the labels they were conditioned on.
+    """Learning test: synthetic spectrograms carry the labels they were conditioned on, and a
+    probe trained on them alone works on real songs.
 
     Reference = the same ridge probe (trained on real training songs) scored on real
     validation songs. Measured with tools/gan_experiment.py on the demo preset (seed 42, 600
-    steps, issue 12 design): label fidelity valence 0.56 vs reference 0.54 (1.04x), arousal
-    0.96 vs 0.86 (1.12x); Frechet 1.16x the real-vs-real reference; diversity 0.77x real.
-    (The previous dense-layer GAN: valence 0.35 vs 0.54, arousal 0.90 vs 0.86.) Thresholds
-    leave margin for the features/split changes landing in parallel: fidelity above half the
-    reference for valence and 0.7x for arousal, Frechet below 2.5x, diversity within
-    0.4-1.5x (no mode collapse, not noise). An unconditioned or collapsed generator scores
-    near 0 on the first two; a noise generator fails the last two.
+    steps, band statistics in D; see emovit/gan.py): label fidelity valence 0.69 vs reference
+    0.61 (1.13x), arousal 0.94 vs 0.89 (1.06x); train-synthetic-test-real valence 0.41
+    (0.67x), arousal 0.79 (0.89x); Frechet 1.60x the real-vs-real reference; diversity 0.82x
+    real. Without the band statistics (same split and features): fidelity valence 0.39x,
+    TSTR valence -0.18 (-0.29x), arousal 0.52 (0.58x). Data seed 7 (not this test's): with
+    TSTR 0.43x / 0.57x, Frechet 2.31x; without -0.05x / 0.12x. Thresholds leave margin for
+    thread-count nondeterminism and the 14-song validation set. TSTR is NOT asserted: the
+    notebook run itself (this test, same seed, the kernel's thread count) measured fidelity
+    0.98x / 1.04x, Frechet 1.73x, diversity 0.85x but TSTR only 0.21x / 0.21x. Asserted:
+    fidelity above half the reference for valence and 0.7x for arousal, Frechet below 2.5x,
+    diversity within 0.4-1.5x (no mode collapse, not noise). An unconditioned or collapsed
+    generator scores near 0 on the first two; a noise generator fails the last two.
     """
     outputs, _ = demo_run
     q = json.loads((outputs / "gan_quality.json").read_text())
