@@ -82,6 +82,7 @@ class Config:
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
     run_ablation: bool = True  # also train the same ViT without synthetic samples (real only)
+    vit_max_steps: int = 0  # smoke setting: stop each ViT training after this many optimizer steps (0 = no cap)
 
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
