@@ -10,9 +10,14 @@ Figures (all written to benchmarks/results.json with the machine's description):
               model fed pre-made tensors already on the device; their ratio (target >= 0.9)
   gan         training steps/s and sampling rate (spectrograms/s)
   memory      peak resident memory of this process (RSS) over the whole benchmark
+  run_all_projection
+              PROJECTED Run All minutes of the kaggle preset on a T4, T4 x2 and L4 from FLOP
+              counts (benchmarks/projection.py) and the extraction rate measured here; also
+              written to RESULTS.md and README.md (between run-all-projection markers)
 
     python benchmarks/bench.py            # default sizes (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # tiny sizes: CI runs this so the code cannot rot
+    python benchmarks/bench.py --projection   # only the projection, from results.json's extraction rate
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import projection  # noqa: E402
 
 from emovit.config import make_config, replace  # noqa: E402
 from emovit.deam import discover  # noqa: E402
@@ -221,6 +229,36 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
             "store_mb": os.path.getsize(store.path) / 1e6, "synthetic_store_mb": os.path.getsize(synthetic.path) / 1e6}
 
 
+def bench_projection(extraction: dict) -> dict:
+    """Projected Run All of the kaggle preset (see benchmarks/projection.py) from the measured
+    per-core extraction rate and its parallel efficiency on this machine's cores."""
+    per_core = extraction["songs_per_s_1_process"]
+    cores = extraction.get("cores", 1)
+    parallel = extraction.get(f"songs_per_s_{cores}_processes_after_startup", per_core * cores)
+    kwargs = {"extraction_songs_per_s_per_core": per_core,
+              "extraction_parallel_efficiency": min(1.0, parallel / (per_core * cores)),
+              "worker_startup_s": extraction.get("worker_startup_seconds", 5.0)}
+    cfg = make_config("kaggle")
+    result = projection.project(cfg, **kwargs)
+    result["scenarios"] = projection.scenarios(cfg, **kwargs)
+    return result
+
+
+def projection_markdown(p: dict) -> list[str]:
+    return projection.markdown(p) + ["", "What defaults would meet the ~20 min T4 budget (same projection):", ""] + \
+        projection.scenario_markdown(p["scenarios"])
+
+
+def write_readme_projection(p: dict, readme: Path = ROOT / "README.md") -> None:
+    """Replace README's block between the run-all-projection markers with the projection."""
+    start, end = "<!-- run-all-projection:start -->", "<!-- run-all-projection:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise RuntimeError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(projection_markdown(p)) + "\n" + end + rest.split(end, 1)[1])
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -242,6 +280,8 @@ def write_markdown(r: dict, path: Path) -> None:
                 lines.append(f"| {section} | {key} | {value:.4g} |")
             elif isinstance(value, str):
                 lines.append(f"| {section} | {key} | {value} |")
+    if "run_all_projection" in r:
+        lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])
     lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
               "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
     path.write_text("\n".join(lines))
@@ -253,7 +293,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--full-scale-memory", type=int, default=0, metavar="SONGS",
                         help="only the full-scale memory run, with this many songs (1802 = DEAM)")
+    parser.add_argument("--projection", action="store_true",
+                        help="only the Run All projection, from the extraction figures already in --out")
     args = parser.parse_args(argv)
+    if args.projection:
+        previous = json.loads(args.out.read_text())
+        previous["run_all_projection"] = bench_projection(previous["extraction"])
+        args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+        write_markdown(previous, args.out.with_name("RESULTS.md"))
+        write_readme_projection(previous["run_all_projection"])
+        print("\n".join(projection_markdown(previous["run_all_projection"])))
+        return 0
     sizes = SIZES["quick" if args.quick else "default"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env = describe_environment()
@@ -275,6 +325,8 @@ def main(argv=None) -> int:
             results[name] = fn()
             print(f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in results[name].items()))
+    results["run_all_projection"] = bench_projection(results["extraction"])
+    print("\n".join(projection_markdown(results["run_all_projection"])))
     results["memory"] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"memory: peak RSS {results['memory']['peak_rss_mb']:.0f} MB (this process)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +335,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if not args.quick:
         write_markdown(results, args.out.with_name("RESULTS.md"))
+        write_readme_projection(results["run_all_projection"])
     print(f"bench: wrote {args.out}")
     return 0
 

@@ -218,12 +218,12 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             LOG.info("ViT: resuming after epoch %d from %s", state["epoch"], last_path)
         else:
             LOG.info("ViT: %s belongs to other settings or data; starting fresh", last_path)
-    first_epoch = result.resumed_from + 1
-    if result.stopped_early or first_epoch > cfg.vit_epochs:
-        LOG.info("ViT: training had already finished (best epoch %d)", result.best_epoch)
     def capped() -> bool:  # the smoke-run cap on optimizer steps (vit_max_steps) is reached
         return 0 < cfg.vit_max_steps <= sched.last_epoch
 
+    first_epoch = result.resumed_from + 1
+    if result.stopped_early or first_epoch > cfg.vit_epochs or capped():
+        LOG.info("ViT: training had already finished (best epoch %d)", result.best_epoch)
     epochs = range(first_epoch, cfg.vit_epochs + 1) if not (result.stopped_early or capped()) else range(0)
     bar = tqdm(epochs, desc="ViT", unit="epoch")
     for epoch in bar:

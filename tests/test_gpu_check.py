@@ -1,0 +1,47 @@
+"""`make gpu-check` (tools/gpu_check.py) runs in --dry mode on the CPU, so it cannot rot: both
+precision paths (forced fp16 + GradScaler, bf16), finite losses, a checkpoint in
+best_vit_model.pth's format read back by Predictor on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from emovit.config import make_config
+from emovit.io import load_checkpoint
+from emovit.vit_train import save_best
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gpu_check  # noqa: E402
+
+
+def test_dry_run_writes_the_report(tmp_path):
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry", "--out", str(out)], check=True,
+                   cwd=ROOT, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                                       "HF_HUB_OFFLINE": "1"})
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["card"]["name"].startswith("none")
+    assert set(report["precisions"]) == {"fp16", "bf16"}
+    for row in report["precisions"].values():
+        assert row["gan"]["losses_finite"] and row["vit"]["losses_finite"]
+        assert row["gan"]["steps_per_s"] > 0 and row["vit"]["images_per_s"] > 0
+        assert row["vit"]["parameter_dtypes"] == ["torch.float32"]
+    ckpt = report["precisions"]["fp16"]["checkpoint"]
+    assert ckpt["loader"] == "emovit.predict.Predictor" and ckpt["match"] and ckpt["max_abs_diff_vs_device_fp32"] < 2e-3
+
+
+def test_checkpoint_has_the_keys_save_best_writes(tmp_path):
+    model = gpu_check.vit_model(gpu_check.DRY)
+    pre = gpu_check.DevicePreprocessor(-40.0, 15.0, (0.5,) * 3, (0.5,) * 3)
+    gpu_check.write_checkpoint(model, pre, str(tmp_path / "a.pth"))
+    save_best(model, pre, make_config("kaggle"), str(tmp_path / "b.pth"), 1, {})
+    a, b = load_checkpoint(str(tmp_path / "a.pth")), load_checkpoint(str(tmp_path / "b.pth"))
+    assert set(a) == set(b) and set(a["mel_params"]) == set(b["mel_params"])
+    assert a["preprocess"].keys() == b["preprocess"].keys()
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
