@@ -22,6 +22,7 @@ probes and bootstrap (CPU, seconds), kernel start-up and package imports (~30 s)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -63,6 +64,7 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+@functools.cache
 def vit_flops(batch: int, height: int = 224, width: int = 224) -> dict:
     """ViT-B/16 regressor on the meta device: training step at ``batch`` and forward per image."""
     from transformers import ViTConfig, ViTModel
@@ -79,6 +81,7 @@ def vit_flops(batch: int, height: int = 224, width: int = 224) -> dict:
     return {"parameters": params, "train_step_flops": step, "forward_flops_per_image": forward, "batch": batch}
 
 
+@functools.cache
 def gan_flops(n_mels: int, frames: int, channels: int, z_dim: int, batch: int) -> dict:
     """Today's SNGAN on the meta device: one D step + one G step at ``batch``; G forward per sample."""
     from emovit import gan as G
