@@ -45,3 +45,10 @@ def test_checkpoint_has_the_keys_save_best_writes(tmp_path):
     assert a["preprocess"].keys() == b["preprocess"].keys()
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
+
+
+def test_achieved_tflops_use_the_projection_counts():
+    """At full size: one step/s of ViT-B/16 at batch 32 is its 3.36 TFLOP per step (projection.py)."""
+    out = gpu_check.achieved({"steps_per_s": 1.0}, {"steps_per_s": 2.0}, gpu_check.FULL, peak_tflops=65.0)
+    assert 3.3 < out["vit_tflops"] < 3.45 and out["vit_mfu"] == out["vit_tflops"] / 65.0
+    assert out["gan_tflops"] > 2 * 6.0 and out["gan_mfu"] == out["gan_tflops"] / 65.0

@@ -56,6 +56,9 @@ FULL = {"n_mels": 128, "frames": 1292, "gan_channels": 32, "z_dim": 128, "gan_ba
         "vit": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}}
 DRY = {"n_mels": 16, "frames": 64, "gan_channels": 4, "z_dim": 8, "gan_batch": 4, "vit_batch": 4,
        "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
+# Dense fp16/bf16 tensor peak (TFLOP/s) by a substring of the card's name, for the MFU figures
+# (--peak-tflops overrides). H100/H200: SXM figures; a PCIe H100 is ~756.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
 MEL_MEAN, MEL_STD = -40.0, 15.0  # dB: the scale of the real features
 # Same keys as emovit.vit_train.save_best writes (tests/test_gpu_check.py compares them).
 MEL_PARAMS = {"sample_rate": 22050, "clip_seconds": 30.0, "clip_offset": 0.0, "n_fft": 2048, "hop_length": 512,
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vit-steps", type=int, default=40)
     parser.add_argument("--gan-steps", type=int, default=20)
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the card's dense fp16/bf16 peak, for the MFU figures (e.g. 989 for an H100 SXM)")
+                        help="the card's dense fp16/bf16 peak for the MFU figures (default: PEAK_TFLOPS by name)")
     parser.add_argument("--notebook-songs", type=int, default=0, help="then run the notebook on this many songs")
     parser.add_argument("--notebook-overrides", type=json.loads, default={"vit_epochs": 1, "gan_epochs": 1})
     parser.add_argument("--budget-s", type=float, default=420.0, help="start the notebook only under half of this")
@@ -279,6 +282,9 @@ def main(argv=None) -> int:
                           "count": torch.cuda.device_count(), "bf16_supported": torch.cuda.is_bf16_supported(),
                           "arch_list": torch.cuda.get_arch_list(),
                           "compatibility_problem": gpu_compatibility_problem(cap, torch.cuda.get_arch_list())}
+        if args.peak_tflops is None:
+            args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in report["card"]["name"]), None)
+        report["card"]["peak_tflops_used_for_mfu"] = args.peak_tflops
     else:
         report["card"] = {"name": "none (CPU dry run)"}
     bf16_ok = device == "cpu" or torch.cuda.is_bf16_supported()
