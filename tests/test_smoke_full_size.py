@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -112,11 +113,17 @@ def test_every_output_is_written(smoke):
     outputs, first_nb, _, _ = smoke
     code = [c for c in first_nb.cells if c.cell_type == "code"]
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
-    for name in ("config.json", "errors.csv", "split.csv", "generator.pth", "discriminator.pth", "gan_quality.json",
-                 "best_vit_model.pth", "metrics.json", "predictions.csv", "run_summary.json", "vit_output.zip",
-                 "vit_training_curves.png", "gan_training_curves.png", "real_vs_synthetic.png",
-                 "ablation_comparison.png"):
+    expected = ("config.json", "errors.csv", "split.csv", "labels_scatter.png", "example_spectrograms.png",
+                "split_distributions.png", "generator.pth", "discriminator.pth", "gan_quality.json",
+                "gan_training_curves.png", "real_vs_synthetic.png", "gan_label_distributions.png",
+                "best_vit_model.pth", "metrics.json", "predictions.csv", "vit_training_curves.png",
+                "test_predictions_scatter.png", "va_plane.png", "ablation_comparison.png",
+                "predictions_vit_real_only.csv", "predictions_ridge_baseline.csv", "run_summary.json")
+    for name in expected + ("vit_output.zip",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
+    with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
+        assert set(expected) <= set(zf.namelist())
+        assert zf.getinfo("best_vit_model.pth").file_size == (outputs / "best_vit_model.pth").stat().st_size
     cfg = json.loads((outputs / "config.json").read_text())
     assert cfg["preset"] == "kaggle" and cfg["vit_batch_size"] == 32 and cfg["n_mels"] == 128
     assert cfg["clip_seconds"] == 30.0 and cfg["gan_channels"] == 32 and cfg["vit_max_steps"] == 1
