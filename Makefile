@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 
 OLD_VENV ?= .venv-old
 
-.PHONY: bench venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
+.PHONY: gpu-check bench venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,14 @@ $(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.tx
 	$(OLD_VENV)/bin/python -m pip install -q -r requirements-dev.txt -c constraints-old.txt
 	touch $@
 
-test-old: $(OLD_VENV)/.installed  ## unit tests on the one-year-older stack Kaggle may have
-	$(OLD_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+test-old: $(OLD_VENV)/.installed  ## the suite (end-to-end notebook included) on the stack Kaggle's image has
+	$(OLD_VENV)/bin/python -m pytest -m "not smoke" -p no:cacheprovider
 
 bench: venv  ## measure stage throughput and memory -> benchmarks/results.json
 	$(PY) benchmarks/bench.py
+
+gpu-check: venv  ## on a GPU machine: full-size GAN + ViT-B/16 steps in fp16 and bf16 -> benchmarks/gpu.json
+	$(PY) tools/gpu_check.py --out benchmarks/gpu.json
 
 validate: venv  ## run every check and the demo; write validation_report.md from what they produced
 	$(PY) tools/validate.py

@@ -14,10 +14,15 @@ Figures (all written to benchmarks/results.json with the machine's description):
               architecture), decoding in this thread and in decode threads beside the model;
               where the time goes (decode, log-mel, model, the rest = Python overhead)
   memory      peak resident memory of this process (RSS) over the whole benchmark
+  run_all_projection
+              PROJECTED Run All minutes of the kaggle preset on a T4, T4 x2 and L4 from FLOP
+              counts (benchmarks/projection.py) and the extraction rate measured here; also
+              written to RESULTS.md and README.md (between run-all-projection markers)
 
     python benchmarks/bench.py            # default sizes (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # tiny sizes: CI runs this so the code cannot rot
     python benchmarks/bench.py --only predict   # one stage, merged into an existing results.json
+    python benchmarks/bench.py --projection   # only the projection, from results.json's extraction rate
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import projection  # noqa: E402
 
 from emovit.config import make_config, replace  # noqa: E402
 from emovit.deam import discover  # noqa: E402
@@ -196,65 +204,25 @@ def bench_gan(s: dict, device: str) -> dict:
             "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample, "device": device}
 
 
-T4_FP16_PEAK_TFLOPS = 65.0  # NVIDIA T4 tensor-core fp16 peak
-GAN_MFU = (0.25, 0.40)  # assumed model FLOP utilisation range for the GAN on a T4 (see bench_gan_projection)
-
-
-def gan_step_flops(cfg, batch: int | None = None) -> dict:
-    """FLOPs of one GAN training step (D step + G step, as in gan_train._train) at ``cfg``'s size,
-    counted with torch.utils.flop_counter.FlopCounterMode on the CPU (meta-free, real tensors)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from emovit import gan as G
-    from emovit.gan_train import discriminator_step, generator_step_loss
-
-    batch = batch or cfg.gan_batch_size
-    arch = GanArch(n_mels=cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
-                   d_band_stats=cfg.gan_d_band_stats)
-    gen, disc = Generator(arch), Discriminator(arch)
-    crop = cfg.gan_crop_frames or cfg.num_frames
-    real, y = torch.randn(batch, 1, cfg.n_mels, crop), torch.rand(batch, 2) * 2 - 1
-    no_amp = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    with FlopCounterMode(display=False) as d_count:
-        d_loss = discriminator_step(gen, disc, real, y, cfg, no_amp, None)[0]
-        d_loss.backward()
-    with FlopCounterMode(display=False) as g_count:
-        generator_step_loss(gen, disc, y, crop, cfg, no_amp, None, real=real).backward()
-    with FlopCounterMode(display=False) as s_count, torch.no_grad():
-        gen.eval()
-        gen(torch.randn(1, arch.z_dim), y[:1])
-    return {"d_step": d_count.get_total_flops(), "g_step": g_count.get_total_flops(),
-            "sample_full_length": s_count.get_total_flops(), "batch": batch, "crop_frames": crop,
-            "generator_parameters": G.count_parameters(gen), "discriminator_parameters": G.count_parameters(disc)}
-
-
 def bench_gan_projection(quick: bool = False) -> dict:
-    """Projected GAN minutes on one T4 for the kaggle preset: FLOPs per step x gan_steps (plus the
-    validation checks and sampling num_synthetic), over 65 TFLOP/s at an MFU of 25-40%.
-
-    Why 25-40%: the GAN is small convolutions (8-256 channels) on 128 x 256 crops at batch 32 in
-    fp16 -- too narrow to keep a T4's tensor cores full (large cuDNN convolutions reach ~50-60%
-    on a T4; narrow ones, spectral-norm power iterations and optimizer/EMA kernels pull that
-    down). The range is stated, not measured: `make gpu-check` measures GAN steps/s when a GPU is lent.
-    --quick counts a batch of 2 and scales linearly (FLOPs are linear in the batch).
+    """Projected GAN minutes on one T4 for the kaggle preset (training steps, the validation checks
+    and sampling ``num_synthetic``), from :func:`projection.gan_flops` over a T4's 65 TFLOP/s at
+    the GAN's assumed MFU range (:data:`projection.MFU`, reasons there). Budget (issue 12): 8 min.
+    ``quick`` only documents CI use: the count always runs at batch 2 and scales.
     """
     cfg = make_config("kaggle")
-    count = gan_step_flops(cfg, batch=2 if quick else None)
-    scale = cfg.gan_batch_size / count["batch"]
-    per_step = (count["d_step"] + count["g_step"]) * scale
-    n_val = round(1802 * cfg.val_fraction)
-    evals = cfg.gan_steps // cfg.gan_eval_every
-    sampling = count["sample_full_length"] * (cfg.num_synthetic + evals * 2 * n_val)  # 2 samples per val song
-    total = per_step * cfg.gan_steps + sampling
-    minutes = {f"t4_minutes_at_mfu_{int(m * 100)}": total / (T4_FP16_PEAK_TFLOPS * 1e12 * m) / 60 for m in GAN_MFU}
-    return {"preset": "kaggle", "n_mels": cfg.n_mels, "frames": cfg.num_frames, "crop_frames": count["crop_frames"],
-            "batch": cfg.gan_batch_size, "gan_steps": cfg.gan_steps, "counted_batch": count["batch"],
-            "gflop_per_step_d": count["d_step"] * scale / 1e9, "gflop_per_step_g": count["g_step"] * scale / 1e9,
-            "gflop_per_step": per_step / 1e9, "gflop_per_sample_full_length": count["sample_full_length"] / 1e9,
-            "pflop_training": per_step * cfg.gan_steps / 1e15, "pflop_sampling_and_checks": sampling / 1e15,
-            "t4_peak_tflops": T4_FP16_PEAK_TFLOPS, **minutes, "budget_minutes": 8.0,
-            "generator_parameters": count["generator_parameters"],
-            "discriminator_parameters": count["discriminator_parameters"]}
+    gan = projection.gan_flops(cfg)
+    counts = projection.preset_counts(cfg)
+    total = gan["step_flops"] * cfg.gan_steps + gan["sample_flops"] * counts["gan_samples"]
+    peak = projection.CARDS["T4"]["peak_tflops"] * 1e12
+    minutes = {f"t4_minutes_at_mfu_{round(m * 100)}": total / (peak * m) / 60 for m in projection.MFU["gan"]}
+    return {"preset": "kaggle", "n_mels": cfg.n_mels, "frames": cfg.num_frames, "crop_frames": gan["crop_frames"],
+            "batch": cfg.gan_batch_size, "gan_steps": cfg.gan_steps, "counted_batch": gan["counted_batch"],
+            "gflop_per_step_d": gan["d_step_flops"] / 1e9, "gflop_per_step_g": gan["g_step_flops"] / 1e9,
+            "gflop_per_step": gan["step_flops"] / 1e9, "gflop_per_sample_full_length": gan["sample_flops"] / 1e9,
+            "pflop_total": total / 1e15, "t4_peak_tflops": peak / 1e12, **minutes, "budget_minutes": 8.0,
+            "generator_parameters": gan["generator_parameters"],
+            "discriminator_parameters": gan["discriminator_parameters"]}
 
 
 def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = None) -> dict:
@@ -342,6 +310,36 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
             "store_mb": os.path.getsize(store.path) / 1e6, "synthetic_store_mb": os.path.getsize(synthetic.path) / 1e6}
 
 
+def bench_projection(extraction: dict) -> dict:
+    """Projected Run All of the kaggle preset (see benchmarks/projection.py) from the measured
+    per-core extraction rate and its parallel efficiency on this machine's cores."""
+    per_core = extraction["songs_per_s_1_process"]
+    cores = extraction.get("cores", 1)
+    parallel = extraction.get(f"songs_per_s_{cores}_processes_after_startup", per_core * cores)
+    kwargs = {"extraction_songs_per_s_per_core": per_core,
+              "extraction_parallel_efficiency": min(1.0, parallel / (per_core * cores)),
+              "worker_startup_s": extraction.get("worker_startup_seconds", 5.0)}
+    cfg = make_config("kaggle")
+    result = projection.project(cfg, **kwargs)
+    result["scenarios"] = projection.scenarios(cfg, **kwargs)
+    return result
+
+
+def projection_markdown(p: dict) -> list[str]:
+    return projection.markdown(p) + ["", "What defaults would meet the ~20 min T4 budget (same projection):", ""] + \
+        projection.scenario_markdown(p["scenarios"])
+
+
+def write_readme_projection(p: dict, readme: Path = ROOT / "README.md") -> None:
+    """Replace README's block between the run-all-projection markers with the projection."""
+    start, end = "<!-- run-all-projection:start -->", "<!-- run-all-projection:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise RuntimeError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(projection_markdown(p)) + "\n" + end + rest.split(end, 1)[1])
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -369,6 +367,8 @@ def write_markdown(r: dict, path: Path) -> None:
                   f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
                   "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
                   "sequential run's time, the rest is `python_overhead`."]
+    if "run_all_projection" in r:
+        lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])
     lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
               "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
     path.write_text("\n".join(lines))
@@ -384,7 +384,17 @@ def main(argv=None) -> int:
                         help="run one stage and merge it into an existing --out")
     parser.add_argument("--checkpoint", default=None,
                         help="predict stage: a demo run's best_vit_model.pth (default: the demo architecture, untrained)")
+    parser.add_argument("--projection", action="store_true",
+                        help="only the Run All projection, from the extraction figures already in --out")
     args = parser.parse_args(argv)
+    if args.projection:
+        previous = json.loads(args.out.read_text())
+        previous["run_all_projection"] = bench_projection(previous["extraction"])
+        args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+        write_markdown(previous, args.out.with_name("RESULTS.md"))
+        write_readme_projection(previous["run_all_projection"])
+        print("\n".join(projection_markdown(previous["run_all_projection"])))
+        return 0
     sizes = SIZES["quick" if args.quick else "default"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env = describe_environment()
@@ -420,6 +430,8 @@ def main(argv=None) -> int:
     results["gan_projection"] = bench_gan_projection(quick=args.quick)
     print("gan_projection: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in results["gan_projection"].items()))
+    results["run_all_projection"] = bench_projection(results["extraction"])
+    print("\n".join(projection_markdown(results["run_all_projection"])))
     results["memory"] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"memory: peak RSS {results['memory']['peak_rss_mb']:.0f} MB (this process)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +440,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if not args.quick:
         write_markdown(results, args.out.with_name("RESULTS.md"))
+        write_readme_projection(results["run_all_projection"])
     print(f"bench: wrote {args.out}")
     return 0
 

@@ -15,10 +15,14 @@ from typing import Any
 
 # The default ablation arms: each is the main model with these overrides, trained with the same
 # split, seed, test songs and optimizer steps. "vit_real_only" answers the notebook's question (does
-# the GAN add anything on top of the standard augmentations?); "vit_no_augment" measures the
-# standard augmentations themselves (random crops, SpecAugment, test-time averaging).
+# the GAN add anything on top of the standard augmentations?); it costs one more ViT training, which
+# the Run All budget allows (benchmarks/RESULTS.md). OPTIONAL_ARMS are ready to add, e.g.
+# OVERRIDES = {"arms": {**DEFAULT_ARMS, **OPTIONAL_ARMS}}; the demo preset runs them all.
 DEFAULT_ARMS: dict[str, dict[str, Any]] = {
     "vit_real_only": {"use_synthetic": False},
+}
+OPTIONAL_ARMS: dict[str, dict[str, Any]] = {
+    # the standard augmentations' own worth: random crops, SpecAugment and test-time averaging off (GAN on)
     "vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1},
 }
 
@@ -52,7 +56,7 @@ class Config:
     split_file: str = ""  # CSV (song_id, split = train/val/test) to use a published split instead ("" = hash split)
 
     # --- conditional GAN (time-convolutional G, projection D, hinge loss; emovit/gan.py) ----
-    gan_steps: int = 3000  # training steps (one D + one G update each); replaces epochs over few songs
+    gan_steps: int = 2000  # training steps (one D + one G update each); replaces epochs over few songs
     gan_batch_size: int = 32  # random song crops per step
     gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
     gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)
@@ -83,7 +87,7 @@ class Config:
     pixel_clip_std: float = 3.0  # standardized log-mel in [-k, k] std maps linearly onto pixels [0, 1]
 
     # --- Vision Transformer: training -------------------------------------------------------
-    vit_epochs: int = 10  # maximum epochs (early stopping may end sooner)
+    vit_epochs: int = 8  # maximum epochs (early stopping may end sooner)
     vit_batch_size: int = 32  # images per step (split over all visible GPUs)
     vit_lr: float = 3e-5  # AdamW learning rate of the top encoder layer
     head_lr: float = 1e-3  # AdamW learning rate of the regression head
@@ -108,6 +112,7 @@ class Config:
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model
+    vit_max_steps: int = 0  # smoke setting: stop each ViT training after this many optimizer steps (0 = no cap)
 
     # --- predicting your own music (DESIGN section 7; emovit.predict) -----------------
     predict_dir: str = ""  # folder of your own songs for "Your own music" ("" = a few test songs instead)
@@ -180,6 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vit_layer_decay": 1.0,
         "early_stop_patience": 6,
         "loader_workers": 0,
+        "arms": {**DEFAULT_ARMS, **OPTIONAL_ARMS},  # the demo measures every ready-made arm
     },
 }
 

@@ -36,7 +36,11 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     The temporary name keeps the file's extension, so libraries that infer the format
-    from it (matplotlib, numpy, pandas) behave as for the final name.
+    from it (matplotlib, numpy, pandas) behave as for the final name. Before the rename the
+    file gets the mode a plain ``open()`` would give it (0o666 minus the umask; mkstemp
+    makes it owner-only) and its data is flushed to disk (``fsync``), so a crash right after
+    cannot leave an empty or truncated file under the final name; the folder is fsync'ed
+    after the rename so the new name itself survives a crash.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -45,10 +49,31 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
+        _fsync(tmp, directory=False)
         os.replace(tmp, path)
+        _fsync(folder, directory=True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str, directory: bool) -> None:
+    """Flush ``path`` to disk. Folders are fsync'ed on POSIX only (Windows cannot open them)."""
+    if directory and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str, text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import sys
 
 import numpy as np
@@ -45,12 +46,13 @@ def gpu_compatibility_problem(capability: tuple[int, int], arch_list: list[str],
     if not arch_list:
         return None  # a build that does not report its architectures: nothing to compare
     major, minor = capability
-    sm = [a for a in arch_list if a.startswith("sm_")]
-    ptx = [a for a in arch_list if a.startswith("compute_")]
-    have = {int(a.split("_")[1]) for a in sm}
-    if major * 10 + minor in have or any(c // 10 == major and c <= major * 10 + minor for c in have):
+    cc = major * 10 + minor
+    have = [a for a in map(parse_arch, arch_list) if a is not None]
+    sm = {number for kind, number, _ in have if kind == "sm"}
+    ptx = {number for kind, number, suffix in have if kind == "compute" and not suffix}
+    if cc in sm or any(c // 10 == major and c <= cc for c in sm):
         return None
-    if any(int(a.split("_")[1]) <= major * 10 + minor for a in ptx):
+    if any(c <= cc for c in ptx):  # portable PTX (no "a"/"f" suffix) JIT-compiles on newer GPUs
         return None
     return (
         f"The installed PyTorch has no kernels for {name} (compute capability {major}.{minor}; "
@@ -58,6 +60,20 @@ def gpu_compatibility_problem(capability: tuple[int, int], arch_list: list[str],
         "notebook's Settings -> Accelerator and choose 'GPU T4 x2' or 'GPU L4' (or install a "
         "PyTorch build with Pascal support), then run again."
     )
+
+
+ARCH_RE = re.compile(r"^(sm|compute)_(\d+)([a-z]*)$")
+
+
+def parse_arch(name: str) -> tuple[str, int, str] | None:
+    """("sm" | "compute", number, suffix) of an arch-list entry: "sm_90a" -> ("sm", 90, "a"),
+    "compute_120f" -> ("compute", 120, "f"); None for a name in another form (ignored).
+
+    Suffixes: "a" = architecture-specific features, "f" = family-specific (CUDA 12.9+). Their
+    SASS still runs on that architecture; their PTX does not JIT onto newer ones.
+    """
+    match = ARCH_RE.match(name.strip())
+    return (match.group(1), int(match.group(2)), match.group(3)) if match else None
 
 
 def check_gpu() -> None:
@@ -103,3 +119,30 @@ def amp_dtype(device: str):
         return None
     major, _ = torch.cuda.get_device_capability()
     return torch.bfloat16 if major >= 8 and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_scaler_state(scaler, state: dict | None) -> bool:
+    """Load a saved ``GradScaler`` state into ``scaler`` when it fits; returns whether it did.
+
+    A run may resume on another device or precision than it started with (CPU or bf16 ->
+    fp16 on a T4, or back): a disabled scaler saves ``{}``, which torch refuses to load into
+    an enabled one. Then the enabled scaler starts fresh (its loss scale re-calibrates within
+    a few steps); a state loaded into a disabled scaler is ignored, as torch does.
+    """
+    if not scaler.is_enabled() or not state:
+        return False
+    scaler.load_state_dict(state)
+    return True
+
+
+def scaler_step(scaler, optimizer) -> bool:
+    """``scaler.step(optimizer)`` + ``scaler.update()``; True when the optimizer really stepped.
+
+    With fp16 the scaler skips the step when a gradient is inf/NaN and lowers its scale;
+    the learning-rate scheduler must then not advance either (the documented pattern:
+    compare the scale before and after ``update``). A disabled scaler always steps.
+    """
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return not scaler.is_enabled() or scaler.get_scale() >= before

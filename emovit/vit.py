@@ -151,6 +151,12 @@ class ViTRegressor(nn.Module):
 
     Inputs of another size than the backbone's ``image_size`` use interpolated position
     embeddings (``interpolate_pos_encoding``); H and W must be multiples of the patch size.
+
+    ``autocast_dtype`` (None = off): the forward pass runs under ``torch.autocast`` with this
+    dtype, entered here rather than only by the caller. ``DataParallel`` runs each replica in
+    a worker thread and re-enters autocast there with ``enabled=`` only; autocast's dtype is
+    per thread, so the replicas would fall back to the device default (fp16 on CUDA) while
+    the caller asked for bf16 and turned the GradScaler off.
     """
 
     def __init__(self, backbone: nn.Module, dropout: float = 0.1):
@@ -160,13 +166,30 @@ class ViTRegressor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
         nn.init.zeros_(self.head[1].bias)
         nn.init.normal_(self.head[1].weight, std=0.02)
+        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self._forward(pixels)
+        with torch.autocast(device_type=pixels.device.type, dtype=self.autocast_dtype):
+            return self._forward(pixels)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.backbone.config.image_size
         native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         interpolate = tuple(pixels.shape[-2:]) != native
         cls = self.backbone(pixel_values=pixels, interpolate_pos_encoding=interpolate).last_hidden_state[:, 0]
         return self.head(cls)  # (B, 2)
+
+
+def for_devices(model: ViTRegressor, device: str, dtype: torch.dtype | None) -> nn.Module:
+    """The module a training step calls: ``model`` with its forward pinned to ``dtype``
+    (mixed precision; None = full), wrapped in ``DataParallel`` over every visible GPU when
+    there are several. ``model`` itself stays the unwrapped one to save and optimize."""
+    model.autocast_dtype = dtype
+    if str(device).startswith("cuda") and torch.cuda.device_count() > 1:
+        return nn.DataParallel(model)
+    return model
 
 
 def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
@@ -182,6 +205,10 @@ def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
         backbone = ViTModel(random_vit_config(cfg), add_pooling_layer=False)
     else:
         backbone = ViTModel.from_pretrained(pretrained.location, add_pooling_layer=False)
+        # Train in float32 master weights whatever the checkpoint's dtype: an fp16 copy loads as
+        # fp16 parameters (transformers 5 keeps the saved dtype), and GradScaler.unscale_ then
+        # refuses their fp16 gradients; bf16 master weights would lose the small AdamW updates.
+        backbone = backbone.float()
     return ViTRegressor(backbone, cfg.head_dropout)
 
 

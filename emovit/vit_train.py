@@ -38,8 +38,9 @@ from emovit.config import Config
 from emovit.features import crop_starts
 from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import ccc
-from emovit.runtime import amp_dtype
+from emovit.runtime import amp_dtype, load_scaler_state, scaler_step
 from emovit.split import assert_only_train, ids_of
+from emovit.vit import for_devices
 
 # Encoder layer index in a parameter name: "encoder.layer.N." (transformers 4.x) or "layers.N." (5.x).
 LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
@@ -339,7 +340,6 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     start = time.perf_counter()
     model.to(device)
     pre.to(device)
-    net = torch.nn.DataParallel(model) if device.startswith("cuda") and torch.cuda.device_count() > 1 else model
     steps_per_epoch = steps_per_epoch or max(1, -(-len(train_ds) // cfg.vit_batch_size))
     total = steps_per_epoch * cfg.vit_epochs
     opt = torch.optim.AdamW(param_groups(model, cfg))
@@ -348,6 +348,7 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.vit_warmup_fraction * total), total)
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+    net = for_devices(model, device, dtype)  # autocast dtype pinned inside forward (DataParallel threads)
     result = TrainResult(key=key, steps_per_epoch=steps_per_epoch)
     bad_epochs = 0
     state = _resume_state(last_path, best_path, key, cfg)
@@ -355,16 +356,20 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state["scaler"])  # {} from a disabled scaler: a fresh one
         result.history, bad_epochs = state["history"], state["bad_epochs"]
         result.best_epoch, result.best_val_ccc = state["best_epoch"], state["best_val_ccc"]
         result.resumed_from, result.stopped_early = state["epoch"], state["stopped_early"]
         result.skipped_steps, result.optimizer_steps = state["skipped_steps"], state["optimizer_steps"]
         LOG.info("ViT: resuming after epoch %d from %s", state["epoch"], last_path)
+
+    def capped() -> bool:  # the smoke-run cap on optimizer steps (vit_max_steps) is reached
+        return 0 < cfg.vit_max_steps <= result.optimizer_steps
+
     first_epoch = result.resumed_from + 1
-    if result.stopped_early or first_epoch > cfg.vit_epochs:
+    if result.stopped_early or first_epoch > cfg.vit_epochs or capped():
         LOG.info("ViT: training had already finished (best epoch %d)", result.best_epoch)
-    epochs = range(first_epoch, cfg.vit_epochs + 1) if not result.stopped_early else range(0)
+    epochs = range(first_epoch, cfg.vit_epochs + 1) if not (result.stopped_early or capped()) else range(0)
     bar = tqdm(epochs, desc="ViT", unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
@@ -394,17 +399,18 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            if scaler_step(scaler, opt):  # an fp16 step skipped for inf grads does not advance the lr
+                sched.step()
+                result.optimizer_steps += 1
             loss_sum += float(loss.detach())
             n_steps += 1
-            result.optimizer_steps += 1
             batches.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
             if epoch == first_epoch and n_steps == min(10, steps_per_epoch):
                 rate = n_steps * cfg.vit_batch_size / (time.perf_counter() - t0)
                 LOG.info("ViT: ~%.0f images/s; ETA for %d epochs ~%.0f s", rate, len(epochs),
                          steps_per_epoch * cfg.vit_batch_size * len(epochs) / rate)
+            if capped():
+                break
         pred, target = predict_dataset(model, pre, val_ds, cfg, device)
         row = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1),
                "val_loss": float(loss_fn(cfg.vit_loss, torch.from_numpy(pred), torch.from_numpy(target),
@@ -425,6 +431,9 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
         if result.stopped_early:
             LOG.info("ViT: early stop after epoch %d (no val CCC gain for %d epochs)", epoch, bad_epochs)
+            break
+        if capped():
+            LOG.info("ViT: stopped after %d optimizer steps (vit_max_steps, a smoke setting)", result.optimizer_steps)
             break
     bar.close()
     result.seconds = time.perf_counter() - start

@@ -30,3 +30,7 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (section, key, value)
     assert any(k.startswith("songs_per_s_") and k.endswith("_processes") for k in results["extraction"])
     assert results["machine"]["cpu"]
+    projection = results["run_all_projection"]
+    assert "PROJECTION" in projection["label"] and set(projection["cards"]) == {"T4", "T4 x2", "L4"}
+    assert all(0 < card["optimistic_minutes"] < card["pessimistic_minutes"] for card in projection["cards"].values())
+    assert "kaggle preset as is" in projection["scenarios"]

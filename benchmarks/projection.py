@@ -1,0 +1,251 @@
+"""Projected Run All time of the ``kaggle`` preset on Kaggle's cards: a PROJECTION, not a measurement.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on models built on the ``meta``
+device (real shapes, no memory, no arithmetic; seconds on any CPU):
+  * ViT-B/16 (google/vit-base-patch16-224-in21k's config: hidden 768, 12 layers, 12 heads,
+    MLP 3072, patch 16) + the regression head: one training step at ``vit_batch_size``
+    (forward + backward) and one forward pass per evaluated image;
+  * the GAN at the preset's size (128 x 1292, ``gan_channels``): one step = a D step
+    (G forward, D on real and fake, D backward) + a G step (G forward, D forward, backward
+    through both), and one G forward per synthetic sample.
+    (The GAN helper's ``results["gan_projection"]`` replaces ``gan_flops`` when merged.)
+Those are multiplied by the steps the preset takes on DEAM (1802 songs; the split fractions;
+``vit_epochs`` x steps per epoch for the main model AND each extra ViT arm, which trains for
+the same number of optimizer steps; validation every epoch and test once per ViT, each over
+``test_crops`` windows), and divided by a card's peak dense throughput times a model FLOP
+utilisation (MFU) range -- see ``CARDS`` and ``MFU`` for the figures and why. Extraction is
+projected from the per-core rate ``make bench`` measured, on Kaggle's 4 CPU cores.
+
+Not counted: data loading (its own benchmark shows the loader keeps up), the GAN quality
+probes and bootstrap (CPU, seconds), kernel start-up and package imports (~30 s).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Peak dense tensor throughput (no 2:4 sparsity) in the precision the run uses on that card.
+CARDS = {
+    "T4": {"peak_tflops": 65.0, "precision": "fp16 + GradScaler", "gpus": 1},
+    "T4 x2": {"peak_tflops": 65.0, "precision": "fp16 + GradScaler", "gpus": 2},
+    "L4": {"peak_tflops": 121.0, "precision": "bf16", "gpus": 1},
+}
+# Model FLOP utilisation (achieved / peak), (low, high). Why these ranges:
+#  - ViT-B/16 at batch 32 with AMP: large matmuls, but the T4 and the L4 are 70-72 W cards that
+#    drop their clocks well below boost under sustained tensor-core load, and HF's eager ViT adds
+#    layernorm/softmax/GELU passes that are memory-bound. Public T4 figures for ViT-B/16 training
+#    (~90-130 images/s with AMP, i.e. 9-14 TFLOP/s at 105 GFLOP per image) are 15-21% of 65;
+#    30% is a well-fed best case. The same reasoning (power-capped, same software) for the L4.
+#  - the GAN: convolutions with 32-256 channels on 128 x 1292 maps, the first D and last G
+#    layers with ONE channel (no tensor-core use), batch norm, spectral norm and element-wise
+#    ops between them: memory-bound much of the time, so 10-25%.
+MFU = {"vit": (0.15, 0.30), "gan": (0.10, 0.25)}
+# DataParallel on 2 GPUs: the ViT step splits its batch (scatter, replicate, gather each step,
+# one Python thread per GPU): 1.5-1.8x one GPU, applied as (low MFU: 1.5, high MFU: 1.8).
+# The GAN loop runs on one GPU.
+DATAPARALLEL_SPEEDUP = (1.5, 1.8)
+KAGGLE_CPU_CORES = 4
+DEAM_SONGS = 1802
+VIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+           "patch_size": 16}
+# Resume state per epoch (fp32 weights + AdamW's two moments) and the best weights when the
+# epoch improves, written to Kaggle's /kaggle/working disk; assumed 0.5 GB/s with fsync.
+CHECKPOINT_GB_PER_S = 0.5
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` as ``FlopCounterMode`` counts them (2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@functools.cache
+def vit_flops(batch: int, height: int = 224, width: int = 224) -> dict:
+    """ViT-B/16 regressor on the meta device: training step at ``batch`` and forward per image."""
+    from transformers import ViTConfig, ViTModel
+
+    from emovit.vit import ViTRegressor
+
+    config = ViTConfig(**VIT_B16, image_size=max(height, width), num_channels=3)
+    with torch.device("meta"):
+        model = ViTRegressor(ViTModel(config, add_pooling_layer=False))
+        params = sum(p.numel() for p in model.parameters())
+        step = count_flops(lambda: model(torch.randn(batch, 3, height, width)).square().mean().backward())
+        with torch.no_grad():
+            forward = count_flops(lambda: model(torch.randn(1, 3, height, width)))
+    return {"parameters": params, "train_step_flops": step, "forward_flops_per_image": forward, "batch": batch}
+
+
+def gan_flops(cfg, batch: int = 2) -> dict:
+    """The GAN of :mod:`emovit.gan` at ``cfg``'s size: FLOPs of one training step (a D step + a G
+    step, the functions ``gan_train`` runs, on ``gan_crop_frames`` crops) and of one full-length
+    sample. Counted on real CPU tensors at ``batch`` and scaled to ``cfg.gan_batch_size`` (FLOPs
+    are linear in the batch; DiffAugment adds none)."""
+    from emovit import gan as G
+    from emovit.gan_train import discriminator_step, generator_step_loss
+
+    arch = G.GanArch(n_mels=cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
+                     d_band_stats=cfg.gan_d_band_stats)
+    gen, disc = G.Generator(arch), G.Discriminator(arch)
+    crop = cfg.gan_crop_frames or cfg.num_frames
+    real, y = torch.randn(batch, 1, cfg.n_mels, crop), torch.rand(batch, 2) * 2 - 1
+    no_amp = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    d = count_flops(lambda: discriminator_step(gen, disc, real, y, cfg, no_amp, None)[0].backward())
+    g = count_flops(lambda: generator_step_loss(gen, disc, y, crop, cfg, no_amp, None, real=real).backward())
+    gen.eval()
+    with torch.no_grad():
+        sample = count_flops(lambda: gen(torch.randn(1, arch.z_dim), y[:1]))
+    scale = cfg.gan_batch_size / batch
+    return {"d_step_flops": int(d * scale), "g_step_flops": int(g * scale), "step_flops": int((d + g) * scale),
+            "sample_flops": sample, "batch": cfg.gan_batch_size, "counted_batch": batch, "crop_frames": crop,
+            "generator_parameters": G.count_parameters(gen), "discriminator_parameters": G.count_parameters(disc)}
+
+
+def preset_counts(cfg, songs: int = DEAM_SONGS) -> dict:
+    """Steps and evaluated images the preset takes on ``songs`` songs.
+
+    Reads the arms and evaluation crops the way the current Config spells them: ``arms``
+    (a dict of extra ViT arms) where it exists, else ``run_ablation`` (one arm); ``test_crops``
+    where it exists, else 1 window per song; ``image_height``/``image_width`` else ``image_size``.
+    """
+    n_val = round(songs * cfg.val_fraction)
+    n_test = round(songs * cfg.test_fraction)
+    n_train = songs - n_val - n_test
+    synthetic = cfg.num_synthetic if cfg.use_synthetic else 0
+    steps_per_epoch = math.ceil((n_train + synthetic) / cfg.vit_batch_size)
+    arms = len(cfg.arms) if hasattr(cfg, "arms") else int(bool(getattr(cfg, "run_ablation", False)))
+    crops = getattr(cfg, "test_crops", 1)
+    vits = 1 + arms
+    gan_batch = cfg.gan_batch_size
+    gan_steps = cfg.gan_steps
+    gan_checks = gan_steps // cfg.gan_eval_every  # each generates 2 samples per validation song
+    return {
+        "songs": songs, "train_songs": n_train, "val_songs": n_val, "test_songs": n_test,
+        "vit_trainings": vits, "extra_arms": arms, "vit_steps_per_epoch": steps_per_epoch,
+        "vit_epochs": cfg.vit_epochs, "vit_steps_total": vits * cfg.vit_epochs * steps_per_epoch,
+        "eval_images_total": vits * (cfg.vit_epochs * n_val + n_test) * crops + crops,  # + the predict() example
+        "eval_crops": crops, "gan_steps": gan_steps, "gan_batch": gan_batch,
+        "gan_samples": cfg.num_synthetic + gan_checks * 2 * n_val,
+        "image_height": getattr(cfg, "image_height", getattr(cfg, "image_size", 224)),
+        "image_width": getattr(cfg, "image_width", getattr(cfg, "image_size", 224)),
+    }
+
+
+def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_efficiency: float = 1.0,
+            worker_startup_s: float = 5.0, songs: int = DEAM_SONGS) -> dict:
+    """Minutes per card at the MFU range (low MFU -> "high" minutes), and where they go."""
+    counts = preset_counts(cfg, songs)
+    vit = vit_flops(cfg.vit_batch_size, counts["image_height"], counts["image_width"])
+    gan = gan_flops(cfg)
+    flops = {
+        "vit_training": counts["vit_steps_total"] * vit["train_step_flops"],
+        "vit_evaluation": counts["eval_images_total"] * vit["forward_flops_per_image"],
+        "gan_training": counts["gan_steps"] * gan["step_flops"],
+        "gan_sampling": counts["gan_samples"] * gan["sample_flops"],
+    }
+    extraction_s = worker_startup_s + songs / (extraction_songs_per_s_per_core * KAGGLE_CPU_CORES
+                                               * extraction_parallel_efficiency)
+    checkpoint_bytes = counts["vit_trainings"] * cfg.vit_epochs * vit["parameters"] * 4 * (3 + 1)
+    io_s = checkpoint_bytes / 1e9 / CHECKPOINT_GB_PER_S
+    cards = {}
+    for name, card in CARDS.items():
+        peak = card["peak_tflops"] * 1e12
+        row = {"peak_tflops": card["peak_tflops"], "precision": card["precision"]}
+        for bound, i in (("optimistic", 1), ("pessimistic", 0)):
+            vit_rate = peak * MFU["vit"][i] * (DATAPARALLEL_SPEEDUP[i] if card["gpus"] == 2 else 1.0)
+            gan_rate = peak * MFU["gan"][i]
+            parts = {"extraction": extraction_s, "vit_training": flops["vit_training"] / vit_rate,
+                     "vit_evaluation": flops["vit_evaluation"] / vit_rate,
+                     "gan_training": flops["gan_training"] / gan_rate, "gan_sampling": flops["gan_sampling"] / gan_rate,
+                     "checkpoint_io": io_s}
+            row[f"{bound}_minutes"] = sum(parts.values()) / 60
+            row[f"{bound}_minutes_by_stage"] = {k: v / 60 for k, v in parts.items()}
+        cards[name] = row
+    return {
+        "label": "PROJECTION from FLOP counts and an assumed MFU range, not a measurement",
+        "counts": counts, "vit": vit, "gan": gan, "flops": flops, "mfu": {k: list(v) for k, v in MFU.items()},
+        "dataparallel_speedup": list(DATAPARALLEL_SPEEDUP), "kaggle_cpu_cores": KAGGLE_CPU_CORES,
+        "extraction_songs_per_s_per_core": extraction_songs_per_s_per_core,
+        "extraction_parallel_efficiency": extraction_parallel_efficiency, "checkpoint_gb_per_s": CHECKPOINT_GB_PER_S,
+        "cards": cards,
+    }
+
+
+def markdown(p: dict) -> list[str]:
+    """A table of the projection (for RESULTS.md and the README)."""
+    c, v, g = p["counts"], p["vit"], p["gan"]
+    lines = [
+        f"**Projection, not a measurement** (no GPU has run it yet): FLOPs from `FlopCounterMode`, times the steps "
+        f"of the `kaggle` preset on DEAM ({c['songs']} songs: {c['train_songs']} train / {c['val_songs']} val / "
+        f"{c['test_songs']} test), divided by each card's peak at an assumed MFU of "
+        f"{p['mfu']['vit'][0]:.0%}-{p['mfu']['vit'][1]:.0%} (ViT) and {p['mfu']['gan'][0]:.0%}-{p['mfu']['gan'][1]:.0%} "
+        f"(GAN); DataParallel on 2 GPUs counted as {p['dataparallel_speedup'][0]}-{p['dataparallel_speedup'][1]}x "
+        "for the ViT, 1x for the GAN. Why these figures: `benchmarks/projection.py`.",
+        "",
+        f"- ViT-B/16 ({v['parameters'] / 1e6:.1f} M parameters): {v['train_step_flops'] / 1e12:.2f} TFLOP per training "
+        f"step at batch {v['batch']} (forward + backward), {v['forward_flops_per_image'] / 1e9:.1f} GFLOP per evaluated "
+        f"image; {c['vit_trainings']} ViT trainings (main + {c['extra_arms']} arm(s), same steps) x {c['vit_epochs']} "
+        f"epochs x {c['vit_steps_per_epoch']} steps = {c['vit_steps_total']} steps; {c['eval_images_total']} evaluated "
+        f"images ({c['eval_crops']} window(s) per song).",
+        f"- GAN (G {g['generator_parameters'] / 1e6:.2f} M, D {g['discriminator_parameters'] / 1e6:.2f} M parameters, "
+        f"trained on 128 x {g['crop_frames']} crops, sampled at 128 x 1292): {g['step_flops'] / 1e12:.2f} TFLOP per "
+        f"step at batch {g['batch']} (D step {g['d_step_flops'] / 1e12:.2f} + G step {g['g_step_flops'] / 1e12:.2f}); "
+        f"{c['gan_steps']} steps; {c['gan_samples']} full-length samples (synthetic set + validation checks) at "
+        f"{g['sample_flops'] / 1e9:.0f} GFLOP each.",
+        f"- Extraction: {c['songs']} songs at {p['extraction_songs_per_s_per_core']:.1f} songs/s per core (measured "
+        f"by `make bench`) on Kaggle's {p['kaggle_cpu_cores']} cores. Checkpoint writes at "
+        f"{p['checkpoint_gb_per_s']} GB/s.",
+        "",
+        "| card | peak TFLOP/s | precision | extraction | GAN | ViT (train + eval) | checkpoints | Run All, minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in p["cards"].items():
+        lo, hi = r["optimistic_minutes_by_stage"], r["pessimistic_minutes_by_stage"]
+
+        def span(*keys, lo=lo, hi=hi):
+            return f"{sum(lo[k] for k in keys):.1f}-{sum(hi[k] for k in keys):.1f}"
+
+        lines.append(f"| {name} | {r['peak_tflops']:g} | {r['precision']} | {span('extraction')} | "
+                     f"{span('gan_training', 'gan_sampling')} | {span('vit_training', 'vit_evaluation')} | "
+                     f"{span('checkpoint_io')} | **{r['optimistic_minutes']:.0f}-{r['pessimistic_minutes']:.0f}** |")
+    return lines
+
+
+# Default sets the lead may pick from to meet the ~20 min T4 budget (DESIGN section 6): each is
+# the kaggle preset with these overrides, projected the same way. Fields a Config lacks are skipped.
+SCENARIOS = {
+    "kaggle preset as is": {},
+    "+ arm vit_no_augment": {"arms": {"vit_real_only": {"use_synthetic": False},
+                                      "vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}}},
+    "no arms": {"arms": {}},
+    "ViT 6 epochs": {"vit_epochs": 6},
+    "GAN 1500 steps": {"gan_steps": 1500},
+}
+
+
+def scenarios(cfg, **kwargs) -> dict:
+    """{scenario: T4 minutes (optimistic, pessimistic) and each card's} for ``SCENARIOS``."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cfg)}
+    out = {}
+    for name, overrides in SCENARIOS.items():
+        p = project(dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in known}), **kwargs)
+        out[name] = {"overrides": {k: v for k, v in overrides.items() if k in known},
+                     **{card: [round(r["optimistic_minutes"], 1), round(r["pessimistic_minutes"], 1)]
+                        for card, r in p["cards"].items()}}
+    return out
+
+
+def scenario_markdown(rows: dict) -> list[str]:
+    cards = list(CARDS)
+    lines = ["| defaults | " + " | ".join(f"{c}, minutes" for c in cards) + " |",
+             "| --- | " + " | ".join("---" for _ in cards) + " |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c][0]:.0f}-{r[c][1]:.0f}" for c in cards) + " |")
+    return lines

@@ -1,0 +1,43 @@
+"""`make gpu-check` (tools/gpu_check.py) runs in --dry mode on the CPU, so it cannot rot: both
+precision paths (forced fp16 + GradScaler, bf16), finite losses, a checkpoint in
+best_vit_model.pth's format read back by Predictor on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def test_dry_run_writes_the_report(tmp_path):
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry", "--out", str(out)], check=True,
+                   cwd=ROOT, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                                       "HF_HUB_OFFLINE": "1"})
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["card"]["name"].startswith("none")
+    assert set(report["precisions"]) == {"fp16", "bf16"}
+    for row in report["precisions"].values():
+        assert row["gan"]["losses_finite"] and row["vit"]["losses_finite"]
+        assert row["gan"]["steps_per_s"] > 0 and row["vit"]["images_per_s"] > 0
+        assert row["gan"]["sample_finite"] and row["gan"]["sample_shape"] == [2, 1, 16, 64]  # full length
+        assert row["vit"]["parameter_dtypes"] == ["torch.float32"]
+    ckpt = report["precisions"]["fp16"]["checkpoint"]
+    assert ckpt["loader"] == "emovit.predict.Predictor" and ckpt["match"] and ckpt["max_abs_diff_vs_device_fp32"] < 2e-3
+
+
+def test_achieved_tflops_use_the_projection_counts():
+    """At full size: one step/s of ViT-B/16 at batch 32 is its 3.36 TFLOP per step (projection.py)."""
+    out = gpu_check.achieved({"steps_per_s": 1.0}, {"steps_per_s": 2.0}, gpu_check.FULL, peak_tflops=65.0)
+    assert 3.3 < out["vit_tflops"] < 3.45 and out["vit_mfu"] == out["vit_tflops"] / 65.0
+    import projection
+
+    from emovit.config import make_config
+
+    gan_step = projection.gan_flops(make_config("kaggle"))["step_flops"]
+    assert out["gan_tflops"] == 2 * gan_step / 1e12 and out["gan_mfu"] == out["gan_tflops"] / 65.0
