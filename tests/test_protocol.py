@@ -138,8 +138,7 @@ def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
     assert best["epoch"] == outcome.run.best_epoch and best["val"] == history[outcome.run.best_epoch - 1]
     # predictions.csv rows: each row's true values are its own song's labels, in test order
     frame = outcome.predictions
-    np.testing.assert_array_equal(frame[["valence_true", "arousal_true"]].to_numpy(),
-                                  _labels(store, frame.song_id).astype(np.float32))
+    np.testing.assert_array_equal(frame[["valence_true", "arousal_true"]].to_numpy(), _labels(store, frame.song_id))
     assert list(frame.song_id) == ids_of(split, "test")
     assert outcome.metrics == score(frame, cfg.n_bootstrap, cfg.seed)
 
