@@ -111,6 +111,18 @@ def test_gan_and_synthetic_labels_are_the_training_songs(pipeline, monkeypatch):
     assert (synthetic.labels >= lo - 1e-6).all() and (synthetic.labels <= hi + 1e-6).all()
 
 
+def test_gan_checkpoint_is_chosen_on_validation_songs_only(pipeline):
+    """The GAN's monitor (which picks its kept checkpoint) reads validation songs, never test songs,
+    and its probe is fitted on the training songs."""
+    cfg, store, split, _ = pipeline
+    train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
+    monitor = gan_train.Monitor.build(cfg, store, split, train_ids, _labels(store, train_ids).astype(np.float32))
+    np.testing.assert_array_equal(monitor.val_labels, _labels(store, val_ids).astype(np.float32))
+    np.testing.assert_allclose(monitor.val_features, band_stats(store.centre_windows(val_ids)), rtol=1e-6)
+    train_only = fit_probe(band_stats(store.centre_windows(train_ids)), _labels(store, train_ids))
+    np.testing.assert_allclose(monitor.probe[-1].coef_, train_only[-1].coef_, rtol=1e-5, atol=1e-8)
+
+
 # ---- ViT: model selection sees only validation songs; rows carry their own labels --------
 
 def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
