@@ -162,6 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip_offset": 5.0,
         "max_clip_seconds": 25.0,  # the 30 s demo songs after the 5 s offset
         "n_mels": 64,
+        "freq_mask_max": 12,  # SpecAugment's 24 of 128 mel bins, scaled to 64
         "demo_num_songs": 120,
         "gan_steps": 600,
         "gan_batch_size": 16,

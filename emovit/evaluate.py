@@ -18,10 +18,12 @@ from emovit.metrics import DIMENSIONS, evaluate
 def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
     """One row per song: song_id, valence_true, arousal_true, valence_pred, arousal_pred ([-1, 1])."""
     frame = pd.DataFrame({"song_id": list(song_ids)})
+    # float64 throughout: a float32 prediction written to CSV and read back is not the same
+    # float64 number, and metrics must recompute exactly from predictions.csv.
     for d, dim in enumerate(DIMENSIONS):
-        frame[f"{dim}_true"] = target[:, d]
+        frame[f"{dim}_true"] = np.asarray(target, dtype=np.float64)[:, d]
     for d, dim in enumerate(DIMENSIONS):
-        frame[f"{dim}_pred"] = pred[:, d]
+        frame[f"{dim}_pred"] = np.asarray(pred, dtype=np.float64)[:, d]
     return frame
 
 
