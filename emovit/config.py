@@ -103,7 +103,7 @@ class Config:
     test_crops: int = 3  # validation/test/prediction average this many evenly spaced windows (1 = the centre one)
     spec_augment: bool = True  # SpecAugment masks on the device, training batches only
     freq_masks: int = 2  # SpecAugment: frequency masks per spectrogram (AST recipe, scaled to 128 bins)
-    freq_mask_max: int = 24  # SpecAugment: widest frequency mask in mel bins
+    freq_mask_max: int = 24  # SpecAugment: widest frequency mask in mel bins (24 of 128; scale it with n_mels)
     time_masks: int = 2  # SpecAugment: time masks per spectrogram
     time_mask_max_fraction: float = 0.1  # SpecAugment: widest time mask as a share of the window's frames
     mixup_alpha: float = 0.0  # mixup of spectrograms and labels, lambda ~ Beta(alpha, alpha) per batch (0 = off)
