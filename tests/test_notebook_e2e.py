@@ -129,6 +129,14 @@ def _labels(demo_root) -> pd.DataFrame:
     return discover(str(demo_root))[0].set_index("song_id")[["valence", "arousal"]]
 
 
+def _read_exact(path) -> pd.DataFrame:
+    """A predictions CSV with every float parsed by Python's float(), which inverts the repr that
+    to_csv wrote. pandas < 3's default C parser can land 1 ulp off (Kaggle's pandas 2.2.3 did on
+    CI), and "recomputes exactly" is a claim about the file, not about a parser."""
+    columns = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, converters={c: float for c in columns if c != "song_id"})
+
+
 def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute(demo_run, demo_root):
     """Row-level truths: each predictions*.csv row holds its own song's annotated labels (order
     matters), and every stored metric recomputes exactly from the file."""
@@ -138,8 +146,8 @@ def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute
     labels = _labels(demo_root)
     metrics = json.loads((outputs / "metrics.json").read_text())
     config = json.loads((outputs / "config.json").read_text())
-    frames = {"vit_real_plus_synthetic": pd.read_csv(outputs / "predictions.csv")}
-    frames.update({k: pd.read_csv(outputs / f"predictions_{k}.csv") for k in metrics["models"] if k not in frames})
+    frames = {"vit_real_plus_synthetic": _read_exact(outputs / "predictions.csv")}
+    frames.update({k: _read_exact(outputs / f"predictions_{k}.csv") for k in metrics["models"] if k not in frames})
     for name, frame in frames.items():
         np.testing.assert_allclose(frame[["valence_true", "arousal_true"]].to_numpy(),
                                    labels.loc[frame.song_id].to_numpy(), atol=1e-6, err_msg=name)
