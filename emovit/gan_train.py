@@ -147,6 +147,10 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     gen, disc = G.Generator(arch).to(device), G.Discriminator(arch).to(device)
     monitor = Monitor.build(cfg, store, split, song_ids, labels)
     frames = _valid_frames(store, song_ids, x.shape[3])
+    crop = _crop_length(cfg, x.shape[3])
+    norm_rng = torch.Generator().manual_seed(cfg.seed + 2)
+    norm_idx = torch.randint(0, len(x), (min(4 * len(x), 512),), generator=norm_rng)  # <= 512 crops: bounded memory
+    disc.set_band_normalization(random_crops(x, norm_idx, frames, crop, norm_rng))
     result = GanResult(gen, disc, arch, standardizer, labels, key)
     _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device)
     result.seconds = time.perf_counter() - start
@@ -289,6 +293,13 @@ def _snapshot(result: GanResult, gen, disc, ema, step: int) -> dict:
             "ema": copy.deepcopy(ema.state_dict()), "step": step}
 
 
+def _crop_length(cfg: Config, stored_frames: int) -> int:
+    """Frames of a training crop: gan_crop_frames (0 = num_frames), at most the stored length, in
+    whole low-resolution columns."""
+    crop = min(cfg.gan_crop_frames or cfg.num_frames, int(stored_frames))
+    return crop - (crop % 2**G.UPSAMPLINGS if crop >= 2**G.UPSAMPLINGS else 0)
+
+
 def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None, cfg: Config, device: str) -> None:
     """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place."""
     gen, disc = result.generator, result.discriminator
@@ -306,8 +317,7 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
 
     n, bs = len(x), min(cfg.gan_batch_size, len(x))
     result.batch_size = bs
-    crop = min(cfg.gan_crop_frames or cfg.num_frames, int(x.shape[3]))
-    crop -= crop % 2**G.UPSAMPLINGS if crop >= 2**G.UPSAMPLINGS else 0  # whole low-resolution columns
+    crop = _crop_length(cfg, x.shape[3])
     rng = torch.Generator().manual_seed(cfg.seed)
     aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
     best, best_score = _snapshot(result, gen, disc, ema, 0), -math.inf

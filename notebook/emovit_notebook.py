@@ -186,7 +186,9 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 #   pools over time only (bands keep their pitch), and is conditioned by a **projection**
 #   term it cannot ignore; it also reads each band's **mean and spread over time**
 #   (`gan_d_band_stats`), so samples must match songs' dynamics, not only their average
-#   spectrum (without it, a probe trained on synthetic samples failed on real songs);
+#   spectrum (without it, a probe trained on synthetic samples failed on real songs); those
+#   statistics are standardized by real training crops first (without that the discriminator
+#   sat at chance, hinge loss ~2, and taught the generator little);
 #   **DiffAugment** (time shift, cutout, small level shift) is applied to real and fake alike;
 # - samples come from an **exponential moving average** of the generator's weights;
 # - training runs `gan_steps` steps; every `gan_eval_every` steps the label fidelity and the

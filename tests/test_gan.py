@@ -56,6 +56,25 @@ def test_band_statistics_branch_of_the_discriminator():
     assert torch.allclose(stats, swapped, atol=1e-5)
 
 
+def test_band_statistics_are_standardized_by_the_real_crops():
+    """set_band_normalization: the real crops' band moments enter D's statistics MLP with mean 0
+    and std 1 per feature, so a spread of ~0.2 standardized units is not lost under spectral norm;
+    the statistics are buffers, saved with D's weights."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4, d_band_stats=True)
+    disc = G.Discriminator(arch)
+    real = 0.1 * torch.randn(40, 1, 32, 64) * torch.rand(40, 1, 32, 1) + torch.rand(40, 1, 32, 1)
+    disc.set_band_normalization(real)
+    seen = (G.band_moments(real) - disc.stats_shift) / disc.stats_scale
+    torch.testing.assert_close(seen.mean(dim=0), torch.zeros(64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen.std(dim=0), torch.ones(64), atol=1e-4, rtol=0)
+    state = disc.state_dict()
+    assert {"stats_shift", "stats_scale"} <= set(state)
+    fresh = G.Discriminator(arch)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.stats_scale, disc.stats_scale)
+
+
 def test_mode_seeking_term_pushes_same_label_pairs_apart():
     """gan_mode_seeking: with a generator that ignores z (all its z weights zeroed) the pairs
     sharing a label are identical, so the term adds exactly weight * target (> 0) to the loss;
@@ -226,6 +245,27 @@ def test_checkpoint_roundtrip_reuse_and_same_samples(tiny_setup):
     assert gan_train.synthesize(again, cfg, "cpu").reused
     # Fewer training songs -> a different key -> trained again, not reused.
     assert not gan_train.train_or_load_gan(cfg, store, split, train[:-1], std, "cpu").reused
+
+
+def test_band_normalization_is_fitted_on_training_song_crops_only(tiny_setup, monkeypatch):
+    """Every crop train_or_load_gan hands to set_band_normalization is a window of a training
+    song (standardized like the GAN's input), and the fitted buffers travel in discriminator.pth."""
+    cfg, store, split, train, std = tiny_setup
+    seen = []
+    original = G.Discriminator.set_band_normalization
+    monkeypatch.setattr(G.Discriminator, "set_band_normalization",
+                        lambda self, real: (seen.append(real.clone()), original(self, real))[1])
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    assert len(seen) == 1 and seen[0].shape[1:3] == (1, 32)
+    songs = std(torch.from_numpy(np.ascontiguousarray(store.song_mels(train))).float()).to(torch.float16).float()
+    length = seen[0].shape[3]
+    windows = songs.unfold(2, length, 1)  # (songs, n_mels, starts, length)
+    for crop in seen[0]:
+        match = (windows == crop[0][None, :, None, :]).all(dim=3).all(dim=1)
+        assert match.any(), "a normalization crop is not a window of any training song"
+    assert not torch.equal(result.discriminator.stats_scale, torch.ones_like(result.discriminator.stats_scale))
+    saved = torch.load(f"{cfg.output_dir}/discriminator.pth", weights_only=True)["state_dict"]
+    torch.testing.assert_close(saved["stats_shift"], result.discriminator.stats_shift.cpu())
 
 
 def test_ema_weights_load_with_weights_only(tiny_setup):
