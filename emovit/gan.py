@@ -51,7 +51,10 @@ Design (issue 12) and why:
   the generator is pushed where the statistics differ. Tried with it and rejected: a slow
   noise sequence (8 channels, knots every 64 frames, linearly interpolated) so G could vary
   over seconds -- better Frechet on 3 of 4 runs but weaker valence on 3 of 4 (valence
-  fidelity 0.68x / 1.15x / 0.77x / 0.28x, TSTR valence 0.29x / 0.75x / -0.10x / 0.15x).
+  fidelity 0.68x / 1.15x / 0.77x / 0.28x, TSTR valence 0.29x / 0.75x / -0.10x / 0.15x);
+  G left it unused (frame autocorrelation at 16-172 frames stayed ~0, real songs ~0.3).
+  Also rejected: residual dilated time convs at G's starting grid (dilations 1, 2, 4, 8):
+  demo 42 TSTR 0.25x / 0.41x, band 42 valence fidelity 0.40x, and G outgrew D.
   Tried and rejected: a mode-seeking term on same-label pairs' band statistics
   (``gan_mode_seeking``, pushed toward the real cross-song spread): at weight 1.0 it
   wrecked fidelity and Frechet (step 150: fidelity 0.01 / 0.18, Frechet 29545 vs 0.30 /
