@@ -32,6 +32,7 @@ cache file name holds the GAN key AND a digest of the generator's weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -418,8 +419,8 @@ def save_gan(result: GanResult, cfg: Config, g_path: str, d_path: str) -> None:
 def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     """Rebuild a GAN from its two checkpoints (``torch.load(weights_only=True)``).
 
-    Raises StaleCheckpoint for files of another version / architecture (checked before any
-    state dict is loaded), RuntimeError naming the file for unreadable ones.
+    Raises StaleCheckpoint for files of another version / architecture or with architecture
+    settings this code does not know (checked before any state dict is loaded), RuntimeError naming the file for unreadable ones.
     """
     g_ckpt = load_checkpoint(g_path)
     d_ckpt = load_checkpoint(d_path)
@@ -428,6 +429,9 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
         if version != CHECKPOINT_VERSION or name != G.ARCH_NAME:
             raise StaleCheckpoint(f"{path} is checkpoint version {version}, architecture {name!r} "
                                   f"(this code: version {CHECKPOINT_VERSION}, {G.ARCH_NAME!r})")
+    unknown = sorted(set(g_ckpt["arch"]) - {f.name for f in dataclasses.fields(G.GanArch)})
+    if unknown:  # written by a development version under the same name: its shapes are not ours
+        raise StaleCheckpoint(f"{g_path} has architecture settings this code does not know: {unknown}")
     arch = G.GanArch(**g_ckpt["arch"])
     gen, disc = G.Generator(arch), G.Discriminator(arch)
     gen.load_state_dict(g_ckpt["state_dict"])

@@ -303,6 +303,23 @@ def test_old_architecture_checkpoint_is_stale_and_retrained(tiny_setup):
     assert saved["version"] == gan_train.CHECKPOINT_VERSION and saved["arch"]["name"] == G.ARCH_NAME
 
 
+def test_checkpoint_with_unknown_architecture_settings_is_stale_and_retrained(tiny_setup):
+    """A generator.pth under this ARCH_NAME but with an architecture setting this code lacks
+    (a development build's) is stale -- retrained, not a TypeError and not loaded."""
+    cfg, store, split, train, std = tiny_setup
+    gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    g_path = os.path.join(cfg.output_dir, "generator.pth")
+    d_path = os.path.join(cfg.output_dir, "discriminator.pth")
+    saved = torch.load(g_path, weights_only=True)
+    saved["arch"]["slow_noise_dim"] = 8
+    torch.save(saved, g_path)
+    with pytest.raises(gan_train.StaleCheckpoint, match="slow_noise_dim"):
+        gan_train.load_gan(g_path, d_path, "cpu")
+    result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
+    assert not result.reused and result.steps_completed == cfg.gan_steps
+    assert "slow_noise_dim" not in torch.load(g_path, weights_only=True)["arch"]
+
+
 def test_key_covers_label_values_and_synthetic_cache_covers_weights(tiny_setup):
     cfg, store, split, train, std = tiny_setup
     first = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
