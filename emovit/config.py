@@ -165,8 +165,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "freq_mask_max": 12,  # SpecAugment's 24 of 128 mel bins, scaled to 64
         "demo_num_songs": 120,
         "gan_steps": 600,
-        "gan_batch_size": 16,
-        "gan_crop_frames": 128,
+        # 256-frame crops (~6 s, as the kaggle preset's) at batch 8: the same pixels per step as
+        # 16 x 128, and D hears whole bars (held chords, note changes); see emovit/gan.py
+        "gan_batch_size": 8,
+        "gan_crop_frames": 256,
         "gan_ema_decay": 0.99,
         "gan_eval_every": 50,
         "gan_lr_g": 1e-3,

@@ -59,6 +59,40 @@ Design (issue 12) and why:
   (``gan_mode_seeking``, pushed toward the real cross-song spread): at weight 1.0 it
   wrecked fidelity and Frechet (step 150: fidelity 0.01 / 0.18, Frechet 29545 vs 0.30 /
   0.75, 6513 without); a 0.25 run was stopped early for time (no result). Off by default.
+* **Crops long enough to hold a bar** (issue 12's fourth iteration: the demo preset's
+  ``gan_crop_frames`` 128 -> 256 and ``gan_batch_size`` 16 -> 8, the same pixels and CPU
+  seconds per step; the architecture is unchanged, and 256 frames (~6 s) is what the kaggle
+  preset already used). Diagnosis on the band generator (v3, seed 42): synthetic frames
+  decorrelated within ~16 frames (autocorrelation of band energy at lag 4 / 16 / 43 frames:
+  0.31 / -0.14 / -0.01 vs 0.66 / 0.40 / 0.23 for real songs) and their per-band std within 32
+  frames was 4.4 vs 7.4 dB: held chords and bass notes, and the on/off contrast where they
+  change, were missing. Such events last a bar (57-172 frames at the generators' tempi), so a D
+  that sees 128 frames rarely sees one whole. Measured with tools/gan_experiment.py
+  ``--eval-songs 150`` (150 extra songs of the same generator, seed + 1000, used for nothing
+  else; ratios to the real reference there; 600 steps, one thread), 128 x 16 -> 256 x 8:
+
+  | measure (ratio, held-out songs) | demo 42 | demo 7 | band 42 | band 7 | mean |
+  | --- | --- | --- | --- | --- | --- |
+  | Frechet distance | 2.49 -> 1.99 | 3.51 -> 2.72 | 9.58 -> 3.81 | 11.83 -> 4.63 | 6.85 -> 3.29 |
+  | train synthetic, test real, valence | 0.56 -> 0.64 | 0.69 -> 0.73 | 0.42 -> 0.53 | 0.39 -> 0.43 | 0.52 -> 0.58 |
+  | train synthetic, test real, arousal | 0.71 -> 0.90 | 0.74 -> 0.91 | 0.81 -> 0.74 | 0.60 -> 0.61 | 0.72 -> 0.79 |
+  | label fidelity valence | 0.93 -> 0.86 | 1.19 -> 0.66 | 0.91 -> 0.78 | 0.50 -> 0.93 | 0.88 -> 0.81 |
+  | label fidelity arousal | 1.01 -> 1.02 | 0.97 -> 0.83 | 1.03 -> 0.99 | 0.98 -> 0.80 | 1.00 -> 0.91 |
+  | diversity | 0.81 -> 0.77 | 0.84 -> 0.67 | 1.02 -> 0.79 | 0.94 -> 0.77 | 0.90 -> 0.75 |
+
+  The Frechet distance and TSTR valence improve in 4 of 4 runs, TSTR arousal in 3 of 4: the
+  samples are closer to real songs and more useful as training data; label fidelity and
+  diversity fall a little (the labels are imprinted less strongly). GAN seconds unchanged
+  (162-189 -> 160-169). On the 14 validation songs the notebook reports, the Frechet ratio
+  reads far lower (demo 42: 1.17 -> 0.91; band 7: 4.41 -> 2.14): with 14 songs in 128
+  features the real-vs-real reference is itself 4-5x the 150-song one. Monitoring shows every
+  run still improving at step 600 (the kept step is 600 in all four).
+  Tried in this iteration and rejected (demo 42 / band 42, held-out ratios vs v3): crops of
+  256 at batch 16 (twice the seconds): Frechet 1.85 / 2.89 but TSTR valence 0.11 / 0.34;
+  G matching the real batch's mean and spread of the standardized band statistics (weight 1):
+  TSTR valence 0.59 / 0.33, Frechet 2.95 / 9.87; 4 of G's 8 noise channels held constant over
+  random segments (~80 frames, "notes"), at 128-frame crops: TSTR valence 0.39 / 0.28,
+  Frechet 3.30 / 9.67.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (its parameter
   count is at least the generator's; a test checks it), with spectral norm on every layer.
 * **Data-efficient training** (in :mod:`emovit.gan_train`): DiffAugment (random time
