@@ -79,25 +79,26 @@ def test_gan_learns_labels_on_demo_data(demo_run):
     probe trained on them alone works on real songs.
 
     Reference = the same ridge probe (trained on real training songs) scored on real
-    validation songs. Measured with tools/gan_experiment.py on the demo preset (seed 42, 600
-    steps, band statistics in D; see emovit/gan.py): label fidelity valence 0.69 vs reference
-    0.61 (1.13x), arousal 0.94 vs 0.89 (1.06x); train-synthetic-test-real valence 0.41
-    (0.67x), arousal 0.79 (0.89x); Frechet 1.60x the real-vs-real reference; diversity 0.82x
-    real. Without the band statistics (same split and features): fidelity valence 0.39x,
-    TSTR valence -0.18 (-0.29x), arousal 0.52 (0.58x). Data seed 7 (not this test's): with
-    TSTR 0.43x / 0.57x, Frechet 2.31x; without -0.05x / 0.12x. Thresholds leave margin for
-    thread-count nondeterminism and the 14-song validation set. TSTR is NOT asserted: the
-    notebook run itself (this test, same seed, the kernel's thread count) measured fidelity
-    0.98x / 1.04x, Frechet 1.73x, diversity 0.85x but TSTR only 0.21x / 0.21x. Asserted:
-    fidelity above half the reference for valence and 0.7x for arousal, Frechet below 2.5x,
-    diversity within 0.4-1.5x (no mode collapse, not noise). An unconditioned or collapsed
-    generator scores near 0 on the first two; a noise generator fails the last two.
+    validation songs. The notebook run itself (make validate, commit 0e4a8fd, 2 threads;
+    demo preset: 600 steps of 256-frame crops at batch 8) measured label fidelity 1.12x
+    (valence) / 1.02x (arousal), train-synthetic-test-real 0.79x / 0.93x, Frechet 1.43x,
+    diversity 0.83x. tools/gan_experiment.py runs of the same settings on four generator x
+    seed data sets (one thread; see emovit/gan.py) gave, on the 14 validation songs, TSTR
+    arousal 0.64x-0.96x, and on 150 held-out songs fidelity 0.66x-0.93x / 0.80x-1.02x and TSTR
+    arousal 0.61x-0.91x. Thread count changes the trajectory, and 14 validation songs make
+    every CCC noisy (TSTR valence ranged 0.32x-0.98x), so the thresholds leave margin and TSTR
+    valence is not asserted. Asserted: fidelity above half the reference for valence and 0.7x
+    for arousal; TSTR arousal above 0.4x; Frechet below 2.5x; diversity within 0.4-1.5x (no
+    mode collapse, not noise). An unconditioned or collapsed generator scores near 0 on the
+    first three; a noise generator fails the last two.
     """
     outputs, _ = demo_run
     q = json.loads((outputs / "gan_quality.json").read_text())
     arousal, valence = q["label_fidelity_arousal"], q["label_fidelity_valence"]
     assert arousal["value"] > 0.7 * arousal["reference"], arousal
     assert valence["value"] > 0.5 * valence["reference"], valence
+    tstr = q["train_synthetic_test_real_arousal"]
+    assert tstr["value"] > 0.4 * tstr["reference"], tstr
     assert q["frechet_distance"]["value"] < 2.5 * q["frechet_distance"]["reference"], q["frechet_distance"]
     assert 0.4 < q["diversity"]["value"] / q["diversity"]["reference"] < 1.5, q["diversity"]
 
