@@ -60,7 +60,7 @@ class Config:
     gan_batch_size: int = 32  # random song crops per step
     gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
     gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)
-    gan_ema_decay: float = 0.999  # EMA of the generator's weights, used for sampling
+    gan_ema_decay: float = 0.999  # cap of the sampling EMA's decay, which ramps as (1+step)/(10+step) (gan_train)
     gan_eval_every: int = 250  # steps between fidelity / Frechet checks on validation songs (best kept)
     gan_lr_g: float = 5e-4  # generator Adam learning rate, betas (0.0, 0.99)
     gan_lr_d: float = 5e-4  # discriminator Adam learning rate, betas (0.0, 0.99)
@@ -169,7 +169,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 16 x 128, and D hears whole bars (held chords, note changes); see emovit/gan.py
         "gan_batch_size": 8,
         "gan_crop_frames": 256,
-        "gan_ema_decay": 0.99,
         "gan_eval_every": 100,  # ~1 CPU s per check; every 50 took 12 of the stage's 102 s
         "gan_lr_g": 1e-3,
         "gan_lr_d": 1e-3,

@@ -13,7 +13,9 @@ Training (one step = one discriminator update + one generator update):
   would never be used: issue 11);
 * mixed precision per :func:`emovit.runtime.amp_dtype` (fp16 + GradScaler before Ampere,
   bf16 on Ampere+, off on the CPU); the discriminator's pooled features stay float32;
-* an exponential moving average of the generator's weights (``gan_ema_decay``) is what samples;
+* an exponential moving average of the generator's weights is what samples; its decay ramps
+  up with the step and is capped by ``gan_ema_decay`` (:func:`ema_decay`: in both presets the
+  ramp, not the cap, decides);
 * a non-finite loss skips that step and is counted; more than ``cfg.max_skipped_steps``
   skipped steps restore the last good (last evaluated) weights and stop training;
 * every ``gan_eval_every`` steps the EMA generator draws samples for the VALIDATION songs'
@@ -260,6 +262,18 @@ def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, a
     return loss
 
 
+def ema_decay(step: int, cap: float) -> float:
+    """The EMA decay at ``step`` (1-based): the warm-up (1 + step) / (10 + step), capped at ``cap``.
+
+    The warm-up averages over ~step / 9 recent steps (StyleGAN2-ADA's EMA ramp-up is of this
+    kind: a half-life of 5% of training so far), so early weights do not linger; it reaches a
+    cap of 0.99 at step 890 and 0.999 at step 8990. Both presets train for fewer steps (600,
+    2000), so there the warm-up, not ``gan_ema_decay``, sets the decay (0.985 at step 600,
+    0.9955 at step 2000): a smaller cap acts, a larger one changes nothing.
+    """
+    return min(cap, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -346,7 +360,7 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
                 scaler_g.scale(g_loss).backward()
                 scaler_g.step(opt_g)
                 scaler_g.update()
-                update_ema(ema, gen, min(cfg.gan_ema_decay, (1 + step) / (10 + step)))
+                update_ema(ema, gen, ema_decay(step, cfg.gan_ema_decay))
                 sums += [float(d_loss.detach()), float(g_loss.detach()), float(d_real.detach().mean()), float(d_fake.detach().mean())]
                 count += 1
         if skipped > cfg.max_skipped_steps:

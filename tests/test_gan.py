@@ -480,3 +480,18 @@ def test_kaggle_gan_projection_fits_the_t4_budget():
     p = bench.bench_gan_projection(quick=True)
     assert p["gflop_per_step"] > 0 and p["gan_steps"] == make_config("kaggle").gan_steps
     assert p["t4_minutes_at_mfu_25"] <= p["budget_minutes"], p
+
+
+def test_ema_decay_ramps_then_caps_and_the_presets_never_reach_their_cap():
+    """The EMA decay is the warm-up (1 + step) / (10 + step) until it meets gan_ema_decay. In both
+    presets the warm-up decides to the last step, which the config comment says (a cap that
+    binds would be a silent change of behaviour)."""
+    from emovit.config import make_config
+
+    assert gan_train.ema_decay(1, 0.999) == pytest.approx(2 / 11)
+    assert gan_train.ema_decay(600, 0.999) == pytest.approx(601 / 610)
+    assert gan_train.ema_decay(600, 0.9) == 0.9  # a smaller cap acts
+    assert gan_train.ema_decay(8990, 0.999) == pytest.approx(0.999) and gan_train.ema_decay(10**5, 0.999) == 0.999
+    for preset in ("kaggle", "demo"):
+        cfg = make_config(preset)
+        assert gan_train.ema_decay(cfg.gan_steps, cfg.gan_ema_decay) < cfg.gan_ema_decay, preset
