@@ -181,7 +181,9 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 # - the **generator is convolutional along time** (a learned per-band constant and the
 #   song-level noise extended in time, plus a local noise sequence), so it trains on
 #   **random crops** of the songs (`gan_crop_frames`: many windows per song, cheaper steps)
-#   and still generates the full window;
+#   and still generates the full window; a crop of 256 frames (~6 s) holds a whole bar, so
+#   the discriminator sees held chords and bass notes and where they change (with 128-frame
+#   crops the samples lacked them);
 # - the **discriminator** is at least as large as the generator, spectrally normalised,
 #   pools over time only (bands keep their pitch), and is conditioned by a **projection**
 #   term it cannot ignore; it also reads each band's **mean and spread over time**
