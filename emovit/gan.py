@@ -96,8 +96,9 @@ Design (issue 12) and why:
   (from 3.81x / 4.63x), but TSTR arousal 0.63x / 0.72x and fidelity valence 0.95x / 0.57x, at
   1.55x the seconds; the demo keeps 8 for its CPU budget (the kaggle preset uses 32). The
   demo preset now checks every 100 steps, not 50: a check costs ~1 CPU second (standing
-  statistics and 28 full-length samples, 2 threads) and does not change the training trajectory (step 100's
-  fidelity and Frechet distance were identical with checks every 10 and every 100 steps).
+  statistics and 28 full-length samples, 2 threads) and does not change the training
+  trajectory (step 100's fidelity and Frechet distance were identical with checks every 10
+  and every 100 steps).
   Tried in this iteration and rejected (demo 42 / band 42, held-out ratios vs v3): crops of
   256 at batch 16 (twice the seconds): Frechet 1.85 / 2.89 but TSTR valence 0.11 / 0.34;
   G matching the real batch's mean and spread of the standardized band statistics (weight 1):

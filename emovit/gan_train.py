@@ -434,7 +434,8 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     """Rebuild a GAN from its two checkpoints (``torch.load(weights_only=True)``).
 
     Raises StaleCheckpoint for files of another version / architecture or with architecture
-    settings this code does not know (checked before any state dict is loaded), RuntimeError naming the file for unreadable ones.
+    settings this code does not know (checked before any state dict is loaded), RuntimeError
+    naming the file for unreadable ones.
     """
     g_ckpt = load_checkpoint(g_path)
     d_ckpt = load_checkpoint(d_path)
