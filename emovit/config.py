@@ -13,18 +13,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-# The default ablation arms: each is the main model with these overrides, trained with the same
-# split, seed, test songs and optimizer steps. "vit_real_only" answers the notebook's question (does
-# the GAN add anything on top of the standard augmentations?); it costs one more ViT training, which
-# the Run All budget allows (benchmarks/RESULTS.md). OPTIONAL_ARMS are ready to add, e.g.
-# OVERRIDES = {"arms": {**DEFAULT_ARMS, **OPTIONAL_ARMS}}; the demo preset runs them all.
-DEFAULT_ARMS: dict[str, dict[str, Any]] = {
-    "vit_real_only": {"use_synthetic": False},
-}
+# Ablation arms: each is the synthetic-trained model with these overrides, trained with the same
+# split, seed, test songs and optimizer steps. The real-only model is not an arm: every run trains
+# it as the reference and the judge of the synthetic set (emovit.choice). OPTIONAL_ARMS are ready to
+# add, e.g. OVERRIDES = {"arms": OPTIONAL_ARMS}; the demo preset runs them all.
+DEFAULT_ARMS: dict[str, dict[str, Any]] = {}
 OPTIONAL_ARMS: dict[str, dict[str, Any]] = {
     # the standard augmentations' own worth: random crops, SpecAugment and test-time averaging off (GAN on)
     "vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1},
 }
+RESERVED_MODEL_NAMES = ("delivered", "vit_real_only", "vit_real_plus_synthetic", "ridge_baseline")
 
 
 @dataclass
@@ -68,6 +66,9 @@ class Config:
     gan_channels: int = 32  # width of the outermost G/D blocks (inner blocks up to 8x)
     gan_d_band_stats: bool = True  # D also sees each band's mean / std over time (song-level dynamics; issue 12)
     gan_mode_seeking: float = 0.0  # weight of the mode-seeking term on same-label pairs' band statistics (0 = off)
+    gan_margin: int = 0  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
+    gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
+    gan_aux_weight: float = 0.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
@@ -108,6 +109,11 @@ class Config:
     time_mask_max_fraction: float = 0.1  # SpecAugment: widest time mask as a share of the window's frames
     mixup_alpha: float = 0.0  # mixup of spectrograms and labels, lambda ~ Beta(alpha, alpha) per batch (0 = off)
     synthetic_weight: float = 0.5  # loss weight of a synthetic sample (a real one has 1.0)
+    synthetic_epochs: int = 0  # epochs whose steps also draw synthetic samples (0 = all); later epochs: real songs only
+    synthetic_dims: str = "auto"  # synthetic labels the loss uses: "auto" (the judge decides), "both", "valence", "arousal", "none"
+    synthetic_gate_ratio: float = 0.5  # auto: a dimension passes when the judge's CCC on synthetic samples >= this x on real val songs
+    deliver: str = "auto"  # delivered model: "auto" (per dimension, the one validation prefers), "synthetic", "real_only"
+    deliver_confidence: float = 0.8  # auto: synthetic-trained wins a dimension on >= this share of paired val resamples
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
@@ -122,6 +128,18 @@ class Config:
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song
     demo_style: str = "demo"  # demo generator: "demo" (mono wavetable songs) or "band" (stereo drums, pads, bass)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would only fail (or silently do something else) hours later."""
+        choices = {"synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
+                   "deliver": ("auto", "synthetic", "real_only")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        reserved = sorted(set(self.arms) & set(RESERVED_MODEL_NAMES))
+        if reserved:
+            raise ValueError(f"arms {reserved} name models every run trains or reports itself; "
+                             f"choose other names (reserved: {RESERVED_MODEL_NAMES})")
 
     @property
     def cache_path(self) -> str:

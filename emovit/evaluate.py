@@ -82,6 +82,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
 
 
 MODEL_LABELS = {
+    "delivered": "ViT delivered (per-dimension validation choice)",
     "vit_real_plus_synthetic": "ViT, real + GAN + augmentations",
     "vit_real_only": "ViT, real only (no GAN)",
     "vit_no_augment": "ViT, real + GAN, no crops / SpecAugment / averaging",

@@ -1,11 +1,12 @@
 """Model variants trained on the training songs and scored once on the same test songs.
 
-The main model (ViT on real + synthetic, with the standard augmentations), its ablation arms
-(the same ViT, split, seed and settings with a few overrides, e.g. without synthetic samples)
-and the ridge baseline all come out as an :class:`Outcome`, so they are compared on exactly
-the same test songs. Every ViT arm takes the main model's number of optimizer steps per epoch
-(and so, with the same epochs and early stopping, the same training budget): "the GAN helps"
-is then not confounded with "more training".
+The real-only reference (also the judge of :mod:`emovit.choice`), the synthetic-trained main
+model, its ablation arms (the same ViT, split, seed and settings with a few overrides) and the
+ridge baseline all come out as an :class:`Outcome`, so they are compared on exactly the same
+test songs. Every ViT of a run takes the same number of optimizer steps per epoch -- one pass
+over the real training songs plus the whole synthetic set -- and so, with the same epochs and
+early stopping, the same training budget: "the GAN helps" is then not confounded with "more
+training", and the reference can train before the gate decides what the main model uses.
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ import numpy as np
 import pandas as pd
 
 from emovit.config import Config, replace
-from emovit.evaluate import prediction_frame, score
+from emovit.evaluate import compare, prediction_frame, score
 from emovit.probe import fit_probe, song_features
 from emovit.split import ids_of
 from emovit.vit import DevicePreprocessor, build_model
-from emovit.vit_train import TrainResult, data_key, load_best, make_datasets, predict_dataset, run_key, train_vit
+from emovit.vit_train import (
+    TrainResult,
+    data_key,
+    load_best,
+    make_datasets,
+    predict_dataset,
+    run_key,
+    train_vit,
+    uses_synthetic,
+)
 
 
 @dataclass
@@ -35,6 +45,8 @@ class Outcome:
     best_path: str | None = None
     n_train: int = 0  # training examples (real + synthetic)
     overrides: dict | None = None  # Config overrides of an arm (None for the main model)
+    description: str = ""  # what the model is when it was not trained itself (the delivered model)
+    val_predictions: pd.DataFrame | None = None  # the kept checkpoint on the validation songs (the choice reads these)
 
 
 def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, pretrained, device: str,
@@ -45,7 +57,7 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
     training set). The best checkpoint is reloaded only if it carries this run's key.
     """
     start = time.perf_counter()
-    synthetic = synthetic if cfg.use_synthetic else None
+    synthetic = synthetic if uses_synthetic(cfg, synthetic) else None
     model = build_model(cfg, pretrained)
     pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
     train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)
@@ -54,29 +66,55 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
     run = train_vit(model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path,
                     steps_per_epoch=steps_per_epoch)
     model.load_state_dict(load_best(best_path, key)["state_dict"])
-    pred, true = predict_dataset(model, pre, test_ds, cfg, device)
-    predictions = prediction_frame(test_ds.song_ids, song_labels(store, test_ds.song_ids, check=true), pred)
+    frames = {}
+    for ds in (val_ds, test_ds):
+        pred, true = predict_dataset(model, pre, ds, cfg, device)
+        frames[id(ds)] = prediction_frame(ds.song_ids, song_labels(store, ds.song_ids, check=true), pred)
+    predictions = frames[id(test_ds)]
     return Outcome(name, predictions, score(predictions, cfg.n_bootstrap, cfg.seed), time.perf_counter() - start,
-                   run, best_path, len(train_ds))
+                   run, best_path, len(train_ds), val_predictions=frames[id(val_ds)])
 
 
-def run_arms(main: Outcome, cfg: Config, store, split, synthetic, standardizer, pretrained, device: str) -> dict:
-    """Train and score every arm of ``cfg.arms`` ({name: Config overrides}) like the main model.
+def run_steps_per_epoch(store, split, synthetic, cfg: Config) -> int:
+    """Optimizer steps per epoch of every ViT of the run: one pass over the real training songs
+    plus, when synthetic data is on, the whole synthetic set -- fixed before the gate decides."""
+    n = len(ids_of(split, "train")) + (len(synthetic.labels) if cfg.use_synthetic and synthetic is not None else 0)
+    return max(1, -(-n // cfg.vit_batch_size))
 
-    Each arm uses the same split, seed, test songs and optimizer steps per epoch as ``main``;
-    its checkpoints live in ``<cache>/<name>/``. Returns {name: Outcome}.
+
+@dataclass
+class Trainer:
+    """Trains and scores the run's ViTs on shared inputs: the feature store, split, synthetic set,
+    train-only standardizer, pretrained weights, device, and the run's steps per epoch.
+
+    ``fit(name, **overrides)`` trains (or resumes, or reloads) the model ``cfg`` + ``overrides``
+    with its checkpoints in ``<cache>/<name>/`` and scores it on the test songs.
     """
-    outcomes = {}
-    for name, overrides in cfg.arms.items():
-        arm_cfg = replace(cfg, **overrides)
-        folder = os.path.join(cfg.cache_path, name)
-        outcome = fit_and_test(name, arm_cfg, store, split, synthetic, standardizer, pretrained, device,
-                               best_path=os.path.join(folder, "best_vit_model.pth"),
-                               last_path=os.path.join(folder, "last_vit_model.pth"),
-                               steps_per_epoch=main.run.steps_per_epoch)
+
+    cfg: Config
+    store: object
+    split: pd.DataFrame
+    synthetic: object
+    standardizer: object
+    pretrained: object
+    device: str
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return run_steps_per_epoch(self.store, self.split, self.synthetic, self.cfg)
+
+    def paths(self, name: str) -> tuple[str, str]:
+        """(best checkpoint, resume state) of model ``name``."""
+        folder = os.path.join(self.cfg.cache_path, name)
+        return os.path.join(folder, "best_vit_model.pth"), os.path.join(folder, "last_vit_model.pth")
+
+    def fit(self, name: str, **overrides) -> Outcome:
+        best_path, last_path = self.paths(name)
+        outcome = fit_and_test(name, replace(self.cfg, **overrides), self.store, self.split, self.synthetic,
+                               self.standardizer, self.pretrained, self.device, best_path=best_path,
+                               last_path=last_path, steps_per_epoch=self.steps_per_epoch)
         outcome.overrides = dict(overrides)
-        outcomes[name] = outcome
-    return outcomes
+        return outcome
 
 
 def song_labels(store, song_ids, check=None) -> np.ndarray:
@@ -104,11 +142,25 @@ def ridge_baseline(cfg: Config, store, split) -> Outcome:
                    time.perf_counter() - start, n_train=len(train_ids))
 
 
+def paired_differences(outcomes: dict[str, Outcome], n_boot: int, seed: int) -> dict:
+    """Paired differences on the same test songs: the delivered model (the first outcome) minus every
+    other model, and the GAN's own effect, synthetic-trained minus real-only, when both exist.
+
+    Returns {"<a> - <b>": :func:`emovit.evaluate.compare` output}.
+    """
+    names = list(outcomes)
+    first = names[0]
+    pairs = [(first, k) for k in names[1:]]
+    if {"vit_real_plus_synthetic", "vit_real_only"} <= set(names) and first != "vit_real_plus_synthetic":
+        pairs.append(("vit_real_plus_synthetic", "vit_real_only"))
+    return {f"{a} - {b}": compare(outcomes[a].predictions, outcomes[b].predictions, n_boot, seed) for a, b in pairs}
+
+
 def arm_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     """What each model was: overrides, training examples, optimizer steps, best epoch, seconds."""
     rows = []
     for name, o in outcomes.items():
-        rows.append({"model": name, "overrides": "" if not o.overrides else str(o.overrides),
+        rows.append({"model": name, "overrides": o.description or ("" if not o.overrides else str(o.overrides)),
                      "training examples": o.n_train,
                      "optimizer steps": o.run.optimizer_steps if o.run else None,
                      "steps per epoch": o.run.steps_per_epoch if o.run else None,

@@ -193,6 +193,8 @@ class GanArch:
     out_low: float = -4.0  # output range (standardized units): the training data's min ...
     out_high: float = 4.0  # ... and max, reached through a tanh
     d_band_stats: bool = False  # D also sees each band's mean and std over time (song-level dynamics)
+    margin: int = 0  # starting-grid columns generated on each side of the output and dropped (no edge artifact)
+    band_condition: bool = False  # G adds a label- and z-dependent level per mel band to its output
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -203,7 +205,8 @@ class GanArch:
         return self.n_mels // 2**UPSAMPLINGS
 
     def columns0(self, frames: int | None = None) -> int:
-        return math.ceil((frames or self.frames) / 2**UPSAMPLINGS)
+        """Starting-grid columns G computes for ``frames`` output frames, margins included."""
+        return math.ceil((frames or self.frames) / 2**UPSAMPLINGS) + 2 * self.margin
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -260,6 +263,10 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], cond_dim) for i in range(UPSAMPLINGS))
         self.out_bn = nn.BatchNorm2d(widths[-1])
         self.out = nn.Conv2d(widths[-1], 1, 3, padding=1)
+        if arch.band_condition:  # (label embedding, z) -> a level per mel band, before the tanh
+            self.band_level = nn.Linear(cond_dim, arch.n_mels)
+            nn.init.zeros_(self.band_level.weight)
+            nn.init.zeros_(self.band_level.bias)
 
     def noise_shape(self, batch: int, frames: int | None = None) -> tuple[int, int, int, int]:
         return (batch, self.arch.noise_dim, self.arch.rows0, self.arch.columns0(frames))
@@ -274,9 +281,12 @@ class Generator(nn.Module):
         h = self.inp(torch.cat([base.expand(-1, -1, -1, noise.shape[3]), noise.to(base.dtype)], dim=1))
         for block in self.blocks:
             h = block(h, c)
-        x = torch.tanh(self.out(F.relu(self.out_bn(h))))
+        x = self.out(F.relu(self.out_bn(h)))
+        if self.arch.band_condition:
+            x = x + self.band_level(c)[:, None, :, None]
         mid, half = (self.arch.out_high + self.arch.out_low) / 2, (self.arch.out_high - self.arch.out_low) / 2
-        return (mid + half * x)[..., :frames]
+        start = self.arch.margin * 2**UPSAMPLINGS  # the margins' frames are dropped with their zero-padded edges
+        return (mid + half * torch.tanh(x))[..., start:start + frames]
 
 
 class DBlock(nn.Module):
@@ -359,6 +369,34 @@ class Discriminator(nn.Module):
 def band_moments(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, n_mels, W) -> (B, 2 * n_mels): each band's mean, then its std over time."""
     return torch.cat([x.mean(dim=3), x.std(dim=3)], dim=2).flatten(1)
+
+
+class BandProbe(nn.Module):
+    """A frozen linear regressor on band statistics: standardized log-mel (B, 1, n_mels, W) -> (B, 2).
+
+    The ridge probe of :mod:`emovit.probe` (per-band mean and population std over time of the
+    log-mel in dB, scaled, then linear), rewritten in torch so that a generator can learn from
+    its gradient. ``from_probe`` copies a fitted scikit-learn pipeline; ``db_mean`` and ``db_std``
+    undo the training-song standardization first.
+    """
+
+    def __init__(self, shift, scale, coef, intercept, db_mean: float, db_std: float):
+        super().__init__()
+        for name, value in (("shift", shift), ("scale", scale), ("coef", coef), ("intercept", intercept)):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
+        self.db_mean, self.db_std = float(db_mean), float(db_std)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_probe(cls, probe, db_mean: float, db_std: float) -> BandProbe:
+        scaler, ridge = probe[0], probe[-1]
+        return cls(scaler.mean_, scaler.scale_, ridge.coef_, ridge.intercept_, db_mean, db_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        db = x.float() * self.db_std + self.db_mean
+        moments = torch.cat([db.mean(dim=3), db.std(dim=3, unbiased=False)], dim=2).flatten(1)
+        return ((moments - self.shift) / self.scale) @ self.coef.T + self.intercept
 
 
 def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:

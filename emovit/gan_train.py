@@ -53,7 +53,8 @@ from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 
 GAN_FIELDS = ("gan_steps", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels",
-              "gan_crop_frames", "gan_diffaugment", "gan_d_band_stats", "gan_mode_seeking", "gan_ema_decay", "gan_eval_every", "mixed_precision", "seed")
+              "gan_crop_frames", "gan_diffaugment", "gan_d_band_stats", "gan_mode_seeking", "gan_ema_decay",
+              "gan_eval_every", "gan_margin", "gan_band_condition", "gan_aux_weight", "mixed_precision", "seed")
 CHECKPOINT_VERSION = 2  # 1: dense-layer generator with epochs (issue 12 made it stale)
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
@@ -78,6 +79,14 @@ class GanResult:
     weights_digest: str = ""  # sha256 of the generator's state (names the synthetic cache)
     train_generator: G.Generator | None = None  # the training (non-EMA) generator at best_step
     batch_size: int = 0  # crops per step it was trained with
+
+
+def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0,
+                     out_high: float = 4.0) -> G.GanArch:
+    """The GAN architecture of ``cfg`` (output range: the standardized training data's min and max)."""
+    return G.GanArch(n_mels=n_mels or cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim,
+                     channels=cfg.gan_channels, out_low=out_low, out_high=out_high, d_band_stats=cfg.gan_d_band_stats,
+                     margin=cfg.gan_margin, band_condition=cfg.gan_band_condition)
 
 
 def gan_key(cfg: Config, arch: G.GanArch, feature_path: str, song_ids, labels: np.ndarray,
@@ -121,9 +130,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32)
     x = torch.from_numpy(np.ascontiguousarray(store.song_mels(song_ids)))  # (N, n_mels, T_store) float16 dB
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
-    arch = G.GanArch(n_mels=x.shape[2], frames=cfg.num_frames, z_dim=cfg.gan_z_dim, channels=cfg.gan_channels,
-                     out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3),
-                     d_band_stats=cfg.gan_d_band_stats)
+    arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3),
+                            out_high=round(float(x.max()), 3))
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
     g_path = os.path.join(cfg.output_dir, "generator.pth")
     d_path = os.path.join(cfg.output_dir, "discriminator.pth")
@@ -153,9 +161,16 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     crop = _crop_length(cfg, x.shape[3])
     norm_rng = torch.Generator().manual_seed(cfg.seed + 2)
     norm_idx = torch.randint(0, len(x), (min(4 * len(x), 512),), generator=norm_rng)  # <= 512 crops: bounded memory
-    disc.set_band_normalization(random_crops(x, norm_idx, frames, crop, norm_rng))
+    norm_crops = random_crops(x, norm_idx, frames, crop, norm_rng)
+    disc.set_band_normalization(norm_crops)
+    aux = None
+    if cfg.gan_aux_weight > 0:  # a frozen ridge probe of the same real training crops
+        from emovit.probe import band_stats, fit_probe
+
+        probe = fit_probe(band_stats(standardizer.inverse(norm_crops[:, 0]).numpy()), labels[norm_idx.numpy()])
+        aux = G.BandProbe.from_probe(probe, standardizer.mean, standardizer.std).to(device)
     result = GanResult(gen, disc, arch, standardizer, labels, key)
-    _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device)
+    _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device, aux=aux)
     result.seconds = time.perf_counter() - start
     result.weights_digest = weights_digest(result.generator)
     save_gan(result, cfg, g_path, d_path)
@@ -240,7 +255,7 @@ def discriminator_step(gen, disc, real, labels, cfg: Config, autocast, aug_rng) 
 
 
 def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, aug_rng,
-                        real: torch.Tensor | None = None) -> torch.Tensor:
+                        real: torch.Tensor | None = None, aux: G.BandProbe | None = None) -> torch.Tensor:
     """Hinge G loss; with ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with
     different z, and the term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) -
     band stats(fake_b)| / |z_a - z_b| up to the same ratio measured between real crops of two
@@ -253,6 +268,8 @@ def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, a
     with autocast():
         fake = gen(z, labels, frames=frames)
         loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
+    if aux is not None:  # the labels as a regressor trained on real crops reads them from the fakes
+        loss = loss + cfg.gan_aux_weight * F.mse_loss(aux(fake), labels.float())
     if seek:
         s_fake, s_real = G.band_moments(fake.float()), G.band_moments(real.float())
         dz = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
@@ -315,8 +332,10 @@ def _crop_length(cfg: Config, stored_frames: int) -> int:
     return crop - (crop % 2**G.UPSAMPLINGS if crop >= 2**G.UPSAMPLINGS else 0)
 
 
-def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None, cfg: Config, device: str) -> None:
-    """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place."""
+def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None, cfg: Config, device: str,
+           aux: G.BandProbe | None = None) -> None:
+    """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place. ``aux``: a
+    frozen regressor whose squared error on the fakes' labels joins G's loss (``gan_aux_weight``)."""
     gen, disc = result.generator, result.discriminator
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
@@ -352,7 +371,7 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
             scaler_d.scale(d_loss).backward()
             scaler_d.step(opt_d)
             scaler_d.update()
-            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng, real=real)
+            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng, real=real, aux=aux)
             if not torch.isfinite(g_loss):
                 skipped += 1
             else:

@@ -144,15 +144,15 @@ def label_distributions(real: np.ndarray, synthetic: np.ndarray, output_dir: str
 
 
 def vit_training_curves(history: list[dict], output_dir: str, best_epoch: int | None = None,
-                        name: str = "vit_training_curves.png"):
-    """Train loss, validation loss and validation CCC per epoch."""
+                        name: str = "vit_training_curves.png", title: str = "ViT, real + synthetic"):
+    """Train loss, validation loss and validation CCC per epoch of one model (``title``)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     epochs = [h["epoch"] for h in history]
     ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation (real songs)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
-    ax1.set_title("ViT loss")
+    ax1.set_title(f"{title}: loss")
     ax1.legend()
     for key, label in (("val_ccc_valence", "valence"), ("val_ccc_arousal", "arousal"), ("val_ccc_mean", "mean")):
         ax2.plot(epochs, [h[key] for h in history], marker="o", label=label)
@@ -160,7 +160,7 @@ def vit_training_curves(history: list[dict], output_dir: str, best_epoch: int | 
         ax2.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch}")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("CCC")
-    ax2.set_title("Validation CCC (real songs)")
+    ax2.set_title(f"{title}: validation CCC (real songs)")
     ax2.legend()
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig

@@ -75,7 +75,7 @@ from emovit.deam import to_rating_scale
 from emovit.features import MelParams, load_window, log_mel
 from emovit.io import LOG, atomic_write_csv, load_checkpoint
 from emovit.runtime import amp_dtype
-from emovit.vit import DevicePreprocessor, model_from_config_dict
+from emovit.vit import DevicePreprocessor, regressor_from_checkpoint
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wma", ".aif",
                     ".aiff", ".aifc", ".au", ".caf", ".w64")
@@ -169,8 +169,7 @@ class Predictor:
         self.checkpoint = checkpoint
         self.params = MelParams(**state["mel_params"])
         self.pad_params = dataclasses.replace(self.params, clip_offset=0.0)  # whole files start at 0 s
-        self.model = model_from_config_dict(state["vit_config"])
-        self.model.load_state_dict(state["state_dict"])
+        self.model = regressor_from_checkpoint(state)
         self.pre = DevicePreprocessor.from_dict(state["preprocess"])
         self.device = device
         self.model.to(device).eval()

@@ -219,6 +219,38 @@ def model_from_config_dict(vit_config: dict, dropout: float = 0.0) -> ViTRegress
     return ViTRegressor(ViTModel(ViTConfig.from_dict(vit_config), add_pooling_layer=False), dropout)
 
 
+class RoutedRegressor(nn.Module):
+    """Each output dimension read from one of several regressors: images (B, 3, H, W) -> (B, 2).
+
+    ``sources[d]`` is the index of the member that predicts dimension d (0 valence, 1 arousal):
+    the delivered model takes each dimension from the model the validation songs preferred.
+    A member no dimension names is never run.
+    """
+
+    def __init__(self, members: list[nn.Module], sources: tuple[int, int]):
+        super().__init__()
+        if len(sources) != 2 or not all(0 <= s < len(members) for s in sources):
+            raise ValueError(f"sources must name a member per dimension, got {sources} for {len(members)} members")
+        self.members = nn.ModuleList(members)
+        self.sources = tuple(int(s) for s in sources)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        outs = {i: self.members[i](pixels) for i in sorted(set(self.sources))}
+        return torch.stack([outs[s][:, d] for d, s in enumerate(self.sources)], dim=1)
+
+
+def regressor_from_checkpoint(state: dict) -> nn.Module:
+    """The trained model of a ``best_vit_model.pth`` state: a :class:`ViTRegressor`, or for a
+    delivered checkpoint (``sources`` present) a :class:`RoutedRegressor` of its members."""
+    if "sources" in state:
+        model = RoutedRegressor([model_from_config_dict(state["vit_config"]) for _ in state["members"]],
+                                state["sources"])
+    else:
+        model = model_from_config_dict(state["vit_config"])
+    model.load_state_dict(state["state_dict"])
+    return model
+
+
 class SpecAugment(nn.Module):
     """Frequency and time masks (Park et al. 2019) on standardized log-mels, training mode only.
 

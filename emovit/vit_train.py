@@ -49,7 +49,13 @@ LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "max_songs", "num_workers",
                        "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
                        "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
-                       "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds")
+                       "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds",
+                       "synthetic_gate_ratio", "deliver", "deliver_confidence")
+# Fields that only shape the synthetic set and how it is used: left out of the run key of a model
+# trained without synthetic data (a GAN tweak must not retrain the real-only reference). The
+# synthetic set's size still reaches that key through the run's steps per epoch.
+SYNTHETIC_FIELDS = ("num_synthetic", "synthetic_label_jitter", "synthetic_weight", "synthetic_epochs",
+                    "synthetic_dims")
 CHECKPOINT_FORMAT = 2  # best_vit_model.pth: 2 = run key, image height/width, test crops
 
 
@@ -64,9 +70,13 @@ class Part:
     path: str
     rows: np.ndarray
     labels: np.ndarray  # (n, 2) float32
-    weight: float
+    weight: float | tuple  # loss weight of every item: one number, or (valence, arousal) per dimension
     frames: np.ndarray
     song_ids: list[int] | None = None
+
+    def weights(self) -> np.ndarray:
+        """(2,) float32 loss weights (valence, arousal) of this part's items."""
+        return np.broadcast_to(np.asarray(self.weight, np.float32), (2,)).copy()
 
 
 class MelDataset(Dataset):
@@ -77,7 +87,7 @@ class MelDataset(Dataset):
         seeded by (seed, e, i) -> mel (n_mels, window) float16;
       * "centre": the centre window -> (n_mels, window);
       * "crops": ``crops`` evenly spaced windows -> (crops, n_mels, window).
-    Items are (mel, label (2,) float32, weight () float32). Files are memory-mapped on first use
+    Items are (mel, label (2,) float32, weight (2,) float32 per dimension). Files are memory-mapped on first use
     in each process, so loader workers share pages instead of copying arrays.
     """
 
@@ -96,6 +106,16 @@ class MelDataset(Dataset):
     def song_ids(self) -> list[int]:
         """Ids of the real songs, in item order (synthetic parts contribute none)."""
         return [int(s) for p in self.parts if p.song_ids is not None for s in p.song_ids]
+
+    @property
+    def n_real(self) -> int:
+        """Items of the leading real parts (real songs come first, synthetic samples after)."""
+        n = 0
+        for p in self.parts:
+            if p.song_ids is None:
+                break
+            n += len(p.rows)
+        return n
 
     @property
     def files(self) -> list[str]:
@@ -123,7 +143,7 @@ class MelDataset(Dataset):
         if windows.shape[2] < self.window:  # a store narrower than one window (never from extract_features)
             raise ValueError(f"{part.path} row {part.rows[j]} has {windows.shape[2]} frames < window {self.window}")
         mel = torch.from_numpy(windows if self.mode == "crops" else windows[0])
-        return mel, torch.tensor(part.labels[j]), torch.tensor(part.weight)
+        return mel, torch.tensor(part.labels[j]), torch.from_numpy(part.weights())
 
     def __getstate__(self):  # never pickle open memmaps into workers
         state = self.__dict__.copy()
@@ -135,7 +155,8 @@ class EpochSampler(Sampler):
     """Indices of one epoch: ``num_samples`` items from permutations of range(n) laid end to end.
 
     Seeded by (seed, epoch). With num_samples == n this is one shuffled pass; with more, a
-    smaller data set is cycled through, reshuffled on every pass (step-matched arms).
+    smaller data set is cycled through, reshuffled on every pass (step-matched arms). With n
+    smaller than the data set, only its first n items (the real songs) are drawn.
     """
 
     def __init__(self, n: int, num_samples: int, seed: int, epoch: int):
@@ -157,23 +178,46 @@ def real_part(store, song_ids, weight: float = 1.0) -> Part:
                 songs["frames"].to_numpy(), [int(s) for s in song_ids])
 
 
+# Which dimensions' synthetic labels a training run's loss uses -> (valence, arousal) mask on
+# synthetic rows. Real rows always use both. "auto" is resolved by the judge (emovit.choice) first.
+SYNTHETIC_DIMS = {"both": (1.0, 1.0), "valence": (1.0, 0.0), "arousal": (0.0, 1.0), "none": (0.0, 0.0)}
+
+
+def synthetic_mask(dims: str) -> tuple[float, float]:
+    """(valence, arousal) loss mask of synthetic rows for ``Config.synthetic_dims``."""
+    if dims == "auto":
+        raise ValueError("synthetic_dims='auto' must be resolved by the judge (emovit.choice.judge_synthetic) "
+                         "before a training set is built")
+    if dims not in SYNTHETIC_DIMS:
+        raise ValueError(f"synthetic_dims must be 'auto' or one of {sorted(SYNTHETIC_DIMS)}, got {dims!r}")
+    return SYNTHETIC_DIMS[dims]
+
+
+def uses_synthetic(cfg: Config, synthetic) -> bool:
+    """Whether a run with ``cfg`` trains on synthetic rows at all (on, a set, a dimension not gated off)."""
+    return bool(cfg.use_synthetic and synthetic is not None and any(synthetic_mask(cfg.synthetic_dims)))
+
+
 def make_datasets(store, split, synthetic, cfg: Config, train_ids=None) -> tuple[MelDataset, MelDataset, MelDataset]:
     """(train, val, test). Train = real training songs (+ synthetic); val and test: real only.
 
     Train items are random windows (``random_crop``) or centre windows; val and test items are
-    ``test_crops`` evenly spaced windows each (averaged by :func:`predict_dataset`).
+    ``test_crops`` evenly spaced windows each (averaged by :func:`predict_dataset`). Synthetic
+    rows carry the loss weight ``synthetic_weight`` times the ``synthetic_dims`` mask, so a
+    gated dimension gets no gradient from them; real rows weigh 1 on both dimensions.
     """
     train_ids = ids_of(split, "train") if train_ids is None else sorted(int(s) for s in train_ids)
     assert_only_train(train_ids, split, stage="ViT")
     window = store.params.num_frames
     parts = [real_part(store, train_ids)]
-    if cfg.use_synthetic and synthetic is not None:
+    if uses_synthetic(cfg, synthetic):
         n = len(synthetic.labels)
         if synthetic.mels.shape[2] < window:
             raise ValueError(f"synthetic spectrograms have {synthetic.mels.shape[2]} frames, fewer than the "
                              f"model's window of {window}")
+        weight = tuple(cfg.synthetic_weight * m for m in synthetic_mask(cfg.synthetic_dims))
         parts.append(Part(synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32),
-                          cfg.synthetic_weight, np.full(n, synthetic.mels.shape[2])))
+                          weight, np.full(n, synthetic.mels.shape[2])))
     train = MelDataset(parts, window, "random" if cfg.random_crop else "centre", seed=cfg.seed)
     val, test = (MelDataset([real_part(store, ids_of(split, name))], window, "crops", crops=cfg.test_crops)
                  for name in ("val", "test"))
@@ -182,9 +226,17 @@ def make_datasets(store, split, synthetic, cfg: Config, train_ids=None) -> tuple
 
 # ---- loss ------------------------------------------------------------------------------
 
+def per_dimension(weight: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Loss weights as (B, 2): a (B,) weight applies to both dimensions."""
+    return weight.unsqueeze(1).expand_as(pred) if weight.ndim == 1 else weight
+
+
 def weighted_ccc(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """CCC per column (2,) with weighted population moments."""
-    w = (weight / weight.sum()).unsqueeze(1)
+    """CCC per column (2,) with weighted population moments; weight (B,) or (B, 2) per column.
+
+    A row of weight 0 in a column takes no part in that column's moments (and gets no gradient)."""
+    w = per_dimension(weight, pred)
+    w = w / w.sum(0).clamp_min(1e-12)
     mp, mt = (w * pred).sum(0), (w * target).sum(0)
     vp, vt = (w * (pred - mp) ** 2).sum(0), (w * (target - mt) ** 2).sum(0)
     cov = (w * (pred - mp) * (target - mt)).sum(0)
@@ -192,16 +244,25 @@ def weighted_ccc(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 
 
 def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """"mse", "ccc" (1 - mean CCC over valence and arousal) or "mse+ccc"."""
-    mse = ((pred - target) ** 2).mean(1).mul(weight).sum() / weight.sum()
+    """"mse", "ccc" (1 - mean CCC over valence and arousal) or "mse+ccc".
+
+    pred, target (B, 2); weight (B,) or (B, 2) per dimension. Each dimension's terms are
+    weighted means over its rows; a dimension whose weights are all 0 in this batch (every row
+    synthetic with that dimension gated off) is left out of the mean, not counted as 0.
+    """
+    if kind not in ("mse", "ccc", "mse+ccc"):
+        raise ValueError(f"vit_loss must be 'mse', 'ccc' or 'mse+ccc', got {kind!r}")
+    w = per_dimension(weight, pred)
+    present = w.sum(0) > 0  # (2,)
+    if not bool(present.any()):
+        return (pred * 0).sum()  # nothing to learn from this batch: a zero loss with a graph
+    mse = ((w * (pred - target) ** 2).sum(0) / w.sum(0).clamp_min(1e-12))[present].mean()
     if kind == "mse":
         return mse
-    one_minus_ccc = 1 - weighted_ccc(pred, target, weight).mean()
+    one_minus_ccc = 1 - weighted_ccc(pred, target, w)[present].mean()
     if kind == "ccc":
         return one_minus_ccc
-    if kind == "mse+ccc":
-        return mse + one_minus_ccc
-    raise ValueError(f"vit_loss must be 'mse', 'ccc' or 'mse+ccc', got {kind!r}")
+    return mse + one_minus_ccc
 
 
 # ---- optimizer ---------------------------------------------------------------------------
@@ -246,8 +307,14 @@ class TrainResult:
 
 
 def training_settings(cfg: Config) -> dict:
-    """Every Config field that can change what the ViT learns (all but NOT_TRAINING_FIELDS)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_TRAINING_FIELDS}
+    """Every Config field that can change what the ViT learns (all but NOT_TRAINING_FIELDS; without
+    synthetic data, also without the GAN's and the synthetic set's fields)."""
+    def counts(name: str) -> bool:
+        if name in NOT_TRAINING_FIELDS:
+            return False
+        return cfg.use_synthetic or not (name.startswith("gan_") or name in SYNTHETIC_FIELDS)
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if counts(f.name)}
 
 
 def run_key(cfg: Config, data_key: str, pretrained_location: str, steps_per_epoch: int = 0) -> str:
@@ -267,12 +334,14 @@ def data_key(store, split, synthetic) -> str:
 
 def _loader(ds, cfg: Config, device: str, epoch: int | None = None, samples: int | None = None) -> DataLoader:
     """Training loader of ``epoch`` (``samples`` items, shuffled) or, with epoch None, an
-    evaluation loader in dataset order."""
+    evaluation loader in dataset order. After ``cfg.synthetic_epochs`` epochs (when > 0) a
+    training epoch draws its items from the real songs only."""
     workers = cfg.loader_workers
     sampler = None
     if epoch is not None:
         ds.epoch = epoch  # before the workers get their copy of the dataset
-        sampler = EpochSampler(len(ds), samples or len(ds), cfg.seed, epoch)
+        real_only = 0 < cfg.synthetic_epochs < epoch
+        sampler = EpochSampler(ds.n_real if real_only else len(ds), samples or len(ds), cfg.seed, epoch)
     return DataLoader(ds, batch_size=cfg.vit_batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.startswith("cuda"), persistent_workers=False,
                       prefetch_factor=4 if workers else None)

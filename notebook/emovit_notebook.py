@@ -272,11 +272,10 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # %% [markdown]
 # ## Training
 # AdamW with warmup and cosine decay, layer-wise learning-rate decay, mixed precision
-# (fp16 with loss scaling on a T4, bf16 on an L4), gradient clipping, every visible GPU.
-# Training data: the real training songs plus the synthetic spectrograms (loss weight
-# `synthetic_weight`); the epoch with the best mean CCC on the **real validation songs** is
-# kept as `best_vit_model.pth`. If the run stops (Kaggle session limit, an error), re-run
-# this cell: it resumes after the last completed epoch (resume state in the cache folder).
+# (fp16 with loss scaling on a T4, bf16 on an L4), gradient clipping, every visible GPU; the
+# epoch with the best mean CCC on the **real validation songs** is kept. If the run stops
+# (Kaggle session limit, an error), re-run the cell: training resumes after its last completed
+# epoch (resume states in the cache folder).
 #
 # About 1,260 training songs are few for an 86M-parameter ViT, so the standard audio
 # augmentations (AST's recipe) are on, each measured by an ablation arm below:
@@ -288,7 +287,21 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 #   evenly spaced windows, covering the whole clip;
 # - **mixup** (`mixup_alpha`, off by default): blends pairs of spectrograms and their labels.
 #
-# Here is one training batch as the ViT sees it:
+# Synthetic data can help or hurt, and which one depends on the music and the dimension. So
+# the run decides from evidence it is allowed to use -- training and validation songs, never
+# test songs -- in three steps:
+# 1. a ViT is trained on the **real training songs only** (`vit_real_only`): the reference any
+#    claim about the GAN needs, and the **judge** of the synthetic set;
+# 2. the judge predicts every synthetic spectrogram: per dimension, its CCC against the labels
+#    the GAN was asked for, beside its CCC on the real validation songs, says whether the
+#    samples carry that dimension the way real songs do (a **gate**, `synthetic_dims`);
+# 3. the same ViT trains on real + synthetic (`vit_real_plus_synthetic`, loss weight
+#    `synthetic_weight`), using synthetic labels only of the dimensions that passed; then, per
+#    dimension, the model with the higher validation CCC is **delivered** as
+#    `best_vit_model.pth` (`deliver`).
+#
+# Every model takes the same optimizer steps (one pass over the real songs plus the synthetic
+# set per epoch), so more data is never confused with more training.
 
 # %% module="emovit/vit_train.py"
 
@@ -297,74 +310,131 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # %% module="emovit/experiment.py"
 
 # %%
+from emovit.experiment import Trainer
+
+trainer = Trainer(cfg, store, split, synthetic, standardizer, pretrained, device)
+reference = trainer.fit("vit_real_only", use_synthetic=False)
+print(f"real only: {reference.n_train} songs, {trainer.steps_per_epoch} steps per epoch; best epoch "
+      f"{reference.run.best_epoch}, mean validation CCC {reference.run.best_val_ccc:.3f}")
+plots.vit_training_curves(reference.run.history, cfg.output_dir, reference.run.best_epoch,
+                          name="vit_real_only_training_curves.png", title="ViT, real songs only");
+
+# %% [markdown]
+# ### The judge: does a ViT trained on real songs hear the labels in the synthetic set?
+# A dimension passes when the judge's CCC on the synthetic samples (against the labels they were
+# generated for) is at least `synthetic_gate_ratio` times its CCC on the real validation songs.
+# The linear probe of the GAN section hears loudness and spectral balance; the judge hears what
+# a ViT learns from real songs -- rhythm, harmony, register -- so it can refuse samples the probe
+# accepts. `synthetic_dims` set to `"both"`, `"valence"`, `"arousal"` or `"none"` overrides it.
+
+# %% module="emovit/choice.py"
+
+# %%
+from emovit.choice import judge_synthetic
+
+judgement = judge_synthetic(reference, synthetic, cfg, device)
+display(judgement.table())
+print(f"synthetic labels used for training: {judgement.dims}" + (" (set by synthetic_dims / use_synthetic)" if judgement.forced else ""))
+
+# %% [markdown]
+# ### Training with the synthetic set
+# The synthetic rows count in the loss with weight `synthetic_weight`, on the dimensions that
+# passed only (a mask: a gated dimension gets no gradient from synthetic rows; real rows count on
+# both). With `synthetic_epochs` > 0 the synthetic rows are drawn in the first epochs only, then
+# the model fine-tunes on real songs. When no dimension passes, no second model is trained.
+# Here is one training batch as the ViT sees it:
+
+# %%
+from emovit.config import replace
 from emovit.vit_train import augmented_examples, make_datasets
 
-examples_ds, _, _ = make_datasets(store, split, synthetic if cfg.use_synthetic else None, cfg)
-images, image_labels = augmented_examples(examples_ds, pre, cfg, device)
+run_cfg = replace(cfg, synthetic_dims=judgement.dims)
+examples_ds, _, _ = make_datasets(store, split, synthetic, run_cfg)
+images, image_labels = augmented_examples(examples_ds, pre, run_cfg, device)
 plots.augmented_batch(images, image_labels, cfg.output_dir);
 
 # %%
-from emovit.experiment import fit_and_test
+main = trainer.fit("vit_real_plus_synthetic", synthetic_dims=judgement.dims) if judgement.any else None
+if main is None:
+    print("no synthetic-trained model: the gate closed every dimension (or use_synthetic is off)")
+else:
+    print(f"trained on {main.n_train} spectrograms ({len(train_ids)} real songs + {main.n_train - len(train_ids)} "
+          f"synthetic); best epoch {main.run.best_epoch}, mean validation CCC {main.run.best_val_ccc:.3f}")
+    plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch);
 
-vit_cache = os.path.join(cfg.cache_path, "vit")
-main = fit_and_test("vit_real_plus_synthetic", cfg, store, split, synthetic, standardizer, pretrained, device,
-                    best_path=os.path.join(cfg.output_dir, "best_vit_model.pth"),
-                    last_path=os.path.join(vit_cache, "last_vit_model.pth"))
-print(f"trained on {main.n_train} spectrograms ({len(train_ids)} real songs + {main.n_train - len(train_ids)} "
-      f"synthetic); best epoch {main.run.best_epoch}, mean validation CCC {main.run.best_val_ccc:.3f}")
-plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch);
+# %% [markdown]
+# ### The delivered model
+# Per dimension, the synthetic-trained model is delivered only when it beats the real-only model
+# on the validation songs convincingly: a higher CCC, and a higher CCC on at least
+# `deliver_confidence` (80%) of paired bootstrap resamples of the validation songs -- the bar
+# rises where the validation set is small or the dimension noisy. Otherwise the real-only model
+# predicts that dimension. `best_vit_model.pth` holds the chosen weights and routes each
+# dimension to its model (one backbone when both agree); *Your own music* below uses it.
+# `deliver = "synthetic"` or `"real_only"` forces one model.
+
+# %%
+from emovit.choice import choose_models, deliver
+
+outcomes = {"vit_real_only": reference} | ({"vit_real_plus_synthetic": main} if main is not None else {})
+choice = choose_models(main, reference, cfg)
+delivered = deliver(choice, outcomes, os.path.join(cfg.output_dir, "best_vit_model.pth"), cfg.n_bootstrap, cfg.seed)
+outcomes = {delivered.name: delivered, **outcomes}
+display(choice.table())
+if choice.note:
+    print(choice.note)
 
 # %% [markdown]
 # ## Test evaluation
-# The best checkpoint is scored once on the **test songs** -- real songs that neither the GAN
-# nor the ViT saw, and that played no part in model selection. CCC (concordance correlation,
+# The delivered model is scored once on the **test songs** -- real songs that neither the GAN
+# nor any ViT saw, and that played no part in any choice. CCC (concordance correlation,
 # population moments), Pearson r, R^2 and RMSE (on the [-1, 1] scale), each with a bootstrap
 # 95% interval over test songs. For scale: the agreement between DEAM's own raters bounds
 # any model near 0.83 (valence) and 0.86 (arousal); Music2Emo reports R^2 0.51 / 0.60 on
 # DEAM with a random song split.
 
 # %%
-from emovit.evaluate import metrics_table, write_results
+from emovit.evaluate import MODEL_LABELS, metrics_table, write_results
 
-metrics = {"models": {main.name: main.metrics},
+metrics = {"models": {k: o.metrics for k, o in outcomes.items()}, "gate": judgement.to_dict(), "choice": choice.to_dict(),
            "protocol": {"split": cfg.split_file or "by song: hash of (seed, song id)", "n_train_real": len(train_ids),
-                        "n_train_synthetic": main.n_train - len(train_ids), "n_val": len(ids_of(split, "val")),
-                        "n_test": len(main.predictions), "test_crops": cfg.test_crops, "interval": "95% bootstrap percentile",
+                        "n_train_synthetic": len(synthetic.labels) if main is not None else 0,
+                        "n_val": len(ids_of(split, "val")), "n_test": len(delivered.predictions),
+                        "test_crops": cfg.test_crops, "interval": "95% bootstrap percentile",
                         "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
-           "vit": {"weights": pretrained.source, "best_epoch": main.run.best_epoch, "best_val_ccc": main.run.best_val_ccc,
-                   "optimizer_steps": main.run.optimizer_steps, "steps_per_epoch": main.run.steps_per_epoch}}
-write_results(cfg.output_dir, metrics, main.predictions)
-display(metrics_table({"ViT (real + GAN)": main.metrics}))
-plots.prediction_scatter(main.predictions, main.metrics, cfg.output_dir);
-plots.va_plane(main.predictions, cfg.output_dir);
+           "vit": {"weights": pretrained.source, "steps_per_epoch": trainer.steps_per_epoch,
+                   **{k: {"best_epoch": o.run.best_epoch, "best_val_ccc": o.run.best_val_ccc,
+                          "optimizer_steps": o.run.optimizer_steps} for k, o in outcomes.items() if k != delivered.name}}}
+write_results(cfg.output_dir, metrics, delivered.predictions)
+display(metrics_table({MODEL_LABELS.get(k, k): o.metrics for k, o in outcomes.items()}))
+plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir);
+plots.va_plane(delivered.predictions, cfg.output_dir);
 
 # %% [markdown]
 # ## Does the GAN help? Ablation arms and a baseline
-# Each arm of `arms` is the same ViT with a few settings changed -- by default **without the
-# GAN's samples** (`vit_real_only`: is the GAN worth it on top of the standard augmentations?)
-# and **without the standard augmentations** (`vit_no_augment`: crops, SpecAugment and
-# test-time averaging off, GAN on) -- trained with the same split, seed and **number of
-# optimizer steps** as the main model, so that more data is not confused with more training.
-# Beside them, a ridge regression on per-band mean and standard deviation of each clip. All
-# are scored on the same test songs; differences to the main model carry a paired bootstrap
-# 95% interval (an interval that contains 0 means the data cannot tell the two apart).
-# `OVERRIDES = {"arms": {}}` skips the arms.
+# The table puts the delivered model first, then the synthetic-trained model (what the run
+# delivers with `deliver = "synthetic"`: the GAN's own effect), the real-only model, the
+# ablation arms of `arms` -- the same ViT with a few settings changed, e.g. **without the
+# standard augmentations** (`vit_no_augment`: crops, SpecAugment and test-time averaging off,
+# synthetic labels as gated) -- trained with the same split, seed and **number of optimizer
+# steps**, and a ridge regression on per-band mean and standard deviation of each clip. All are
+# scored on the same test songs; differences carry a paired bootstrap 95% interval (an interval
+# that contains 0 means the data cannot tell the two apart). `OVERRIDES = {"arms": {}}` skips
+# the arms.
 
 # %%
-from emovit.evaluate import MODEL_LABELS, compare, results_table
-from emovit.experiment import arm_table, ridge_baseline, run_arms
+from emovit.evaluate import results_table
+from emovit.experiment import arm_table, paired_differences, ridge_baseline
 from emovit.io import atomic_write_csv
 
-outcomes = {main.name: main, **run_arms(main, cfg, store, split, synthetic, standardizer, pretrained, device)}
+for name, overrides in cfg.arms.items():
+    outcomes[name] = trainer.fit(name, synthetic_dims=judgement.dims, **overrides)
 outcomes["ridge_baseline"] = ridge_baseline(cfg, store, split)
 metrics["models"] = {k: o.metrics for k, o in outcomes.items()}
 metrics["arms"] = arm_table(outcomes).to_dict(orient="records")
-metrics["differences"] = {
-    f"{main.name} - {k}": compare(main.predictions, o.predictions, cfg.n_bootstrap, cfg.seed)
-    for k, o in outcomes.items() if k != main.name}
-write_results(cfg.output_dir, metrics, main.predictions)
+metrics["differences"] = paired_differences(outcomes, cfg.n_bootstrap, cfg.seed)
+write_results(cfg.output_dir, metrics, delivered.predictions)
 for k, o in outcomes.items():
-    if k != main.name:
+    if k != delivered.name:
         atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), o.predictions)
 results = results_table(metrics["models"], metrics["differences"])
 display(arm_table(outcomes))
@@ -398,7 +468,7 @@ if cfg.predict_dir:
 else:
     my_songs = list(store.songs.set_index("song_id").loc[ids_of(split, "test")[:6], "audio_path"])
     print(f"predict_dir is empty: predicting {len(my_songs)} test songs instead")
-predictor = Predictor(main.best_path, device, hop_seconds=cfg.predict_hop_seconds)
+predictor = Predictor(delivered.best_path, device, hop_seconds=cfg.predict_hop_seconds)
 print(f"{predictor.params.clip_seconds:g} s windows every {predictor.hop_seconds:.2f} s on {device}")
 my_predictions, my_curves = predict_folder(my_songs, predictor, return_curves=True)
 write_tables(my_predictions, my_curves, os.path.join(cfg.output_dir, "my_predictions.csv"),

@@ -70,5 +70,44 @@ def demo_run(demo_root, tmp_path_factory):
     return out / "outputs", nbformat.read(str(executed), as_version=4)
 
 
+def cue_feature_store(folder: Path, n: int = 60, n_mels: int = 32, frames: int = 96, seed: int = 0):
+    """A FeatureStore on disk of spectrograms whose labels set visible cues -- a data set a small
+    GAN or ViT learns in seconds. Arousal -> level and brightness (tilt); valence -> a
+    formant-like bump high (V > 0) or low (V < 0); a beat every 8 frames; noise 3 dB. Stored
+    clips of ``frames`` (96) are longer than the model window of 64 frames (``CUE_CLIP_SECONDS``
+    at 22,050 Hz, hop 512), as whole DEAM clips are."""
+    import numpy as np
+    import pandas as pd
+
+    from emovit.features import FeatureStore, MelParams
+
+    rng = np.random.default_rng(seed)
+    v, a = rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n)
+    band = np.arange(n_mels)[None, :, None]
+    level = -50 + 12 * a[:, None, None] * (1 + band / n_mels)
+    bump = 12 * (np.clip(v, 0, None)[:, None, None] * np.exp(-((band - 10) ** 2) / 8)
+                 + np.clip(-v, 0, None)[:, None, None] * np.exp(-((band - 22) ** 2) / 8))
+    beat = 6 * ((np.arange(frames)[None, None, :] % 8) < 2)
+    mels = (level + bump + beat + rng.normal(0, 3, (n, n_mels, frames))).astype(np.float16)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cue_{n}_{n_mels}_{frames}_{seed}.npy"
+    np.save(path, mels)
+    songs = pd.DataFrame({"song_id": np.arange(1, n + 1), "audio_path": "", "valence": v.astype(np.float32),
+                          "arousal": a.astype(np.float32), "row": np.arange(n), "frames": frames})
+    params = MelParams(22050, CUE_CLIP_SECONDS, 0.0, 2048, 512, n_mels, 1e-10, frames * 512 / 22050)
+    assert params.num_frames == 64
+    return FeatureStore(np.load(path, mmap_mode="r"), songs, pd.DataFrame(columns=["song_id", "path", "reason"]),
+                        {"ok": n}, False, str(path), 0.0, params)
+
+
+CUE_CLIP_SECONDS = 1.463  # 64 frames at 22,050 Hz, hop 512
+
+
+@pytest.fixture(scope="session")
+def cue_store(tmp_path_factory):
+    """The default cue data set (60 songs, 32 mels, 96 stored frames), written once per session."""
+    return cue_feature_store(tmp_path_factory.mktemp("cue"))
+
+
 # Tests never reach the Hugging Face hub (there is no internet here or in CI).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

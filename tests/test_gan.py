@@ -2,7 +2,6 @@
 pooling, checkpoints (EMA, stale architectures), cache keys, and a learning test."""
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -403,42 +402,7 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
 
 # ---- learning test --------------------------------------------------------------------------------
 
-@dataclass
-class FakeStore:
-    """The part of FeatureStore the GAN reads: mels (N, n_mels, T) dB, songs table, path."""
-
-    mels: np.ndarray
-    songs: pd.DataFrame
-    path: str = "cue_store.npy"
-
-    window: int = 64  # the generated window (cfg.num_frames of the test's config)
-
-    def song_mels(self, ids):
-        return self.mels[self.songs.set_index("song_id").loc[list(ids), "row"].to_numpy()]
-
-    def centre_windows(self, ids):
-        start = (self.mels.shape[2] - self.window) // 2
-        return self.song_mels(ids)[:, :, start:start + self.window]
-
-
-def cue_store(n: int = 60, n_mels: int = 32, frames: int = 96, seed: int = 0) -> FakeStore:
-    """Spectrograms whose labels set visible cues: arousal -> level and brightness (tilt);
-    valence -> a formant-like bump high (V > 0) or low (V < 0); a beat every 8 frames; noise 3 dB.
-    Stored clips (96 frames) are longer than the generated window (64): crops, as with whole clips."""
-    rng = np.random.default_rng(seed)
-    v, a = rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n)
-    band = np.arange(n_mels)[None, :, None]
-    level = -50 + 12 * a[:, None, None] * (1 + band / n_mels)
-    bump = 12 * (np.clip(v, 0, None)[:, None, None] * np.exp(-((band - 10) ** 2) / 8)
-                 + np.clip(-v, 0, None)[:, None, None] * np.exp(-((band - 22) ** 2) / 8))
-    beat = 6 * ((np.arange(frames)[None, None, :] % 8) < 2)
-    mels = level + bump + beat + rng.normal(0, 3, (n, n_mels, frames))
-    songs = pd.DataFrame({"song_id": np.arange(1, n + 1), "valence": v.astype(np.float32),
-                          "arousal": a.astype(np.float32), "row": np.arange(n)})
-    return FakeStore(mels.astype(np.float16), songs)
-
-
-def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path):
+def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store):
     """Learning test: 150 CPU steps (~10 s of one core) on 36 training songs whose labels set
     level, tilt and a spectral bump. Label fidelity = CCC of a ridge probe fitted on the real
     training songs, on samples generated for resampled training labels (gan_quality).
@@ -451,7 +415,7 @@ def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path):
     """
     from emovit.gan_quality import gan_quality
 
-    store = cue_store()
+    store = cue_store
     cfg = make_config("demo", output_dir=str(tmp_path / "out"), clip_seconds=1.463, n_mels=32, gan_steps=150,
                       gan_eval_every=50, gan_batch_size=16, gan_channels=4, gan_z_dim=8, gan_crop_frames=32)
     assert cfg.num_frames == 64

@@ -105,7 +105,8 @@ def test_gan_learns_labels_on_demo_data(demo_run):
 
 def test_vit_stage_outputs(demo_run):
     outputs, nb = demo_run
-    assert (outputs / "cache" / "vit" / "last_vit_model.pth").is_file()  # resume state: a cache, not an output
+    for model in ("vit_real_only", "vit_real_plus_synthetic"):  # resume states: caches, not outputs
+        assert (outputs / "cache" / model / "last_vit_model.pth").is_file(), model
     for name in ("best_vit_model.pth", "metrics.json", "predictions.csv",
                  "vit_training_curves.png", "test_predictions_scatter.png", "va_plane.png"):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
@@ -113,7 +114,9 @@ def test_vit_stage_outputs(demo_run):
     predictions = pd.read_csv(outputs / "predictions.csv")
     assert list(predictions.song_id) == sorted(split.query("split == 'test'").song_id)  # real test songs only
     metrics = json.loads((outputs / "metrics.json").read_text())
-    vit = metrics["models"]["vit_real_plus_synthetic"]
+    vit = metrics["models"]["delivered"]
+    results = json.loads((outputs / "run_summary.json").read_text())["results"]
+    assert results[0]["model"] == results[1]["model"] == "ViT delivered (per-dimension validation choice)"
     assert metrics["protocol"]["interval"] == "95% bootstrap percentile"
     for dim in ("valence", "arousal"):
         for name in ("ccc", "pearson_r", "r2", "rmse"):
@@ -147,18 +150,20 @@ def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute
     labels = _labels(demo_root)
     metrics = json.loads((outputs / "metrics.json").read_text())
     config = json.loads((outputs / "config.json").read_text())
-    frames = {"vit_real_plus_synthetic": _read_exact(outputs / "predictions.csv")}
+    frames = {"delivered": _read_exact(outputs / "predictions.csv")}
     frames.update({k: _read_exact(outputs / f"predictions_{k}.csv") for k in metrics["models"] if k not in frames})
     for name, frame in frames.items():
         np.testing.assert_allclose(frame[["valence_true", "arousal_true"]].to_numpy(),
                                    labels.loc[frame.song_id].to_numpy(), atol=1e-6, err_msg=name)
         recomputed = json.loads(json.dumps(score(frame, config["n_bootstrap"], config["seed"])))
         assert recomputed == metrics["models"][name], name
-    main = frames["vit_real_plus_synthetic"]
-    for name, frame in frames.items():
-        if name != "vit_real_plus_synthetic":
-            diff = json.loads(json.dumps(compare(main, frame, config["n_bootstrap"], config["seed"])))
-            assert diff == metrics["differences"][f"vit_real_plus_synthetic - {name}"], name
+    for pair, stored in metrics["differences"].items():
+        a, b = pair.split(" - ")
+        diff = json.loads(json.dumps(compare(frames[a], frames[b], config["n_bootstrap"], config["seed"])))
+        assert diff == stored, pair
+    # the delivered model's columns are those of the model the choice named, per dimension
+    for dim, source in metrics["choice"]["sources"].items():
+        np.testing.assert_array_equal(frames["delivered"][f"{dim}_pred"], frames[source][f"{dim}_pred"])
 
 
 def test_models_used_the_train_only_standardizer(demo_run):
@@ -201,9 +206,10 @@ def test_vit_learns_on_demo_data(demo_run):
 def test_ablation_and_baseline_rows_are_finite(demo_run):
     outputs, _ = demo_run
     metrics = json.loads((outputs / "metrics.json").read_text())
-    arms = ("vit_real_only", "vit_no_augment")
-    assert set(metrics["models"]) == {"vit_real_plus_synthetic", *arms, "ridge_baseline"}
-    assert set(metrics["differences"]) == {f"vit_real_plus_synthetic - {k}" for k in (*arms, "ridge_baseline")}
+    vits = ("vit_real_plus_synthetic", "vit_real_only", "vit_no_augment")
+    assert set(metrics["models"]) == {"delivered", *vits, "ridge_baseline"}
+    assert set(metrics["differences"]) == {f"delivered - {k}" for k in (*vits, "ridge_baseline")} | {
+        "vit_real_plus_synthetic - vit_real_only"}  # the GAN's own effect, with the choice switched off
     steps = {row["model"]: row["steps per epoch"] for row in metrics["arms"]}
     assert steps["vit_real_only"] == steps["vit_no_augment"] == steps["vit_real_plus_synthetic"]  # step-matched
     for block in (*metrics["models"].values(), *metrics["differences"].values()):
@@ -214,10 +220,10 @@ def test_ablation_and_baseline_rows_are_finite(demo_run):
                  "predictions_vit_no_augment.csv", "predictions_ridge_baseline.csv"):
         assert (outputs / name).is_file(), name
     summary = json.loads((outputs / "run_summary.json").read_text())
-    assert {"features", "gan_training", "vit_real_plus_synthetic", *arms, "total_run"} <= set(summary["timings_seconds"])
+    assert {"features", "gan_training", *vits, "total_run"} <= set(summary["timings_seconds"])
     split = pd.read_csv(outputs / "split.csv")
     assert summary["counts"]["per_split"] == split["split"].value_counts().to_dict()
-    assert len(summary["results"]) == 14  # 4 models + 3 differences, x 2 dimensions
+    assert len(summary["results"]) == 20  # 5 models + 5 differences, x 2 dimensions
 
 
 def test_zip_holds_every_output_except_caches(demo_run):
@@ -241,7 +247,7 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
     metrics = json.loads((outputs / "metrics.json").read_text())
     from emovit.evaluate import MODEL_LABELS
 
-    for model in ("vit_real_plus_synthetic", "ridge_baseline"):
+    for model in ("delivered", "vit_real_plus_synthetic", "ridge_baseline"):
         label = MODEL_LABELS[model]
         for dim in ("valence", "arousal"):
             c = metrics["models"][model][dim]["ccc"]

@@ -39,7 +39,7 @@ def pipeline(tmp_path_factory):
                       clip_offset=1.0, max_clip_seconds=5.0, n_mels=32, num_workers=1, random_vit_hidden=32,
                       random_vit_layers=1, random_vit_heads=2, vit_epochs=3, vit_batch_size=4, early_stop_patience=10,
                       n_bootstrap=50, gan_steps=2, gan_eval_every=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8, num_synthetic=8,
-                      gan_sample_batch_size=4, arms={"vit_real_only": {"use_synthetic": False}})
+                      gan_sample_batch_size=4, arms={})
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)  # 13 / 4 / 7 songs
@@ -140,8 +140,8 @@ def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
     outcome = experiment.fit_and_test("main", replace(cfg, use_synthetic=False), store, split, None, standardizer,
                                       find_pretrained(cfg), "cpu", best_path=os.path.join(out, "best.pth"),
                                       last_path=os.path.join(out, "last.pth"))
-    assert len(calls) == cfg.vit_epochs + 1
-    for ids, files in calls[:-1]:  # one validation pass per epoch: real validation songs only
+    assert len(calls) == cfg.vit_epochs + 2
+    for ids, files in calls[:-1]:  # one validation pass per epoch and one of the kept checkpoint: real val songs
         assert ids == ids_of(split, "val") and files == [store.path]
     assert calls[-1] == (ids_of(split, "test"), [store.path])  # then the test songs, once
     history = outcome.run.history
@@ -155,28 +155,30 @@ def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
     assert outcome.metrics == score(frame, cfg.n_bootstrap, cfg.seed)
 
 
-def test_arms_take_the_main_models_optimizer_steps(pipeline):
+def test_every_model_of_a_run_takes_the_same_optimizer_steps(pipeline):
+    """The real-only reference trains first, before the gate, yet with the synthetic-trained
+    model's steps per epoch (one pass over real + synthetic), as does every arm."""
     cfg, store, split, standardizer = pipeline
     gan = gan_train.train_or_load_gan(cfg, store, split, ids_of(split, "train"), standardizer, "cpu")
     synthetic = gan_train.synthesize(gan, cfg, "cpu")
     cfg = replace(cfg, vit_epochs=2, output_dir=cfg.output_dir + "_arms", cache_dir=cfg.cache_path + "_arms")
-    pretrained = find_pretrained(cfg)
-    main = experiment.fit_and_test("main", cfg, store, split, synthetic, standardizer, pretrained, "cpu",
-                                   best_path=os.path.join(cfg.output_dir, "best.pth"),
-                                   last_path=os.path.join(cfg.cache_path, "last.pth"))
-    arms = experiment.run_arms(main, cfg, store, split, synthetic, standardizer, pretrained, "cpu")
-    real_only = arms["vit_real_only"]
+    trainer = experiment.Trainer(cfg, store, split, synthetic, standardizer, find_pretrained(cfg), "cpu")
+    real_only = trainer.fit("vit_real_only", use_synthetic=False)
+    main = trainer.fit("main", synthetic_dims="arousal")
+    arm = trainer.fit("no_augment", synthetic_dims="arousal", random_crop=False, spec_augment=False)
     assert main.n_train == len(ids_of(split, "train")) + len(synthetic.labels) > real_only.n_train
-    assert real_only.run.steps_per_epoch == main.run.steps_per_epoch == -(-main.n_train // cfg.vit_batch_size)
-    assert real_only.run.optimizer_steps == main.run.optimizer_steps == 2 * main.run.steps_per_epoch
+    for o in (real_only, main, arm):
+        assert o.run.steps_per_epoch == -(-main.n_train // cfg.vit_batch_size) == trainer.steps_per_epoch
+        assert o.run.optimizer_steps == 2 * trainer.steps_per_epoch
     assert list(real_only.predictions.song_id) == list(main.predictions.song_id)
     ridge = experiment.ridge_baseline(cfg, store, split)
     for other in (real_only, ridge):  # every model's frame carries the same true values: comparable
         pd.testing.assert_frame_equal(other.predictions[["song_id", "valence_true", "arousal_true"]],
                                       main.predictions[["song_id", "valence_true", "arousal_true"]])
         compare(main.predictions, other.predictions, n_boot=20, seed=0)
-    table = experiment.arm_table({"main": main, **arms}).set_index("model")
+    table = experiment.arm_table({"main": main, "vit_real_only": real_only, "no_augment": arm}).set_index("model")
     assert table.loc["vit_real_only", "optimizer steps"] == table.loc["main", "optimizer steps"]
+    assert "random_crop" in table.loc["no_augment", "overrides"]
 
 
 def test_epoch_sampler_cycles_a_small_set():
@@ -192,7 +194,12 @@ def test_epoch_sampler_cycles_a_small_set():
 
 # ---- keys: every cache key moves with the split, the labels and every training setting ---
 
+CHOICES = {"auto": "both", "kaggle": "demo"}  # fields whose values are checked: another allowed value
+
+
 def _changed(value):
+    if value in CHOICES:
+        return CHOICES[value]
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -219,6 +226,23 @@ def test_run_key_moves_with_every_training_setting():
     assert vt.run_key(cfg, "data", "other weights", 10) != base
     assert vt.run_key(cfg, "data", "weights", 11) != base  # steps per epoch
     assert set(vt.NOT_TRAINING_FIELDS) <= {f.name for f in dataclasses.fields(Config)}
+
+
+def test_a_model_without_synthetic_data_keeps_its_key_when_the_gan_or_the_synthetic_set_changes():
+    """A GAN tweak must not retrain the real-only reference: its key leaves out every gan_* field and
+    the synthetic set's fields (their effect on its length reaches it as steps per epoch), while the
+    synthetic-trained model's key moves with each of them."""
+    real_only = make_config("kaggle", use_synthetic=False)
+    base = vt.run_key(real_only, "data", "weights", 10)
+    synthetic_fields = [f.name for f in dataclasses.fields(Config)
+                        if f.name.startswith("gan_") or f.name in vt.SYNTHETIC_FIELDS]
+    assert {"gan_steps", "gan_channels", "num_synthetic", "synthetic_weight", "synthetic_dims"} <= set(synthetic_fields)
+    for name in synthetic_fields:
+        tweak = {name: _changed(getattr(real_only, name))}
+        assert vt.run_key(dataclasses.replace(real_only, **tweak), "data", "weights", 10) == base, name
+        main = make_config("kaggle")
+        if name not in vt.NOT_TRAINING_FIELDS:
+            assert vt.run_key(dataclasses.replace(main, **tweak), "d", "w", 10) != vt.run_key(main, "d", "w", 10), name
 
 
 def test_data_key_moves_with_the_split_and_the_labels(pipeline):

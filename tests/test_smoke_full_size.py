@@ -42,8 +42,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 
 VIT_B16 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                image_size=224, patch_size=16, num_channels=3, hidden_act="gelu", layer_norm_eps=1e-12)
+# synthetic_dims "both": a 1-step GAN judged by a 1-step ViT would close the gate, and the run at
+# size must train the synthetic-trained model too.
 SMOKE_OVERRIDES = {"vit_max_steps": 1, "gan_steps": 1, "num_synthetic": 32, "pretrained_search_dir": "",
-                   "vit_model_name": ""}
+                   "vit_model_name": "", "synthetic_dims": "both"}
 # Appended to the executed copy only: the kernel's own peak RSS (and its largest child's).
 RSS_CELL = """import json, resource
 _rss = {"kernel_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -118,7 +120,8 @@ def test_every_output_is_written(smoke):
                 "gan_training_curves.png", "real_vs_synthetic.png", "gan_label_distributions.png",
                 "best_vit_model.pth", "metrics.json", "predictions.csv", "vit_training_curves.png",
                 "test_predictions_scatter.png", "va_plane.png", "ablation_comparison.png",
-                "predictions_vit_real_only.csv", "predictions_ridge_baseline.csv", "run_summary.json")
+                "predictions_vit_real_only.csv", "predictions_vit_real_plus_synthetic.csv",
+                "predictions_ridge_baseline.csv", "run_summary.json")
     for name in expected + ("vit_output.zip",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
@@ -142,7 +145,7 @@ def test_checkpoints_load_with_weights_only_at_full_size(smoke):
     gen = torch.load(outputs / "generator.pth", map_location="cpu", weights_only=True)
     assert (gen["arch"]["n_mels"], gen["arch"]["frames"], gen["arch"]["channels"]) == (128, 1292, 32)
     torch.load(outputs / "discriminator.pth", map_location="cpu", weights_only=True)
-    last = load_checkpoint(str(outputs / "cache" / "vit" / "last_vit_model.pth"))
+    last = load_checkpoint(str(outputs / "cache" / "vit_real_plus_synthetic" / "last_vit_model.pth"))
     assert last["scheduler"]["last_epoch"] == 1 and last["epoch"] == 1  # capped after one optimizer step
     assert len(last["optimizer"]["state"]) > 100  # AdamW moments for every parameter tensor
 
@@ -153,7 +156,7 @@ def test_rerun_resumes_at_full_size(smoke):
     code = [c for c in second_nb.cells if c.cell_type == "code"]
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
     assert "GAN: reusing" in text
-    assert len(re.findall(r"ViT: resuming after epoch 1 from", text)) == 2  # main model and the ablation arm
+    assert len(re.findall(r"ViT: resuming after epoch 1 from", text)) == 2  # the real-only and the synthetic model
     assert "training had already finished" in text
     summary = json.loads((outputs / "run_summary.json").read_text())
     assert summary["timings_seconds"]["total_run"] > 0

@@ -1,0 +1,243 @@
+"""What the synthetic set may teach, and which model the run delivers: both decided per dimension
+from training and validation songs only.
+
+* **The gate**, before the synthetic-trained model trains. The judge is the ViT trained on the
+  real training songs alone (``vit_real_only``, its epoch chosen on the validation songs; the
+  run trains it anyway as the reference, so judging costs one inference pass). It predicts
+  every synthetic sample; its CCC against the labels the samples were generated for, beside its
+  own CCC on the real validation songs, says whether the samples carry that dimension the way
+  real songs do. A dimension passes when the judge's validation CCC is above 0 and its CCC on
+  the synthetic samples is at least ``synthetic_gate_ratio`` times it. The synthetic-trained
+  model's loss then uses the synthetic labels of the passed dimensions only (a mask on synthetic
+  rows; real rows always count on both). With no dimension passed, no second model is trained.
+* **The choice**, after it trains. Per dimension the run delivers the synthetic-trained model
+  only when its kept checkpoint beats the real-only one on the validation songs convincingly:
+  a higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap
+  resamples of the validation songs (so the bar rises where the validation set is small or the
+  dimension noisy); otherwise the real-only model. ``best_vit_model.pth`` then routes
+  each dimension to its model (:class:`emovit.vit.RoutedRegressor`; one backbone when both
+  dimensions agree), and its test predictions are those models' columns.
+
+Neither decision reads a test song: the gate reads the synthetic samples and the judge's
+weights and validation predictions; the choice reads the two models' validation predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emovit.config import Config
+from emovit.evaluate import prediction_frame, score
+from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.metrics import DIMENSIONS, ccc
+from emovit.vit import DevicePreprocessor, model_from_config_dict
+from emovit.vit_train import SYNTHETIC_DIMS, MelDataset, Part, load_best, predict_dataset
+
+DELIVER_CHOICES = ("auto", "synthetic", "real_only")
+DELIVERED = "delivered"  # name of the delivered model in metrics.json and the results table
+DELIVERED_FORMAT = 3  # best_vit_model.pth of a delivered model: members + per-dimension sources
+CHOICE_RESAMPLES = 2000  # paired bootstrap resamples of the validation songs behind the choice
+
+
+def val_ccc(outcome) -> dict[str, float]:
+    """CCC per dimension of a ViT outcome's kept checkpoint on the validation songs."""
+    frame = outcome.val_predictions
+    return {dim: ccc(frame[f"{dim}_true"], frame[f"{dim}_pred"]) for dim in DIMENSIONS}
+
+
+def prob_better(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = CHOICE_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """{dim: share of paired bootstrap resamples of the songs in which model a's CCC beats b's}.
+
+    a, b: prediction frames of the same songs (song_id, {dim}_true, {dim}_pred); both models are
+    scored on the same resampled songs, so the share measures their difference, not two noises.
+    """
+    if list(a["song_id"]) != list(b["song_id"]):
+        raise ValueError("prob_better needs predictions for the same songs in the same order")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    out = {}
+    for dim in DIMENSIONS:
+        t, pa, pb = (f[c].to_numpy() for f, c in ((a, f"{dim}_true"), (a, f"{dim}_pred"), (b, f"{dim}_pred")))
+        out[dim] = float(np.mean([ccc(t[i], pa[i]) > ccc(t[i], pb[i]) for i in idx]))
+    return out
+
+
+@dataclass
+class Judgement:
+    """The judge's reading of the synthetic set and the gate it sets, per dimension."""
+
+    synthetic_ccc: dict  # {dim: CCC of the judge on synthetic samples vs their conditioning labels}
+    val_ccc: dict  # {dim: CCC of the judge on the real validation songs}
+    passed: dict  # {dim: bool} by the rule
+    ratio: float  # synthetic_gate_ratio
+    dims: str  # the synthetic_dims the run trains with (the rule's, or the user's when forced)
+    forced: bool  # synthetic_dims was set (not "auto") or use_synthetic is off: the rule is reported, not applied
+    n_samples: int
+    judge: str = "vit_real_only"
+
+    @property
+    def any(self) -> bool:
+        """Whether the synthetic-trained model uses any synthetic label."""
+        return any(SYNTHETIC_DIMS[self.dims])
+
+    def table(self) -> pd.DataFrame:
+        mask = dict(zip(DIMENSIONS, SYNTHETIC_DIMS[self.dims]))
+        return pd.DataFrame([{
+            "dimension": dim, "judge CCC on synthetic": round(self.synthetic_ccc[dim], 3),
+            "judge CCC on real validation": round(self.val_ccc[dim], 3),
+            "ratio": round(self.synthetic_ccc[dim] / self.val_ccc[dim], 2) if self.val_ccc[dim] else float("nan"),
+            f"passes (>= {self.ratio:g}x)": self.passed[dim],
+            "synthetic labels used": bool(mask[dim])} for dim in DIMENSIONS])
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rule": f"pass when judge CCC on synthetic >= {self.ratio:g} x judge CCC on real "
+                                         "validation songs, and the latter > 0"}
+
+
+def gate(synthetic_ccc: dict, val_ccc: dict, ratio: float) -> dict[str, bool]:
+    """{dim: passed}: the judge hears the dimension on real songs (val CCC > 0) and hears it in the
+    synthetic samples at least ``ratio`` times as well."""
+    return {d: bool(val_ccc[d] > 0 and synthetic_ccc[d] >= ratio * val_ccc[d]) for d in DIMENSIONS}
+
+
+def dims_of(passed: dict[str, bool]) -> str:
+    """The ``synthetic_dims`` value of a per-dimension gate."""
+    return {(True, True): "both", (True, False): "valence", (False, True): "arousal",
+            (False, False): "none"}[(passed["valence"], passed["arousal"])]
+
+
+def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
+    """Score every synthetic sample with the real-only ViT and set the gate (module docstring).
+
+    ``judge``: the :class:`emovit.experiment.Outcome` of the real-only model (its kept checkpoint
+    and training history); ``synthetic``: the :class:`emovit.gan_train.SyntheticSet`, mels
+    (n, n_mels, T) dB and labels (n, 2). With ``cfg.synthetic_dims`` other than "auto" the
+    reading is still made and reported, and the user's value is kept; with ``use_synthetic`` off
+    it is "none".
+    """
+    if cfg.synthetic_dims != "auto" and cfg.synthetic_dims not in SYNTHETIC_DIMS:
+        raise ValueError(f"synthetic_dims must be 'auto' or one of {sorted(SYNTHETIC_DIMS)}, got {cfg.synthetic_dims!r}")
+    state = load_best(judge.best_path, judge.run.key)
+    model = model_from_config_dict(state["vit_config"])
+    model.load_state_dict(state["state_dict"])
+    model.to(device)
+    pre = DevicePreprocessor.from_dict(state["preprocess"]).to(device)
+    n = len(synthetic.labels)
+    part = Part(synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32), 1.0,
+                np.full(n, synthetic.mels.shape[2]))
+    pred, labels = predict_dataset(model, pre, MelDataset([part], synthetic.mels.shape[2], "centre"), cfg, device)
+    on_synthetic = {dim: ccc(labels[:, d], pred[:, d]) for d, dim in enumerate(DIMENSIONS)}
+    on_val = val_ccc(judge)
+    passed = gate(on_synthetic, on_val, cfg.synthetic_gate_ratio)
+    forced = cfg.synthetic_dims != "auto" or not cfg.use_synthetic
+    dims = ("none" if not cfg.use_synthetic else cfg.synthetic_dims) if forced else dims_of(passed)
+    result = Judgement(on_synthetic, on_val, passed, cfg.synthetic_gate_ratio, dims, forced, n, judge.name)
+    LOG.info("judge: CCC on synthetic %s vs real validation %s -> synthetic labels used: %s%s",
+             {d: round(v, 3) for d, v in on_synthetic.items()}, {d: round(v, 3) for d, v in on_val.items()},
+             result.dims, " (forced by synthetic_dims)" if forced else "")
+    return result
+
+
+@dataclass
+class Choice:
+    """Which model predicts each dimension of the delivered model, and the evidence."""
+
+    sources: dict  # {dim: model name}
+    val_ccc: dict  # {dim: {model name: validation CCC of its kept checkpoint}}
+    prob_better: dict  # {dim: share of paired validation resamples where the synthetic-trained model wins}
+    deliver: str  # Config.deliver: "auto" applies the rule, the others force a model
+    confidence: float  # Config.deliver_confidence
+    note: str = ""
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for dim in DIMENSIONS:
+            rows.append({"dimension": dim, **{f"val CCC {k}": round(v, 3) for k, v in self.val_ccc[dim].items()},
+                         "P(synthetic-trained better)": self.prob_better.get(dim), "delivered from": self.sources[dim]})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        rule = (f"per dimension, the synthetic-trained model when it beats the real-only model's validation CCC on "
+                f"at least {self.confidence:g} of paired bootstrap resamples of the validation songs, else the "
+                "real-only model")
+        return {**asdict(self), "rule": rule if self.deliver == "auto" else f"forced by deliver={self.deliver!r}"}
+
+
+def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
+    """The per-dimension choice between the synthetic-trained and the real-only model.
+
+    Reads the two models' predictions on the validation songs only (``val_predictions``).
+    ``synthetic_trained`` may be None (no synthetic data, or the gate closed every dimension):
+    then the real-only model is delivered whatever ``cfg.deliver`` says, with a note.
+    """
+    if cfg.deliver not in DELIVER_CHOICES:
+        raise ValueError(f"deliver must be one of {DELIVER_CHOICES}, got {cfg.deliver!r}")
+    ref = val_ccc(real_only)
+    if synthetic_trained is None:
+        note = "no synthetic-trained model in this run: the real-only model is delivered"
+        return Choice({d: real_only.name for d in DIMENSIONS}, {d: {real_only.name: ref[d]} for d in DIMENSIONS},
+                      {}, cfg.deliver, cfg.deliver_confidence, note)
+    syn = val_ccc(synthetic_trained)
+    better = prob_better(synthetic_trained.val_predictions, real_only.val_predictions, seed=cfg.seed)
+    sources = {}
+    for dim in DIMENSIONS:
+        if cfg.deliver == "auto":
+            wins = syn[dim] > ref[dim] and better[dim] >= cfg.deliver_confidence
+        else:
+            wins = cfg.deliver == "synthetic"
+        sources[dim] = synthetic_trained.name if wins else real_only.name
+    val = {d: {synthetic_trained.name: syn[d], real_only.name: ref[d]} for d in DIMENSIONS}
+    return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence)
+
+
+def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
+    """The delivered model: ``best_vit_model.pth`` at ``path`` and its test outcome.
+
+    The checkpoint holds the source models' weights (one per distinct source) and routes each
+    dimension to its source; its test predictions are the sources' columns (the same numbers the
+    routed model computes). Returns an :class:`emovit.experiment.Outcome` named "delivered".
+    """
+    from emovit.experiment import Outcome
+
+    names = list(dict.fromkeys(choice.sources[d] for d in DIMENSIONS))  # distinct, valence's first
+    states = [load_best(outcomes[n].best_path, outcomes[n].run.key) for n in names]
+    for other in states[1:]:
+        for field in ("vit_config", "preprocess", "mel_params", "test_crops"):
+            if field == "preprocess":
+                same = all(other[field][k] == states[0][field][k] for k in ("mel_mean", "mel_std", "image_mean",
+                                                                             "image_std", "height", "width"))
+            else:
+                same = other[field] == states[0][field]
+            if not same:
+                raise ValueError(f"cannot combine {names}: their checkpoints differ in {field}")
+    sources = [names.index(choice.sources[d]) for d in DIMENSIONS]
+    combined = {f"members.{i}.{k}": v for i, s in enumerate(states) for k, v in s["state_dict"].items()}
+    key = hash_json({"members": [s["key"] for s in states], "sources": sources})
+    state = {**{k: states[0][k] for k in ("vit_config", "preprocess", "mel_params", "test_crops", "config")},
+             "format": DELIVERED_FORMAT, "state_dict": combined, "members": names, "sources": sources, "key": key,
+             "member_keys": [s["key"] for s in states], "epochs": [s["epoch"] for s in states],
+             "choice": choice.to_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    frames = {n: outcomes[n].predictions for n in names}
+    base = frames[names[0]]
+    for frame in frames.values():
+        if list(frame["song_id"]) != list(base["song_id"]):
+            raise ValueError("the models' test predictions are not for the same songs")
+    pred = np.stack([frames[choice.sources[d]][f"{d}_pred"].to_numpy() for d in DIMENSIONS], axis=1)
+    true = base[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
+    predictions = prediction_frame(base["song_id"], true, pred)
+    LOG.info("delivered: valence from %s, arousal from %s -> %s", choice.sources["valence"],
+             choice.sources["arousal"], path)
+    return Outcome(DELIVERED, predictions, score(predictions, n_boot, seed), 0.0, None, path,
+                   description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}")
+
+
+def delivered_sources(path: str) -> dict[str, str]:
+    """{dim: member model name} of a delivered checkpoint."""
+    state = load_checkpoint(path)
+    return {d: state["members"][state["sources"][i]] for i, d in enumerate(DIMENSIONS)}
+
