@@ -207,7 +207,7 @@ def bench_gan(s: dict, device: str) -> dict:
 def bench_gan_projection(quick: bool = False) -> dict:
     """Projected GAN minutes on one T4 for the kaggle preset (training steps, the validation checks
     and sampling ``num_synthetic``), from :func:`projection.gan_flops` over a T4's 65 TFLOP/s at
-    the GAN's assumed MFU range (:data:`projection.MFU`, reasons there). Budget (issue 12): 8 min.
+    the GAN's assumed MFU range (:data:`projection.MFU`, reasons there). Budget: 8 T4 minutes.
     ``quick`` only documents CI use: the count always runs at batch 2 and scales.
     """
     cfg = make_config("kaggle")
@@ -369,7 +369,7 @@ def write_markdown(r: dict, path: Path) -> None:
                   "sequential run's time, the rest is `python_overhead`."]
     if "run_all_projection" in r:
         lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])
-    lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets (issue 6): ViT "
+    lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets: ViT "
               "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
     path.write_text("\n".join(lines))
 

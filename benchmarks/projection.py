@@ -221,7 +221,7 @@ def markdown(p: dict) -> list[str]:
     return lines
 
 
-# Default sets the lead may pick from to meet the ~20 min T4 budget (DESIGN section 6): each is
+# Default sets to pick from to meet the ~20 min T4 budget of a default Run All: each is
 # the kaggle preset with these overrides, projected the same way. Fields a Config lacks are skipped.
 SCENARIOS = {
     "kaggle preset as is": {},

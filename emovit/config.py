@@ -35,7 +35,7 @@ class Config:
     seed: int = 42  # one seed for the split, the GAN, the ViT and the bootstrap
     max_songs: int = 0  # use only the first N songs by id (0 = all); for quick trials
 
-    # --- audio and log-mel features (DESIGN section 2) -------------------------
+    # --- audio and log-mel features -------------------------------------------
     sample_rate: int = 22050  # Hz; audio is resampled to this and mixed to mono
     clip_seconds: float = 30.0  # length of the model's window; clips shorter than one window are padded
     clip_offset: float = 0.0  # seconds skipped at the start of each file
@@ -64,7 +64,7 @@ class Config:
     gan_lr_d: float = 5e-4  # discriminator Adam learning rate, betas (0.0, 0.99)
     gan_z_dim: int = 128  # noise dimension of the generator
     gan_channels: int = 32  # width of the outermost G/D blocks (inner blocks up to 8x)
-    gan_d_band_stats: bool = True  # D also sees each band's mean / std over time (song-level dynamics; issue 12)
+    gan_d_band_stats: bool = True  # D also sees each band's mean / std over time (song-level dynamics)
     gan_mode_seeking: float = 0.0  # weight of the mode-seeking term on same-label pairs' band statistics (0 = off)
     gan_margin: int = 0  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
@@ -120,7 +120,7 @@ class Config:
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model
     vit_max_steps: int = 0  # smoke setting: stop each ViT training after this many optimizer steps (0 = no cap)
 
-    # --- predicting your own music (DESIGN section 7; emovit.predict) -----------------
+    # --- predicting your own music (emovit.predict) ------------------------------------
     predict_dir: str = ""  # folder of your own songs for "Your own music" ("" = a few test songs instead)
     predict_hop_seconds: float = 0.0  # seconds between prediction windows (0 = half the checkpoint's window)
 

@@ -10,7 +10,7 @@ Training (one step = one discriminator update + one generator update):
   whole clips longer than ``cfg.num_frames``; only each song's valid frames are used);
 * DiffAugment (``gan_diffaugment``) on real and fake alike before the discriminator;
 * the generator forward of the discriminator step runs under ``torch.no_grad()`` (its graph
-  would never be used: issue 11);
+  would never be used);
 * mixed precision per :func:`emovit.runtime.amp_dtype` (fp16 + GradScaler before Ampere,
   bf16 on Ampere+, off on the CPU); the discriminator's pooled features stay float32;
 * an exponential moving average of the generator's weights is what samples; its decay ramps
@@ -55,7 +55,7 @@ from emovit.split import Standardizer, assert_only_train, ids_of
 GAN_FIELDS = ("gan_steps", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels",
               "gan_crop_frames", "gan_diffaugment", "gan_d_band_stats", "gan_mode_seeking", "gan_ema_decay",
               "gan_eval_every", "gan_margin", "gan_band_condition", "gan_aux_weight", "mixed_precision", "seed")
-CHECKPOINT_VERSION = 2  # 1: dense-layer generator with epochs (issue 12 made it stale)
+CHECKPOINT_VERSION = 2  # 1: the dense-layer generator trained in epochs (stale)
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
 

@@ -105,6 +105,48 @@ def test_mode_seeking_term_pushes_same_label_pairs_apart():
     assert torch.allclose(seek - base, 2.0 * target, rtol=1e-4), (seek - base, target)
 
 
+@pytest.mark.parametrize("margin", [0, 3])
+def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
+    """Without edges a time-convolutional G is shift-equivariant: the output for a window of a long
+    noise sequence is the matching slice of the long output. Zero padding at the time edges breaks
+    that within its reach (47 frames); with 3 margin columns (48 frames) no output frame sees it."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=128, z_dim=8, channels=4, margin=margin)
+    gen = G.Generator(arch).eval()
+    z, y = torch.randn(2, 8), torch.rand(2, 2) * 2 - 1
+    cols = 8  # output columns of the window (128 frames)
+    noise = torch.randn(2, arch.noise_dim, arch.rows0, cols + 2 * margin + 4)
+    with torch.no_grad():
+        long = gen(z, y, noise=noise, frames=(cols + 4) * 16)
+        for k in (1, 3):
+            window = gen(z, y, noise=noise[..., k:k + cols + 2 * margin], frames=cols * 16)
+            expected = long[..., 16 * k:16 * (k + cols)]
+            if margin:
+                torch.testing.assert_close(window, expected, rtol=0, atol=1e-5)
+            else:  # the artifact: the window's first frames differ from the same frames inside a longer sample
+                assert (window[..., :16] - expected[..., :16]).abs().max() > 1e-3
+                torch.testing.assert_close(window[..., 48:-48], expected[..., 48:-48], rtol=0, atol=1e-5)
+    assert gen.noise_shape(2, 128) == (2, arch.noise_dim, arch.rows0, cols + 2 * margin)
+
+
+def test_band_probe_is_the_ridge_probe_in_torch_and_passes_gradients():
+    """G's auxiliary regressor predicts what emovit.probe's fitted pipeline predicts from the same
+    crops in dB, and its gradient reaches the generator's output."""
+    from emovit.probe import band_stats, fit_probe
+
+    rng = np.random.default_rng(0)
+    db = rng.normal(-40, 8, (30, 16, 24)).astype(np.float32)
+    labels = rng.uniform(-1, 1, (30, 2))
+    probe = fit_probe(band_stats(db), labels)
+    std = Standardizer(mean=-40.0, std=8.0)
+    aux = G.BandProbe.from_probe(probe, std.mean, std.std)
+    x = torch.from_numpy(std(db))[:, None].requires_grad_(True)
+    out = aux(x)
+    np.testing.assert_allclose(out.detach().numpy(), probe.predict(band_stats(db)), atol=1e-4)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in aux.parameters())
+
+
 def test_bad_n_mels_is_a_clear_error():
     with pytest.raises(ValueError, match="multiple of 16"):
         G.Generator(G.GanArch(n_mels=40, frames=100))

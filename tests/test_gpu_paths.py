@@ -1,4 +1,4 @@
-"""GPU code paths re-enacted on the CPU (issue 11): each test fails on the code before its fix.
+"""GPU code paths re-enacted on the CPU: each test fails on the code before its fix.
 
 - DataParallel's worker threads re-enter autocast with ``enabled=`` only: the model must pin
   its own autocast dtype (item 1).

@@ -47,13 +47,15 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-songs", type=int, default=0,
                         help="also score on N extra songs of the same generator (another seed), used for nothing else: "
                              "the 14 validation songs make every CCC noisy")
+    parser.add_argument("--vit-judge", action="store_true",
+                        help="also judge the synthetic set with the real-only ViT (trained once per data set, cached)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Config override")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from emovit.config import make_config
+    from emovit.config import make_config, replace
     from emovit.deam import discover
     from emovit.demo_data import make_demo_deam
     from emovit.features import extract_features
@@ -97,6 +99,18 @@ def main(argv=None) -> int:
         heldout = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(),
                               eval_store.centre_windows(eval_ids), eval_labels, synthetic.mels, synthetic.labels,
                               seed=cfg.seed)
+    judge = None
+    if args.vit_judge:  # the notebook's judge: a ViT trained on the real training songs only
+        from emovit.choice import judge_synthetic
+        from emovit.experiment import Trainer
+        from emovit.vit import find_pretrained
+
+        judge_cfg = replace(cfg, cache_dir=str(args.work / f"judge_{args.style}_{args.seed}"))
+        trainer = Trainer(judge_cfg, store, split, synthetic, standardizer, find_pretrained(judge_cfg), "cpu")
+        judgement = judge_synthetic(trainer.fit("vit_real_only", use_synthetic=False), synthetic, judge_cfg, "cpu")
+        judge = {"synthetic": judgement.synthetic_ccc, "val": judgement.val_ccc,
+                 "ratio": {d: judgement.synthetic_ccc[d] / judgement.val_ccc[d] for d in judgement.val_ccc}}
+        print("ViT judge:", json.dumps(judge))
     table = quality_table(quality)
     table["ratio"] = (table["synthetic"] / table["real reference"]).round(2)
     if heldout is not None:
@@ -108,7 +122,7 @@ def main(argv=None) -> int:
                "gan_train_seconds": gan.seconds, "gan_stage_seconds_train": stage_gan,
                "gan_train_cpu_seconds": cpu_gan,  # process CPU time: comparable under a shared machine
                "gan_stage_seconds_train_and_sample": stage, "torch_threads": torch.get_num_threads(),
-               "table": table.drop(columns="how to read").to_dict(orient="records")}
+               "vit_judge": judge, "table": table.drop(columns="how to read").to_dict(orient="records")}
     (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
     return 0

@@ -101,6 +101,10 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
             diff = compare(o.predictions, reference.predictions, cfg.n_bootstrap, cfg.seed)
             result["minus_real_only"][name] = {dim: diff[dim]["ccc"] for dim in ("valence", "arousal")}
     result["judge_fidelity"] = {"synthetic": judgement.synthetic_ccc, "val": judgement.val_ccc}
+    for name, o in models.items():  # every model's validation and test predictions, to study choice rules
+        for split_name, frame in (("val", o.val_predictions), ("test", o.predictions)):
+            if frame is not None:
+                frame.to_csv(out / f"pred_{tag}_{name}_{split_name}.csv", index=False)
     path = args.work / f"{args.style}_{gan_tag}_{tag}_seed{seed}.json"
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("style", "seed", "tag", "test", "minus_real_only")}, default=float))
