@@ -14,9 +14,10 @@ OLD_VENV ?= .venv-old
 
 .PHONY: gpu-check bench venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install runtime + dev requirements
@@ -40,19 +41,20 @@ test: lint check-notebook check-readme  ## ruff, notebook and README checks, pyt
 	$(PY) -m pytest
 	$(MAKE) test-old
 
-$(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.txt
+$(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.txt pyproject.toml
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install -q -r requirements-dev.txt -c constraints-old.txt
+	$(OLD_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 test-old: $(OLD_VENV)/.installed  ## the suite (end-to-end notebook included) on the stack Kaggle's image has
 	$(OLD_VENV)/bin/python -m pytest -m "not smoke" -p no:cacheprovider
 
 bench: venv  ## measure stage throughput and memory -> benchmarks/results.json
-	$(PY) benchmarks/bench.py
+	$(PY) -m benchmarks.bench
 
 gpu-check: venv  ## on a GPU machine: full-size GAN + ViT-B/16 steps in fp16 and bf16 -> benchmarks/gpu.json
-	$(PY) tools/gpu_check.py --out benchmarks/gpu.json
+	$(PY) -m tools.gpu_check --out benchmarks/gpu.json
 
 validate: venv  ## run every check and the demo; write validation_report.md from what they produced
 	$(PY) tools/validate.py

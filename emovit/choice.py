@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 
 from emovit.config import Config
-from emovit.evaluate import prediction_frame, score
-from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import DIMENSIONS, ccc
+from emovit.results import prediction_frame, score
 from emovit.vit import DevicePreprocessor, model_from_config_dict
 from emovit.vit_train import SYNTHETIC_DIMS, MelDataset, Part, load_best, predict_dataset
 
@@ -112,7 +112,7 @@ def dims_of(passed: dict[str, bool]) -> str:
 def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     """Score every synthetic sample with the real-only ViT and set the gate (module docstring).
 
-    ``judge``: the :class:`emovit.experiment.Outcome` of the real-only model (its kept checkpoint
+    ``judge``: the :class:`emovit.runs.Outcome` of the real-only model (its kept checkpoint
     and training history); ``synthetic``: the :class:`emovit.gan_train.SyntheticSet`, mels
     (n, n_mels, T) dB and labels (n, 2). With ``cfg.synthetic_dims`` other than "auto" the
     reading is still made and reported, and the user's value is kept; with ``use_synthetic`` off
@@ -198,9 +198,9 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
 
     The checkpoint holds the source models' weights (one per distinct source) and routes each
     dimension to its source; its test predictions are the sources' columns (the same numbers the
-    routed model computes). Returns an :class:`emovit.experiment.Outcome` named "delivered".
+    routed model computes). Returns an :class:`emovit.runs.Outcome` named "delivered".
     """
-    from emovit.experiment import Outcome
+    from emovit.runs import Outcome
 
     names = list(dict.fromkeys(choice.sources[d] for d in DIMENSIONS))  # distinct, valence's first
     states = [load_best(outcomes[n].best_path, outcomes[n].run.key) for n in names]

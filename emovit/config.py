@@ -156,7 +156,7 @@ class Config:
 
     def save(self, path: str | None = None) -> str:
         """Write the config as JSON (atomically); returns the path."""
-        from emovit.io import atomic_write_text
+        from emovit.files import atomic_write_text
 
         path = path or os.path.join(self.output_dir, "config.json")
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from emovit.io import LOG
+from emovit.files import LOG
 
 AUDIO_RE = re.compile(r"^(\d+)\.(mp3|wav)$", re.IGNORECASE)
 REQUIRED_COLUMNS = ("song_id", "valence_mean", "arousal_mean")

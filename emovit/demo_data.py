@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from emovit.io import LOG, atomic_path, atomic_write_text, parallel_imap
+from emovit.files import LOG, atomic_path, atomic_write_text, parallel_imap
 
 AUDIO_DIR = os.path.join("DEAM_audio", "MEMD_audio")
 ANNOTATION_DIR = os.path.join("DEAM_Annotations", "annotations", "annotations averaged per song", "song_level")

@@ -33,7 +33,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from emovit.config import Config
-from emovit.io import LOG, atomic_path, atomic_write_csv, atomic_write_json, file_fingerprint, hash_json, parallel_imap
+from emovit.files import (
+    LOG,
+    atomic_path,
+    atomic_write_csv,
+    atomic_write_json,
+    file_fingerprint,
+    hash_json,
+    parallel_imap,
+)
 
 PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin",
                 "max_clip_seconds")

@@ -110,8 +110,8 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
     """
     import os
 
+    from emovit.files import atomic_write_json
     from emovit.gan import count_parameters
-    from emovit.io import atomic_write_json
     from emovit.split import ids_of
 
     labels = store.songs.set_index("song_id")[["valence", "arousal"]]

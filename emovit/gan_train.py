@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from emovit import gan as G
 from emovit.config import Config
-from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 

@@ -47,7 +47,7 @@ def rmse(y_true, y_pred) -> float:
 METRICS = {"ccc": ccc, "pearson_r": pearson, "r2": r2, "rmse": rmse}
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def with_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
     """Every metric per dimension with a bootstrap 95% interval (songs resampled).
 
     Args:

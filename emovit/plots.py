@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from emovit.io import atomic_savefig
+from emovit.files import atomic_savefig
 
 SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 

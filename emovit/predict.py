@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from emovit.deam import to_rating_scale
 from emovit.features import MelParams, load_window, log_mel
-from emovit.io import LOG, atomic_write_csv, load_checkpoint
+from emovit.files import LOG, atomic_write_csv, load_checkpoint
 from emovit.runtime import amp_dtype
 from emovit.vit import DevicePreprocessor, regressor_from_checkpoint
 
@@ -390,7 +390,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emovit.io import setup_logging
+    from emovit.files import setup_logging
     from emovit.runtime import pick_device
 
     parser = argparse.ArgumentParser(

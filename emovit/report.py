@@ -13,7 +13,7 @@ import zipfile
 
 import pandas as pd
 
-from emovit.io import atomic_path, atomic_write_json
+from emovit.files import atomic_path, atomic_write_json
 
 ZIP_NAME = "vit_output.zip"
 STORED = (".pth", ".png", ".zip", ".npy")  # already compressed or incompressible: store as is

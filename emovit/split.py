@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emovit.io import atomic_write_csv
+from emovit.files import atomic_write_csv
 
 SPLITS = ("train", "val", "test")
 

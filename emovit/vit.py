@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from emovit.config import Config
-from emovit.io import LOG
+from emovit.files import LOG
 
 IMAGENET_1K = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IN21K_DEFAULT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from emovit.config import Config
 from emovit.features import crop_starts
-from emovit.io import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import amp_dtype, load_scaler_state, scaler_step
 from emovit.split import assert_only_train, ids_of

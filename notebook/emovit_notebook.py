@@ -55,7 +55,7 @@ print(f"emovit modules are written to {EMOVIT_SRC}")
 
 # %% module="emovit/__init__.py"
 
-# %% module="emovit/io.py"
+# %% module="emovit/files.py"
 
 # %% module="emovit/config.py"
 
@@ -66,7 +66,7 @@ import pandas as pd
 from IPython.display import display
 
 from emovit.config import make_config
-from emovit.io import setup_logging
+from emovit.files import setup_logging
 from emovit.runtime import check_gpu, describe_environment, pick_device, seed_everything
 
 setup_logging()
@@ -305,12 +305,12 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 
 # %% module="emovit/vit_train.py"
 
-# %% module="emovit/evaluate.py"
+# %% module="emovit/results.py"
 
-# %% module="emovit/experiment.py"
+# %% module="emovit/runs.py"
 
 # %%
-from emovit.experiment import Trainer
+from emovit.runs import Trainer
 
 trainer = Trainer(cfg, store, split, synthetic, standardizer, pretrained, device)
 reference = trainer.fit("vit_real_only", use_synthetic=False)
@@ -393,7 +393,7 @@ if choice.note:
 # DEAM with a random song split.
 
 # %%
-from emovit.evaluate import MODEL_LABELS, metrics_table, write_results
+from emovit.results import MODEL_LABELS, metrics_table, write_results
 
 metrics = {"models": {k: o.metrics for k, o in outcomes.items()}, "gate": judgement.to_dict(), "choice": choice.to_dict(),
            "protocol": {"split": cfg.split_file or "by song: hash of (seed, song id)", "n_train_real": len(train_ids),
@@ -422,9 +422,9 @@ plots.va_plane(delivered.predictions, cfg.output_dir);
 # the arms.
 
 # %%
-from emovit.evaluate import results_table
-from emovit.experiment import arm_table, paired_differences, ridge_baseline
-from emovit.io import atomic_write_csv
+from emovit.results import results_table
+from emovit.runs import arm_table, paired_differences, ridge_baseline
+from emovit.files import atomic_write_csv
 
 for name, overrides in cfg.arms.items():
     outcomes[name] = trainer.fit(name, synthetic_dims=judgement.dims, **overrides)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from emovit.config import make_config
+from emovit.demo_data import make_demo_deam
 
-from emovit.config import make_config  # noqa: E402
-from emovit.demo_data import make_demo_deam  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def real_deam_dir() -> Path | None:

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_produces_every_figure(tmp_path):
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
                    check=True, cwd=ROOT, capture_output=True)
     results = json.loads(out.read_text())
     expected = {

@@ -8,8 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import build_notebook  # noqa: E402
+from tools import build_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +43,7 @@ def test_every_module_is_one_writefile_cell_with_its_exact_source():
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "PRESET" in params[0].source and "OVERRIDES" in params[0].source
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
-    setup = next(c.source for c in nb.cells if "sys.path.insert(0, EMOVIT_SRC)" in c.source)
+    setup = next(c.source for c in nb.cells if "EMOVIT_SRC" in c.source and "%autoreload" in c.source)
     assert "%autoreload 2" in setup
 
 

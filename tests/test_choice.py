@@ -23,9 +23,9 @@ import emovit.vit_train as vt
 from emovit import gan_train
 from emovit.choice import DELIVERED, Choice, choose_models, deliver, dims_of, gate, judge_synthetic
 from emovit.config import make_config, replace
-from emovit.experiment import Outcome, Trainer
 from emovit.gan_train import SyntheticSet
 from emovit.metrics import ccc
+from emovit.runs import Outcome, Trainer
 from emovit.split import Standardizer, ids_of, split_songs
 from emovit.vit import RoutedRegressor, find_pretrained, regressor_from_checkpoint
 from emovit.vit_train import loss_fn, make_datasets
@@ -223,6 +223,7 @@ def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffle
     assert forced.dims == "both" and forced.forced and forced.passed == judgement.passed
 
 
+@pytest.mark.slow
 def test_a_gan_with_its_valence_input_shuffled_is_gated_off_on_valence(judged, cue_store, tmp_path):
     """The GAN learns from training songs whose valence labels were permuted: its samples for a
     valence carry no valence cue, and the judge closes valence (arousal stays open)."""
@@ -273,7 +274,7 @@ def test_the_judge_trains_on_training_songs_and_selects_on_validation_songs(judg
         seen["files"] = train_ds.files
         return real(model, pre, train_ds, val_ds, *args, **kwargs)
 
-    monkeypatch.setattr("emovit.experiment.train_vit", spy)
+    monkeypatch.setattr("emovit.runs.train_vit", spy)
     synthetic = _synthetic_set(tmp_path / "syn.npy", np.zeros((4, 32, 64)), np.zeros((4, 2)))
     trainer = Trainer(replace(cfg, output_dir=str(tmp_path / "o"), vit_epochs=1), cue_store, split, synthetic, std,
                       find_pretrained(cfg), "cpu")

@@ -3,6 +3,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 
 from emovit.config import make_config
 from emovit.deam import discover
@@ -47,6 +48,7 @@ def test_arousal_drives_loudness_and_tempo():
     assert np.sqrt(np.mean(excited**2)) > 3 * np.sqrt(np.mean(calm**2))
 
 
+@pytest.mark.slow
 def test_labels_are_learnable_by_ridge_on_band_stats(demo_root, tmp_path):
     """Ridge on per-band mean/std of the log-mel, trained on 70% of the songs.
 
@@ -84,6 +86,7 @@ def test_band_style_is_stereo_other_audio_and_arousal_drives_level():
     np.testing.assert_array_equal(band, synthesize_band(0.3, -0.2, 2.0, 22050, seed=1))
 
 
+@pytest.mark.slow
 def test_band_style_labels_are_learnable_by_ridge_on_band_stats(tmp_path):
     """The second generator's labels are learnable from band statistics on held-out songs.
 

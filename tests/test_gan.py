@@ -361,6 +361,7 @@ def test_checkpoint_with_unknown_architecture_settings_is_stale_and_retrained(ti
     assert "slow_noise_dim" not in torch.load(g_path, weights_only=True)["arch"]
 
 
+@pytest.mark.slow
 def test_key_covers_label_values_and_synthetic_cache_covers_weights(tiny_setup):
     cfg, store, split, train, std = tiny_setup
     first = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
@@ -444,6 +445,7 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
 
 # ---- learning test --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store):
     """Learning test: 150 CPU steps (~10 s of one core) on 36 training songs whose labels set
     level, tilt and a spectral bump. Label fidelity = CCC of a ridge probe fitted on the real
@@ -477,11 +479,7 @@ def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store
 
 def test_kaggle_gan_projection_fits_the_t4_budget():
     """benchmarks/bench.py's FLOP count (quick: batch 2, scaled): kaggle preset <= 8 T4 minutes at 25% MFU."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench
+    from benchmarks import bench
 
     p = bench.bench_gan_projection(quick=True)
     assert p["gflop_per_step"] > 0 and p["gan_steps"] == make_config("kaggle").gan_steps

@@ -7,16 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tools import gpu_check
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_writes_the_report(tmp_path):
     out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry", "--out", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry", "--out", str(out)], check=True,
                    cwd=ROOT, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
                                                        "HF_HUB_OFFLINE": "1"})
     report = json.loads(out.read_text())
@@ -31,12 +32,12 @@ def test_dry_run_writes_the_report(tmp_path):
     assert ckpt["loader"] == "emovit.predict.Predictor" and ckpt["match"] and ckpt["max_abs_diff_vs_device_fp32"] < 2e-3
 
 
+@pytest.mark.slow
 def test_achieved_tflops_use_the_projection_counts():
     """At full size: one step/s of ViT-B/16 at batch 32 is its 3.36 TFLOP per step (projection.py)."""
     out = gpu_check.achieved({"steps_per_s": 1.0}, {"steps_per_s": 2.0}, gpu_check.FULL, peak_tflops=65.0)
     assert 3.3 < out["vit_tflops"] < 3.45 and out["vit_mfu"] == out["vit_tflops"] / 65.0
-    import projection
-
+    from benchmarks import projection
     from emovit.config import make_config
 
     gan_step = projection.gan_flops(make_config("kaggle"))["step_flops"]

@@ -25,11 +25,11 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 import emovit.vit_train as vt
-from emovit import io as eio
+from emovit import files as efiles
 from emovit.config import make_config, replace
 from emovit.deam import discover
 from emovit.features import extract_features
-from emovit.io import atomic_write_text, load_checkpoint
+from emovit.files import atomic_write_text, load_checkpoint
 from emovit.report import write_zip
 from emovit.runtime import gpu_compatibility_problem, load_scaler_state, parse_arch, scaler_step
 from emovit.split import Standardizer, ids_of, split_songs
@@ -211,7 +211,7 @@ def test_gpu_check_with_suffixed_arch_names(capability, arch, ok):
 
 
 def _expected_mode() -> int:
-    return 0o666 & ~eio.current_umask()
+    return 0o666 & ~efiles.current_umask()
 
 
 def test_atomic_writes_get_the_normal_file_mode_and_zip_members_keep_it(tmp_path):
@@ -219,7 +219,7 @@ def test_atomic_writes_get_the_normal_file_mode_and_zip_members_keep_it(tmp_path
     try:
         out = tmp_path / "out"
         atomic_write_text(str(out / "a.json"), "{}\n")
-        eio.atomic_write_json(str(out / "sub" / "b.json"), {"x": 1})
+        efiles.atomic_write_json(str(out / "sub" / "b.json"), {"x": 1})
         for path in (out / "a.json", out / "sub" / "b.json"):
             assert path.stat().st_mode & 0o777 == _expected_mode() == 0o644  # before the fix: 0o600
         zip_path, members = write_zip(str(out), exclude=[])
@@ -234,12 +234,12 @@ def test_atomic_writes_get_the_normal_file_mode_and_zip_members_keep_it(tmp_path
 def test_atomic_write_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(eio.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")
+    monkeypatch.setattr(efiles.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")
                                                                     if os.path.exists("/proc/self/fd") else fd)),
                                                      real_fsync(fd))[1])
-    monkeypatch.setattr(eio.os, "replace", lambda a, b: (events.append(("replace", a)), real_replace(a, b))[1])
+    monkeypatch.setattr(efiles.os, "replace", lambda a, b: (events.append(("replace", a)), real_replace(a, b))[1])
     target = tmp_path / "ckpt.pth"
-    with eio.atomic_path(str(target)) as tmp:
+    with efiles.atomic_path(str(target)) as tmp:
         torch.save({"w": torch.ones(2)}, tmp)
     kinds = [kind for kind, _ in events]
     assert "fsync" in kinds and kinds.index("fsync") < kinds.index("replace")  # data on disk before the name

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchmetrics.functional.regression import concordance_corrcoef, pearson_corrcoef, r2_score
 
-from emovit.metrics import ccc, evaluate, pearson, r2, rmse
+from emovit.metrics import ccc, pearson, r2, rmse, with_intervals
 
 
 def test_ccc_hand_computed():
@@ -31,7 +31,7 @@ def test_evaluate_intervals_bracket_the_value():
     rng = np.random.default_rng(1)
     t = rng.uniform(-1, 1, size=(80, 2))
     p = t + rng.normal(0, 0.3, size=t.shape)
-    out = evaluate(t, p, n_boot=200, seed=0)
+    out = with_intervals(t, p, n_boot=200, seed=0)
     assert out["n"] == 80
     for dim in ("valence", "arousal"):
         for m in ("ccc", "pearson_r", "r2", "rmse"):

@@ -144,7 +144,7 @@ def _read_exact(path) -> pd.DataFrame:
 def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute(demo_run, demo_root):
     """Row-level truths: each predictions*.csv row holds its own song's annotated labels (order
     matters), and every stored metric recomputes exactly from the file."""
-    from emovit.evaluate import compare, score
+    from emovit.results import compare, score
 
     outputs, _ = demo_run
     labels = _labels(demo_root)
@@ -245,7 +245,7 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
                     "--run-dir", str(outputs), "--out", str(report)], check=True, cwd=ROOT)
     text = report.read_text()
     metrics = json.loads((outputs / "metrics.json").read_text())
-    from emovit.evaluate import MODEL_LABELS
+    from emovit.results import MODEL_LABELS
 
     for model in ("delivered", "vit_real_plus_synthetic", "ridge_baseline"):
         label = MODEL_LABELS[model]

@@ -296,6 +296,7 @@ def _check_cli_outputs(run: subprocess.CompletedProcess, out: Path, n_files: int
     return table
 
 
+@pytest.mark.slow
 def test_cli_in_a_fresh_process_with_only_the_checkpoint(tiny_ckpt, tmp_path):
     folder = _messy_folder(tmp_path)
     work = tmp_path / "fresh"

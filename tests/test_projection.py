@@ -1,16 +1,13 @@
 """The Run All projection's FLOP counts (benchmarks/projection.py) against hand-computed oracles."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import projection
 from emovit.config import make_config, replace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import projection  # noqa: E402
 
 
 def vit_b16_forward_flops() -> int:
@@ -31,6 +28,7 @@ def test_vit_flops_match_the_hand_count():
     assert vit["train_step_flops"] == pytest.approx(3 * 2 * vit_b16_forward_flops(), rel=0.01)
 
 
+@pytest.mark.slow
 def test_gan_flops_scale_with_batch():
     cfg = replace(make_config("kaggle"), gan_batch_size=8)
     one = projection.gan_flops(cfg, batch=1)
@@ -51,6 +49,7 @@ def test_preset_counts_of_the_kaggle_preset():
     assert fewer["vit_steps_per_epoch"] == 40 and fewer["vit_steps_total"] == fewer["vit_trainings"] * 200
 
 
+@pytest.mark.slow
 def test_projection_minutes_are_ordered():
     p = projection.project(make_config("kaggle"), extraction_songs_per_s_per_core=25.0)
     assert "PROJECTION" in p["label"]

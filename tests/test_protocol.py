@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 import torch
 
-import emovit.experiment as experiment
+import emovit.runs as runs
 import emovit.vit_train as vt
 from emovit import gan_train
 from emovit.config import Config, make_config, replace
 from emovit.deam import discover
 from emovit.demo_data import make_demo_deam
-from emovit.evaluate import compare, prediction_frame, score
 from emovit.features import extract_features
-from emovit.metrics import METRICS, ccc, evaluate
+from emovit.metrics import METRICS, ccc, with_intervals
 from emovit.probe import band_stats, fit_probe, song_features, validation_probe
+from emovit.results import compare, prediction_frame, score
 from emovit.split import Standardizer, fit_standardizer, ids_of, split_songs
 from emovit.vit import find_pretrained
 
@@ -68,7 +68,7 @@ def test_ridge_baseline_and_validation_probe_are_fitted_on_training_songs(pipeli
     cfg, store, split, _ = pipeline
     train_ids, val_ids, test_ids = (ids_of(split, s) for s in ("train", "val", "test"))
     train_only = fit_probe(song_features(store, train_ids), _labels(store, train_ids))
-    baseline = experiment.ridge_baseline(cfg, store, split)
+    baseline = runs.ridge_baseline(cfg, store, split)
     assert list(baseline.predictions.song_id) == test_ids
     expected = train_only.predict(song_features(store, test_ids))
     np.testing.assert_allclose(baseline.predictions[["valence_pred", "arousal_pred"]].to_numpy(), expected, atol=1e-9)
@@ -135,9 +135,9 @@ def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
         return real_predict(model, pre, ds, *args, **kwargs)
 
     monkeypatch.setattr(vt, "predict_dataset", recorder)
-    monkeypatch.setattr(experiment, "predict_dataset", recorder)
+    monkeypatch.setattr(runs, "predict_dataset", recorder)
     out = cfg.output_dir + "_selection"
-    outcome = experiment.fit_and_test("main", replace(cfg, use_synthetic=False), store, split, None, standardizer,
+    outcome = runs.fit_and_test("main", replace(cfg, use_synthetic=False), store, split, None, standardizer,
                                       find_pretrained(cfg), "cpu", best_path=os.path.join(out, "best.pth"),
                                       last_path=os.path.join(out, "last.pth"))
     assert len(calls) == cfg.vit_epochs + 2
@@ -162,7 +162,7 @@ def test_every_model_of_a_run_takes_the_same_optimizer_steps(pipeline):
     gan = gan_train.train_or_load_gan(cfg, store, split, ids_of(split, "train"), standardizer, "cpu")
     synthetic = gan_train.synthesize(gan, cfg, "cpu")
     cfg = replace(cfg, vit_epochs=2, output_dir=cfg.output_dir + "_arms", cache_dir=cfg.cache_path + "_arms")
-    trainer = experiment.Trainer(cfg, store, split, synthetic, standardizer, find_pretrained(cfg), "cpu")
+    trainer = runs.Trainer(cfg, store, split, synthetic, standardizer, find_pretrained(cfg), "cpu")
     real_only = trainer.fit("vit_real_only", use_synthetic=False)
     main = trainer.fit("main", synthetic_dims="arousal")
     arm = trainer.fit("no_augment", synthetic_dims="arousal", random_crop=False, spec_augment=False)
@@ -171,12 +171,12 @@ def test_every_model_of_a_run_takes_the_same_optimizer_steps(pipeline):
         assert o.run.steps_per_epoch == -(-main.n_train // cfg.vit_batch_size) == trainer.steps_per_epoch
         assert o.run.optimizer_steps == 2 * trainer.steps_per_epoch
     assert list(real_only.predictions.song_id) == list(main.predictions.song_id)
-    ridge = experiment.ridge_baseline(cfg, store, split)
+    ridge = runs.ridge_baseline(cfg, store, split)
     for other in (real_only, ridge):  # every model's frame carries the same true values: comparable
         pd.testing.assert_frame_equal(other.predictions[["song_id", "valence_true", "arousal_true"]],
                                       main.predictions[["song_id", "valence_true", "arousal_true"]])
         compare(main.predictions, other.predictions, n_boot=20, seed=0)
-    table = experiment.arm_table({"main": main, "vit_real_only": real_only, "no_augment": arm}).set_index("model")
+    table = runs.arm_table({"main": main, "vit_real_only": real_only, "no_augment": arm}).set_index("model")
     assert table.loc["vit_real_only", "optimizer steps"] == table.loc["main", "optimizer steps"]
     assert "random_crop" in table.loc["no_augment", "overrides"]
 
@@ -271,7 +271,7 @@ def test_best_file_of_another_run_is_never_scored(pipeline):
     out = cfg.output_dir + "_keys"
     paths = {"best_path": os.path.join(out, "best.pth"), "last_path": os.path.join(out, "last.pth")}
     pretrained = find_pretrained(cfg)
-    a = experiment.fit_and_test("a", cfg, store, split, None, standardizer, pretrained, "cpu", **paths)
+    a = runs.fit_and_test("a", cfg, store, split, None, standardizer, pretrained, "cpu", **paths)
     other_split = split_songs(store.songs.song_id, 0.25, 0.25, seed=1)
     other_std = fit_standardizer(store, other_split)
     train, val, _ = vt.make_datasets(store, other_split, None, cfg)
@@ -283,7 +283,7 @@ def test_best_file_of_another_run_is_never_scored(pipeline):
     vt.train_vit(model, pre, train, val, cfg, "cpu", "run-b", **paths)
     with open(paths["last_path"], "wb") as f:  # as if interrupted before B's resume state was written
         f.write(state_a)
-    again = experiment.fit_and_test("a", cfg, store, split, None, standardizer, pretrained, "cpu", **paths)
+    again = runs.fit_and_test("a", cfg, store, split, None, standardizer, pretrained, "cpu", **paths)
     assert again.run.resumed_from == 0  # A's resume state does not match the best file: retrained
     assert torch.load(paths["best_path"], weights_only=True)["key"] == a.run.key == again.run.key
     pd.testing.assert_frame_equal(again.predictions, a.predictions)
@@ -298,7 +298,7 @@ def test_intervals_are_95_percent_percentiles():
     rng = np.random.default_rng(3)
     t = rng.uniform(-1, 1, size=(40, 2))
     p = t + rng.normal(0, 0.4, size=t.shape)
-    out = evaluate(t, p, n_boot=300, seed=9)
+    out = with_intervals(t, p, n_boot=300, seed=9)
     idx = np.random.default_rng(9).integers(0, 40, size=(300, 40))
     for d, dim in enumerate(("valence", "arousal")):
         for name, fn in METRICS.items():

@@ -108,6 +108,7 @@ def corpus_table(tmp_path):
     return pd.DataFrame(rows), report, store, cfg
 
 
+@pytest.mark.slow
 def test_bad_input_corpus(tmp_path):
     table, report, store, cfg = corpus_table(tmp_path)
     what = dict(zip(table.song_id, table["what happened"]))
@@ -186,6 +187,7 @@ def gan_setup(small_demo, tmp_path):
     return cfg, store, split, train, std
 
 
+@pytest.mark.slow
 def test_gan_interrupted_then_rerun_matches_uninterrupted(gan_setup, monkeypatch):
     """The GAN restarts its (short) training; seeded on the CPU it ends with the same weights."""
     cfg, store, split, train, std = gan_setup
@@ -210,6 +212,7 @@ def test_gan_interrupted_then_rerun_matches_uninterrupted(gan_setup, monkeypatch
 
 # ---- corrupt checkpoints ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_corrupt_gan_checkpoint_names_the_file_or_retrains(gan_setup):
     cfg, store, split, train, std = gan_setup
     gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from emovit.demo_data import make_demo_deam
-from emovit.io import load_checkpoint
+from emovit.files import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "vit_with_gans_emotion_prediction.ipynb"

@@ -15,7 +15,7 @@ from transformers import ViTConfig, ViTModel
 from emovit.config import make_config, replace
 from emovit.deam import discover
 from emovit.features import extract_features
-from emovit.io import load_checkpoint
+from emovit.files import load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import gpu_compatibility_problem
 from emovit.split import Standardizer, ids_of, split_songs
@@ -197,6 +197,7 @@ def test_nan_losses_are_skipped_then_stop_with_best_intact(vit_setup, monkeypatc
     assert all(torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_best_checkpoint_and_predict_in_a_fresh_process(vit_setup):
     cfg, store, split, std = vit_setup
     train, val, _ = make_datasets(store, split, None, cfg)

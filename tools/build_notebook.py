@@ -40,7 +40,7 @@ class BuildError(Exception):
 
 
 def imported_modules(source: str) -> set[str]:
-    """Names of ``emovit`` submodules a piece of code imports (``emovit.io`` -> ``io``)."""
+    """Names of ``emovit`` submodules a piece of code imports (``emovit.files`` -> ``io``)."""
     names: set[str] = set()
     for a, b, c in IMPORT_RE.findall(source):
         if a or b:

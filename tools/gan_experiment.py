@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _value(text: str):
@@ -59,9 +58,9 @@ def main(argv=None) -> int:
     from emovit.deam import discover
     from emovit.demo_data import make_demo_deam
     from emovit.features import extract_features
+    from emovit.files import setup_logging
     from emovit.gan_quality import assess_gan, gan_quality, quality_table
     from emovit.gan_train import synthesize, train_or_load_gan
-    from emovit.io import setup_logging
     from emovit.split import Standardizer, ids_of, split_songs
 
     setup_logging()
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     judge = None
     if args.vit_judge:  # the notebook's judge: a ViT trained on the real training songs only
         from emovit.choice import judge_synthetic
-        from emovit.experiment import Trainer
+        from emovit.runs import Trainer
         from emovit.vit import find_pretrained
 
         judge_cfg = replace(cfg, cache_dir=str(args.work / f"judge_{args.style}_{args.seed}"))

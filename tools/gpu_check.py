@@ -4,7 +4,7 @@
 The one command to run on a lent GPU machine (from the repository root; needs only a CUDA
 PyTorch + transformers + numpy; no hub, no internet; about 2-4 minutes on an H100/H200):
 
-    python tools/gpu_check.py --out benchmarks/gpu.json
+    python -m tools.gpu_check --out benchmarks/gpu.json
 
 What it does, for each precision -- "fp16" (fp16 autocast + GradScaler, FORCED: the T4 path,
 whatever the card) and "bf16" (bf16 autocast, no scaler: the L4/Ampere+ path, when supported):
@@ -43,14 +43,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from emovit import gan as G
+from emovit.files import atomic_write_json, load_checkpoint
+from emovit.runtime import gpu_compatibility_problem, scaler_step
+from emovit.vit import DevicePreprocessor, ViTRegressor, for_devices, model_from_config_dict
 
-from emovit import gan as G  # noqa: E402
-from emovit.io import atomic_write_json, load_checkpoint  # noqa: E402
-from emovit.runtime import gpu_compatibility_problem, scaler_step  # noqa: E402
-from emovit.vit import DevicePreprocessor, ViTRegressor, for_devices, model_from_config_dict  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FULL = {"n_mels": 128, "frames": 1292, "gan_crop": 256, "gan_channels": 32, "z_dim": 128, "gan_batch": 32, "vit_batch": 32,
         "vit": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}}
@@ -217,8 +215,7 @@ def reload_on_cpu(model: ViTRegressor, pre: DevicePreprocessor, path: str, devic
 
 def achieved(vit: dict, gan: dict, s: dict, peak_tflops: float | None) -> dict:
     """Achieved TFLOP/s (and MFU against ``peak_tflops``) from projection.py's FLOP counts."""
-    import projection
-
+    from benchmarks import projection
     from emovit.config import make_config
 
     vf = projection.vit_flops(s["vit_batch"])["train_step_flops"] if s is FULL else None

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 README = ROOT / "README.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 

@@ -44,11 +44,11 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     from emovit.config import make_config
     from emovit.deam import discover
     from emovit.demo_data import make_demo_deam
-    from emovit.evaluate import compare
-    from emovit.experiment import Trainer
     from emovit.features import extract_features
     from emovit.gan_quality import assess_gan
     from emovit.gan_train import synthesize, train_or_load_gan
+    from emovit.results import compare
+    from emovit.runs import Trainer
     from emovit.split import fit_standardizer, ids_of, split_songs
     from emovit.vit import find_pretrained
 
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     if args.summary:
         summary(sorted(p for pattern in args.summary for p in glob.glob(pattern)))
         return 0
-    from emovit.io import setup_logging
+    from emovit.files import setup_logging
 
     setup_logging()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 NOTEBOOK = "vit_with_gans_emotion_prediction.ipynb"
 
 
@@ -69,7 +68,7 @@ def load_run(run_dir: Path) -> dict:
 
 def ordered_rows(metrics: dict) -> list[tuple[str, dict]]:
     """(label, metrics) for each model in a fixed order, then each difference."""
-    from emovit.evaluate import MODEL_LABELS
+    from emovit.results import MODEL_LABELS
 
     order = list(MODEL_LABELS)
     models = sorted(metrics["models"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))

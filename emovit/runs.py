@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from emovit.config import Config, replace
-from emovit.evaluate import compare, prediction_frame, score
 from emovit.probe import fit_probe, song_features
+from emovit.results import compare, prediction_frame, score
 from emovit.split import ids_of
 from emovit.vit import DevicePreprocessor, build_model
 from emovit.vit_train import (
@@ -39,7 +39,7 @@ from emovit.vit_train import (
 class Outcome:
     name: str
     predictions: pd.DataFrame  # song_id, {valence,arousal}_{true,pred} for the test songs
-    metrics: dict  # emovit.metrics.evaluate output
+    metrics: dict  # emovit.metrics.with_intervals output
     seconds: float
     run: TrainResult | None = None
     best_path: str | None = None
@@ -146,7 +146,7 @@ def paired_differences(outcomes: dict[str, Outcome], n_boot: int, seed: int) -> 
     """Paired differences on the same test songs: the delivered model (the first outcome) minus every
     other model, and the GAN's own effect, synthetic-trained minus real-only, when both exist.
 
-    Returns {"<a> - <b>": :func:`emovit.evaluate.compare` output}.
+    Returns {"<a> - <b>": :func:`emovit.results.compare` output}.
     """
     names = list(outcomes)
     first = names[0]

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from emovit.io import atomic_write_csv, atomic_write_json
-from emovit.metrics import DIMENSIONS, evaluate
+from emovit.files import atomic_write_csv, atomic_write_json
+from emovit.metrics import DIMENSIONS, with_intervals
 
 
 def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
@@ -28,10 +28,10 @@ def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataF
 
 
 def score(predictions: pd.DataFrame, n_boot: int, seed: int) -> dict:
-    """Metrics dict of :func:`emovit.metrics.evaluate` for a prediction frame."""
+    """Metrics dict of :func:`emovit.metrics.with_intervals` for a prediction frame."""
     true = predictions[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
     pred = predictions[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
-    return evaluate(true, pred, n_boot=n_boot, seed=seed)
+    return with_intervals(true, pred, n_boot=n_boot, seed=seed)
 
 
 def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
