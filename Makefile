@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 
 OLD_VENV ?= .venv-old
 
-.PHONY: gpu-check bench venv test test-old lint check-notebook check-readme notebook readme demo run validate clean
+.PHONY: gpu-check bench venv check test test-old lint check-notebook check-readme notebook readme demo run validate clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ notebook: venv  ## rebuild the notebook from notebook/ and emovit/
 readme: venv  ## regenerate README's configuration reference from Config
 	$(PY) tools/readme_config.py
 
-test: lint check-notebook check-readme  ## ruff, notebook and README checks, pytest, then the older stack
+check: lint check-notebook check-readme  ## the fast loop (< 3 min): ruff, notebook and README checks, tests not marked slow
+	$(PY) -m pytest -m "not slow" -q
+
+test: lint check-notebook check-readme  ## the full gate CI runs: ruff, checks, every test, then the older stack
 	$(PY) -m pytest
 	$(MAKE) test-old
 

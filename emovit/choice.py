@@ -34,6 +34,7 @@ from emovit.config import Config
 from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import DIMENSIONS, ccc
 from emovit.results import prediction_frame, score
+from emovit.runs import Outcome
 from emovit.vit import DevicePreprocessor, model_from_config_dict
 from emovit.vit_train import SYNTHETIC_DIMS, MelDataset, Part, load_best, predict_dataset
 
@@ -200,8 +201,6 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
     dimension to its source; its test predictions are the sources' columns (the same numbers the
     routed model computes). Returns an :class:`emovit.runs.Outcome` named "delivered".
     """
-    from emovit.runs import Outcome
-
     names = list(dict.fromkeys(choice.sources[d] for d in DIMENSIONS))  # distinct, valence's first
     states = [load_best(outcomes[n].best_path, outcomes[n].run.key) for n in names]
     for other in states[1:]:

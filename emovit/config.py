@@ -8,10 +8,13 @@ builds one; ``Config.save`` writes ``config.json`` into the output folder.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from emovit.files import atomic_write_text
 
 # Ablation arms: each is the synthetic-trained model with these overrides, trained with the same
 # split, seed, test songs and optimizer steps. The real-only model is not an arm: every run trains
@@ -156,8 +159,6 @@ class Config:
 
     def save(self, path: str | None = None) -> str:
         """Write the config as JSON (atomically); returns the path."""
-        from emovit.files import atomic_write_text
-
         path = path or os.path.join(self.output_dir, "config.json")
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
@@ -234,8 +235,6 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 
     The README's configuration reference is generated from this, so it cannot drift.
     """
-    import inspect
-
     comments: dict[str, str] = {}
     for line in inspect.getsource(Config).splitlines():
         stripped = line.strip()

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 from tqdm.auto import tqdm
 
 from emovit.files import LOG, atomic_path, atomic_write_text, parallel_imap
@@ -170,8 +172,6 @@ STYLES = {"demo": synthesize, "band": synthesize_band}
 def _write_song(task: tuple) -> str:
     path, valence, arousal, seconds, sample_rate, seed = task[:6]
     style = task[6] if len(task) > 6 else "demo"
-    import soundfile as sf
-
     y = STYLES[style](valence, arousal, seconds, sample_rate, seed)
     with atomic_path(path) as tmp:
         sf.write(tmp, y, sample_rate, format="MP3", subtype="MPEG_LAYER_III")
@@ -256,6 +256,4 @@ def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed:
 
 
 if __name__ == "__main__":  # python -m emovit.demo_data <root> [num_songs]
-    import sys
-
     make_demo_deam(sys.argv[1], num_songs=int(sys.argv[2]) if len(sys.argv) > 2 else 120)

@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -145,8 +146,6 @@ def crop_starts(frames: int, window: int, count: int) -> np.ndarray:
 
 def log_mel(y: np.ndarray, params: MelParams) -> np.ndarray:
     """Mono waveform (num_samples,) -> log-mel (n_mels, T) float32 in dB re 1.0."""
-    import librosa
-
     power = librosa.feature.melspectrogram(
         y=y, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
         n_mels=params.n_mels, power=2.0,
@@ -170,8 +169,6 @@ def load_clip(path: str, params: MelParams) -> tuple[np.ndarray, str]:
     Raises:
         ValueError / RuntimeError / OSError: the file cannot be decoded (caller records it).
     """
-    import librosa
-
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
     n, n_max = params.num_samples, params.max_samples

@@ -10,11 +10,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+from threadpoolctl import threadpool_limits
 
 LOG = logging.getLogger("emovit")
 
@@ -138,23 +142,21 @@ def parallel_imap(fn, tasks: list, workers: int, chunksize: int = 4) -> Iterator
     if workers == 1:
         yield from map(fn, tasks)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
         yield from pool.map(fn, tasks, chunksize=chunksize)
 
 
 def _one_thread() -> None:
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)
 
 
 def load_checkpoint(path: str) -> dict:
     """``torch.load(path, weights_only=True)``; a corrupt or truncated file raises a
     RuntimeError that names the file (callers say how to retrain)."""
+    # torch is imported here, not at the top: the spawned feature-extraction workers import this
+    # module and need no torch, and with it loaded their log-mels differed from the serial ones in
+    # the 4th digit (tests/test_features.py::test_parallel_equals_serial).
     import torch
 
     try:

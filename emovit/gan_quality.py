@@ -17,13 +17,18 @@ the log-mel in dB), which carry loudness, spectral balance and dynamics:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 from scipy import linalg
 from sklearn.preprocessing import StandardScaler
 
+from emovit.files import atomic_write_json
+from emovit.gan import count_parameters
 from emovit.metrics import DIMENSIONS, ccc
 from emovit.probe import band_stats, fit_probe
+from emovit.split import ids_of
 
 
 def centre_crop(mels: np.ndarray, frames: int) -> np.ndarray:
@@ -108,12 +113,6 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
 
     The file also records the training outcome: steps, kept step, divergence, reuse, parameter counts.
     """
-    import os
-
-    from emovit.files import atomic_write_json
-    from emovit.gan import count_parameters
-    from emovit.split import ids_of
-
     labels = store.songs.set_index("song_id")[["valence", "arousal"]]
     train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
     quality = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(), store.centre_windows(val_ids),

@@ -49,6 +49,9 @@ from tqdm.auto import tqdm
 from emovit import gan as G
 from emovit.config import Config
 from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.gan_quality import frechet_distance
+from emovit.metrics import ccc
+from emovit.probe import band_stats, fit_probe
 from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 
@@ -165,8 +168,6 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     disc.set_band_normalization(norm_crops)
     aux = None
     if cfg.gan_aux_weight > 0:  # a frozen ridge probe of the same real training crops
-        from emovit.probe import band_stats, fit_probe
-
         probe = fit_probe(band_stats(standardizer.inverse(norm_crops[:, 0]).numpy()), labels[norm_idx.numpy()])
         aux = G.BandProbe.from_probe(probe, standardizer.mean, standardizer.std).to(device)
     result = GanResult(gen, disc, arch, standardizer, labels, key)
@@ -192,10 +193,6 @@ class Monitor:
 
     @classmethod
     def build(cls, cfg: Config, store, split, song_ids, labels: np.ndarray) -> Monitor | None:
-        from emovit.gan_quality import frechet_distance
-        from emovit.metrics import ccc
-        from emovit.probe import band_stats, fit_probe
-
         val_ids = ids_of(split, "val")
         if len(val_ids) < 3:
             LOG.warning("GAN: fewer than 3 validation songs; no monitoring, the last step is kept")
@@ -209,10 +206,6 @@ class Monitor:
         return cls(probe, val_labels, f_val, ref, frechet_distance(f_train, f_val), copies=2)
 
     def evaluate(self, gen: G.Generator, standardizer: Standardizer, device: str, seed: int) -> dict:
-        from emovit.gan_quality import frechet_distance
-        from emovit.metrics import ccc
-        from emovit.probe import band_stats
-
         labels = np.repeat(self.val_labels, self.copies, axis=0)
         f_syn = band_stats(generate(gen, labels, standardizer, device, batch_size=64, seed=seed))
         pred = self.probe.predict(f_syn)

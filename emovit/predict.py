@@ -66,6 +66,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 import pandas as pd
 import torch
@@ -73,8 +74,8 @@ from tqdm.auto import tqdm
 
 from emovit.deam import to_rating_scale
 from emovit.features import MelParams, load_window, log_mel
-from emovit.files import LOG, atomic_write_csv, load_checkpoint
-from emovit.runtime import amp_dtype
+from emovit.files import LOG, atomic_write_csv, load_checkpoint, setup_logging
+from emovit.runtime import amp_dtype, pick_device
 from emovit.vit import DevicePreprocessor, regressor_from_checkpoint
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wma", ".aif",
@@ -189,8 +190,6 @@ class Predictor:
 
     def decode(self, path: str) -> Decoded:
         """Decode a whole file into its log-mel; never raises for a bad file (see ``error``)."""
-        import librosa
-
         t0 = time.perf_counter()
         try:
             if os.path.getsize(path) == 0:
@@ -390,9 +389,6 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emovit.files import setup_logging
-    from emovit.runtime import pick_device
-
     parser = argparse.ArgumentParser(
         prog="python -m emovit.predict",
         description="Valence, arousal and Russell quadrant of audio files (any length) from best_vit_model.pth.")

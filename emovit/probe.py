@@ -12,6 +12,9 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from emovit.metrics import DIMENSIONS, ccc
+from emovit.split import ids_of
+
 
 def band_stats(mels: np.ndarray, frames=None, chunk: int = 256) -> np.ndarray:
     """Log-mels (N, n_mels, T) -> features (N, 2 * n_mels): per-band mean, then std over time.
@@ -43,9 +46,6 @@ def validation_probe(store, split) -> tuple[object, dict]:
 
     Returns (fitted probe, {"valence": CCC, "arousal": CCC} on the validation songs).
     """
-    from emovit.metrics import DIMENSIONS, ccc
-    from emovit.split import ids_of
-
     labels = store.songs.set_index("song_id")[list(DIMENSIONS)]
     train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
     probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())

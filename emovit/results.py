@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from emovit.files import atomic_write_csv, atomic_write_json
-from emovit.metrics import DIMENSIONS, with_intervals
+from emovit.metrics import DIMENSIONS, METRICS, with_intervals
 
 
 def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
@@ -65,8 +65,6 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
     columns = [f"{d}_true" for d in DIMENSIONS]
     if not np.array_equal(a[columns].to_numpy(), b[columns].to_numpy()):
         raise ValueError("compare() needs the same true values in both frames: they hold different labels")
-    from emovit.metrics import METRICS
-
     true = a[columns].to_numpy()
     pa = a[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()
     pb = b[[f"{d}_pred" for d in DIMENSIONS]].to_numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import random
@@ -9,14 +10,13 @@ import re
 import sys
 
 import numpy as np
+import torch
 
 LIBRARIES = ("torch", "transformers", "librosa", "numpy", "pandas", "sklearn", "matplotlib", "soundfile", "tqdm")
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every GPU)."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -24,8 +24,6 @@ def seed_everything(seed: int) -> None:
 
 def library_versions() -> dict[str, str]:
     """{name: version} of the libraries a run depends on ("missing" when not installed)."""
-    import importlib
-
     versions = {"python": sys.version.split()[0]}
     for name in LIBRARIES:
         try:
@@ -78,8 +76,6 @@ def parse_arch(name: str) -> tuple[str, int, str] | None:
 
 def check_gpu() -> None:
     """Stop with a clear message when a visible GPU cannot run this PyTorch build."""
-    import torch
-
     if not torch.cuda.is_available():
         return
     for i in range(torch.cuda.device_count()):
@@ -92,15 +88,11 @@ def check_gpu() -> None:
 
 def pick_device() -> str:
     """"cuda" when a usable GPU is visible, else "cpu"."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def describe_environment() -> dict:
     """Machine, device and library versions, for the notebook's setup table and reports."""
-    import torch
-
     info = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
         "device": pick_device(),
@@ -113,8 +105,6 @@ def describe_environment() -> dict:
 def amp_dtype(device: str):
     """Mixed-precision dtype for ``device``: bf16 where supported (Ampere+, e.g. L4),
     fp16 on older GPUs (T4; use with GradScaler), None on the CPU (full precision)."""
-    import torch
-
     if not str(device).startswith("cuda"):
         return None
     major, _ = torch.cuda.get_device_capability()

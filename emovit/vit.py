@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import ViTConfig, ViTModel
+from transformers.utils import cached_file
 
 from emovit.config import Config
 from emovit.files import LOG
@@ -75,8 +77,6 @@ def image_stats(location: str, norm: str) -> tuple[tuple, tuple]:
         return IMAGENET_1K
     if norm != "checkpoint":
         raise ValueError(f"image_norm must be 'checkpoint' or 'imagenet-1k', got {norm!r}")
-    from transformers.utils import cached_file
-
     try:
         path = cached_file(location, "preprocessor_config.json")
     except OSError:
@@ -102,8 +102,6 @@ def find_pretrained(cfg: Config) -> Pretrained:
     tried.append(f"no ViT model folder below {cfg.pretrained_search_dir!r}")
     if cfg.vit_model_name:
         try:
-            from transformers.utils import cached_file
-
             cached_file(cfg.vit_model_name, "config.json")
             return _found("hub", cfg.vit_model_name, cfg)
         except OSError as err:
@@ -138,8 +136,6 @@ def check_image_shape(height: int, width: int) -> None:
 
 
 def random_vit_config(cfg: Config):
-    from transformers import ViTConfig
-
     check_image_shape(cfg.image_height, cfg.image_width)
     return ViTConfig(hidden_size=cfg.random_vit_hidden, num_hidden_layers=cfg.random_vit_layers,
                      num_attention_heads=cfg.random_vit_heads, intermediate_size=4 * cfg.random_vit_hidden,
@@ -198,8 +194,6 @@ def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
     Seeded with ``cfg.seed`` first, so the head (and a random backbone) start the same
     whatever ran before -- re-running the notebook cell gives the same model.
     """
-    from transformers import ViTModel
-
     torch.manual_seed(cfg.seed)
     if pretrained.source == "random":
         backbone = ViTModel(random_vit_config(cfg), add_pooling_layer=False)
@@ -214,8 +208,6 @@ def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
 
 def model_from_config_dict(vit_config: dict, dropout: float = 0.0) -> ViTRegressor:
     """Rebuild an (untrained) regressor from a saved ``ViTConfig.to_dict()`` -- no hub needed."""
-    from transformers import ViTConfig, ViTModel
-
     return ViTRegressor(ViTModel(ViTConfig.from_dict(vit_config), add_pooling_layer=False), dropout)
 
 

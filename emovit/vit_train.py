@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
-from emovit.config import Config
-from emovit.features import crop_starts
+from emovit.config import Config, replace
+from emovit.features import PARAM_FIELDS, crop_starts
 from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import amp_dtype, load_scaler_state, scaler_step
@@ -384,8 +385,6 @@ def augmented_examples(train_ds, pre, cfg: Config, device: str, count: int = 8, 
 
     Returns (images (count, 3, H, W) float32 numpy, labels (count, 2)). Leaves ``pre`` in eval mode.
     """
-    from emovit.config import replace
-
     loader = _loader(train_ds, replace(cfg, vit_batch_size=count, loader_workers=0), device, epoch, samples=count)
     mel, y, _ = next(iter(loader))
     torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -412,8 +411,6 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     steps_per_epoch = steps_per_epoch or max(1, -(-len(train_ds) // cfg.vit_batch_size))
     total = steps_per_epoch * cfg.vit_epochs
     opt = torch.optim.AdamW(param_groups(model, cfg))
-    from transformers import get_cosine_schedule_with_warmup
-
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.vit_warmup_fraction * total), total)
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
@@ -554,8 +551,6 @@ def load_best(path: str, key: str) -> dict:
 
 def save_best(model, pre, cfg: Config, path: str, epoch: int, row: dict, key: str) -> None:
     """Everything ``predict`` needs, loadable with ``torch.load(weights_only=True)``."""
-    from emovit.features import PARAM_FIELDS
-
     state = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "vit_config": model.backbone.config.to_dict(), "preprocess": pre.to_dict(),

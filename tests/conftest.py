@@ -14,6 +14,18 @@ from emovit.demo_data import make_demo_deam
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The sizes every small test run shares: 32 mel bands, a 2-layer ViT of width 32, a GAN of width 4,
+# batches of 4 on one process. Tests add what they are about (data folder, windows, steps).
+TINY = dict(n_mels=32, num_workers=1, random_vit_hidden=32, random_vit_layers=2, random_vit_heads=2, vit_batch_size=4,
+            early_stop_patience=10, n_bootstrap=50, gan_eval_every=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8,
+            gan_sample_batch_size=4)
+
+
+def tiny_config(**overrides):
+    """The demo preset at the TINY sizes, with ``overrides`` (paths, windows, steps) on top."""
+    return make_config("demo", **{**TINY, **overrides})
+
+
 def real_deam_dir() -> Path | None:
     path = Path(os.environ.get("EMOVIT_REAL_DEAM", ROOT.parent / "shared" / "data" / "deam"))
     return path if path.is_dir() else None
@@ -46,8 +58,7 @@ def small_demo(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_cfg(small_demo, tmp_path):
     """Demo config on the tiny data set: 4 s windows, 32 mels, one worker."""
-    return make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"),
-                       clip_seconds=4.0, clip_offset=1.0, n_mels=32, num_workers=1)
+    return tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=4.0, clip_offset=1.0)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
-from emovit.config import make_config, replace
+from emovit.config import replace
 from emovit.deam import discover
 from emovit.features import crop_starts, extract_features
 from emovit.predict import Predictor
@@ -20,9 +21,8 @@ from emovit.vit_train import MelDataset, make_datasets, mixup, predict_dataset, 
 @pytest.fixture
 def setup(small_demo, tmp_path):
     """12 demo songs of 6 s: 5 s clips (offset 1 s), 2 s windows -> crops have room to move."""
-    cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=1.0, max_clip_seconds=5.0, n_mels=32, num_workers=1, random_vit_hidden=32,
-                      random_vit_layers=1, random_vit_heads=2, vit_epochs=2, vit_batch_size=4, n_bootstrap=20)
+    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=1.0,
+                      max_clip_seconds=5.0, random_vit_layers=1, vit_epochs=2, n_bootstrap=20)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)

@@ -21,7 +21,7 @@ def _copy_project(tmp_path: Path) -> Path:
 
 
 def _check(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(root / "tools" / "build_notebook.py"), "--check"],
+    return subprocess.run([sys.executable, "-m", "tools.build_notebook", "--check"], cwd=root,
                           capture_output=True, text=True)
 
 

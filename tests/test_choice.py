@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CUE_CLIP_SECONDS, tiny_config
 
 import emovit.choice as choice_mod
 import emovit.vit_train as vt
 from emovit import gan_train
 from emovit.choice import DELIVERED, Choice, choose_models, deliver, dims_of, gate, judge_synthetic
-from emovit.config import make_config, replace
+from emovit.config import replace
 from emovit.gan_train import SyntheticSet
 from emovit.metrics import ccc
 from emovit.runs import Outcome, Trainer
@@ -33,15 +34,12 @@ from emovit.vit_train import loss_fn, make_datasets
 
 def _cfg(tmp_path, **overrides):
     """Demo config sized for the cue data: 32 mels, 64-frame windows, a 1-layer ViT on 32 x 64 images."""
-    from conftest import CUE_CLIP_SECONDS
-
-    values = dict(output_dir=str(tmp_path / "out"), clip_seconds=CUE_CLIP_SECONDS, clip_offset=0.0, n_mels=32,
-                  random_vit_hidden=32, random_vit_layers=1, random_vit_heads=2, image_height=32, image_width=64,
-                  vit_epochs=12, vit_batch_size=8, vit_lr=1e-3, head_lr=3e-3, early_stop_patience=12,
-                  spec_augment=False, n_bootstrap=20, gan_steps=150, gan_eval_every=50, gan_batch_size=16,
-                  gan_channels=4, gan_z_dim=8, gan_crop_frames=32, num_synthetic=8)
+    values = dict(output_dir=str(tmp_path / "out"), clip_seconds=CUE_CLIP_SECONDS, clip_offset=0.0, random_vit_layers=1,
+                  image_height=32, image_width=64, vit_epochs=12, vit_batch_size=8, vit_lr=1e-3, head_lr=3e-3,
+                  early_stop_patience=12, spec_augment=False, n_bootstrap=20, gan_steps=150, gan_eval_every=50,
+                  gan_batch_size=16, gan_crop_frames=32, num_synthetic=8, num_workers=0, gan_sample_batch_size=64)
     values.update(overrides)
-    return make_config("demo", **values)
+    return tiny_config(**values)
 
 
 def _synthetic_set(path, mels: np.ndarray, labels: np.ndarray) -> SyntheticSet:

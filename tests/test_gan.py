@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 
 from emovit import gan as G
 from emovit import gan_train
@@ -246,9 +247,8 @@ def test_random_crops_stay_inside_each_songs_valid_frames():
 
 @pytest.fixture
 def tiny_setup(small_demo, tmp_path):
-    cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1, gan_steps=4, gan_eval_every=2, gan_batch_size=4,
-                      gan_channels=4, gan_z_dim=8, gan_crop_frames=32, num_synthetic=10, gan_sample_batch_size=4)
+    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
+                      gan_steps=4, gan_eval_every=2, gan_crop_frames=32, num_synthetic=10)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.2, seed=7)  # 7 / 3 / 2 songs: 3 validation songs to monitor
@@ -460,8 +460,8 @@ def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store
     from emovit.gan_quality import gan_quality
 
     store = cue_store
-    cfg = make_config("demo", output_dir=str(tmp_path / "out"), clip_seconds=1.463, n_mels=32, gan_steps=150,
-                      gan_eval_every=50, gan_batch_size=16, gan_channels=4, gan_z_dim=8, gan_crop_frames=32)
+    cfg = tiny_config(output_dir=str(tmp_path / "out"), clip_seconds=1.463, gan_steps=150, gan_eval_every=50,
+                      gan_batch_size=16, gan_crop_frames=32, num_workers=0, gan_sample_batch_size=64)
     assert cfg.num_frames == 64
     split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
     train, val = ids_of(split, "train"), ids_of(split, "val")

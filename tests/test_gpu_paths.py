@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import ViTConfig, ViTModel
 
 import emovit.vit_train as vt
@@ -97,9 +98,8 @@ def test_scaler_state_across_amp_modes():
 
 @pytest.fixture
 def vit_setup(small_demo, tmp_path):
-    cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1, random_vit_hidden=32, random_vit_layers=2,
-                      random_vit_heads=2, vit_epochs=2, vit_batch_size=4, early_stop_patience=10, n_bootstrap=50)
+    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
+                      vit_epochs=2)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_config
 
 from emovit import plots
-from emovit.config import make_config
 from emovit.demo_data import synthesize
 from emovit.features import MelParams, extract_one
 from emovit.predict import (
@@ -54,8 +54,8 @@ def _tone(seconds: float, sr: int = SR, level: float = 0.1, channels: int = 1, s
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random tiny ViT saved exactly as emovit.vit_train.save_best saves the best epoch."""
     folder = tmp_path_factory.mktemp("tiny_ckpt")
-    cfg = make_config("demo", output_dir=str(folder), clip_seconds=4.0, clip_offset=1.0, n_mels=32,
-                      random_vit_hidden=32, random_vit_layers=1, random_vit_heads=2, image_height=32, image_width=32)
+    cfg = tiny_config(output_dir=str(folder), clip_seconds=4.0, clip_offset=1.0, random_vit_layers=1, image_height=32,
+                      image_width=32, num_workers=0)
     model = build_model(cfg, find_pretrained(cfg))
     pre = DevicePreprocessor(-40.0, 15.0, (0.5,) * 3, (0.5,) * 3, (cfg.image_height, cfg.image_width),
                              cfg.pixel_clip_std)

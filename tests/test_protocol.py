@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 
 import emovit.runs as runs
 import emovit.vit_train as vt
@@ -35,10 +36,8 @@ def pipeline(tmp_path_factory):
     """24 demo songs of 6 s, 4 s windows from 5 s clips, features, a hash split and its standardizer."""
     root = tmp_path_factory.mktemp("protocol")
     make_demo_deam(str(root / "data"), num_songs=24, seconds=6.0, seed=5)
-    cfg = make_config("demo", data_dir=str(root / "data"), output_dir=str(root / "out"), clip_seconds=4.0,
-                      clip_offset=1.0, max_clip_seconds=5.0, n_mels=32, num_workers=1, random_vit_hidden=32,
-                      random_vit_layers=1, random_vit_heads=2, vit_epochs=3, vit_batch_size=4, early_stop_patience=10,
-                      n_bootstrap=50, gan_steps=2, gan_eval_every=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8, num_synthetic=8,
+    cfg = tiny_config(data_dir=str(root / "data"), output_dir=str(root / "out"), clip_seconds=4.0, clip_offset=1.0,
+                      max_clip_seconds=5.0, random_vit_layers=1, vit_epochs=3, gan_steps=2, num_synthetic=8,
                       gan_sample_batch_size=4, arms={})
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(root / "tools" / "readme_config.py"), "--check"],
+    """The check as `python -m` runs it from ``root``: that folder's emovit is the one imported."""
+    return subprocess.run([sys.executable, "-m", "tools.readme_config", "--check"], cwd=root,
                           capture_output=True, text=True)
 
 

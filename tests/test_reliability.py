@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_config
 
 from emovit import gan as G
 from emovit import gan_train
-from emovit.config import make_config, replace
+from emovit.config import replace
 from emovit.deam import discover
 from emovit.features import extract_features
 from emovit.split import Standardizer, ids_of, split_songs
@@ -84,8 +85,8 @@ def corpus_table(tmp_path):
     """Run discovery and extraction on the corpus; one row per case with what happened."""
     root = tmp_path / "corpus"
     cases = build_corpus(root)
-    cfg = make_config("demo", data_dir=str(root), output_dir=str(tmp_path / "out"), clip_seconds=6.0,
-                      clip_offset=1.0, max_clip_seconds=8.0, n_mels=32, num_workers=2)
+    cfg = tiny_config(data_dir=str(root), output_dir=str(tmp_path / "out"), clip_seconds=6.0, clip_offset=1.0,
+                      max_clip_seconds=8.0, num_workers=2)
     songs, report = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     with open(store.path.replace(".npy", ".json")) as f:
@@ -148,8 +149,7 @@ def test_bad_input_corpus(tmp_path):
 # ---- interruption -----------------------------------------------------------------------
 
 def test_feature_extraction_interrupted_then_rerun(small_demo, tmp_path, monkeypatch):
-    cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "a"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1)
+    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "a"), clip_seconds=2.0, clip_offset=0.0)
     songs, _ = discover(cfg.data_dir)
     clean = np.asarray(extract_features(songs, cfg).mels)
     cfg_b = replace(cfg, output_dir=str(tmp_path / "b"))
@@ -176,9 +176,8 @@ def test_feature_extraction_interrupted_then_rerun(small_demo, tmp_path, monkeyp
 
 @pytest.fixture
 def gan_setup(small_demo, tmp_path):
-    cfg = make_config("demo", data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0,
-                      clip_offset=0.0, n_mels=32, num_workers=1, gan_steps=3, gan_eval_every=1,
-                      gan_batch_size=4, gan_channels=4, gan_z_dim=8)
+    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
+                      gan_steps=3)
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
