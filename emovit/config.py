@@ -37,6 +37,7 @@ class Config:
     cache_dir: str = ""  # feature/GAN caches; "" means <output_dir>/cache (left out of the zip)
     seed: int = 42  # one seed for the split, the GAN, the ViT and the bootstrap
     max_songs: int = 0  # use only the first N songs by id (0 = all); for quick trials
+    run_name: str = ""  # name of this run's results folder under runs/ ("" = an id made from the settings)
 
     # --- audio and log-mel features -------------------------------------------
     sample_rate: int = 22050  # Hz; audio is resampled to this and mixed to mono
@@ -139,6 +140,9 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.max_clip_seconds < self.clip_seconds:
+            raise ValueError(f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "
+                             f"({self.clip_seconds}): the store keeps whole clips the model's windows are cut from")
         reserved = sorted(set(self.arms) & set(RESERVED_MODEL_NAMES))
         if reserved:
             raise ValueError(f"arms {reserved} name models every run trains or reports itself; "

@@ -7,17 +7,19 @@ evaluation can average several windows. n_fft 2048, hop 512, 128 mel bands. Powe
 to dB against a FIXED reference (1.0), never the clip's own maximum, so loudness -- a strong
 arousal cue -- survives. Silence maps to 10*log10(db_amin) dB, so the result is always finite.
 
-Each song's number of valid frames is kept (column ``frames`` of ``store.songs``): at least one
-window, at most the store's width. A file shorter than one window is zero-padded to one window;
-longer files are cropped at ``max_clip_seconds``; a file that ends before ``clip_offset +
-clip_seconds`` (even one shorter than ``clip_offset`` itself) has its window moved earlier, to
-end where decoding ends (all counted). A file that cannot be decoded is skipped with its reason
-in ``errors.csv`` and the run goes on -- unless more than ``max_error_fraction`` of the songs
-fail, which stops the run with the most common reason.
+The stored clip does not depend on the model's window, so changing ``clip_seconds`` reuses the
+store. Each song's number of valid frames is kept (column ``frames`` of ``store.songs``); the
+rest of its row is silence (the dB floor), so a window read from a song shorter than one window
+is that song followed by silence, as a zero-padded waveform would be (counted as "padded").
+Longer files are cropped at ``max_clip_seconds``; a file whose audio after ``clip_offset`` is
+shorter than ``max_clip_seconds`` (even one shorter than the offset itself) keeps its last
+``max_clip_seconds`` instead, ending where decoding ends ("shifted"). A file that cannot be
+decoded is skipped with its reason in ``errors.csv`` and the run goes on -- unless more than
+``max_error_fraction`` of the songs fail, which stops the run with the most common reason.
 
 The store is one ``.npy`` file (N x n_mels x T_store, float16) memory-mapped on load, keyed by
-the extraction parameters and the input files (path, size, mtime), so a re-run skips
-extraction. Crop and augmentation settings are training settings, not part of the key.
+the stored clip's parameters (``STORE_FIELDS``) and the input files (path, size, mtime), so a
+re-run skips extraction. Window, crop and augmentation settings are not part of the key.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from emovit.files import (
 
 PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin",
                 "max_clip_seconds")
-STORE_VERSION = 2  # bump when the stored representation changes (2: whole clips + valid frames per song)
+# The fields that change what the store holds: its cache key (clip_seconds, the model's window, is not one).
+STORE_FIELDS = ("sample_rate", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin", "max_clip_seconds")
+STORE_VERSION = 3  # bump when the stored representation changes (3: clips independent of the window)
 
 
 @dataclass(frozen=True)
@@ -160,18 +164,17 @@ def load_clip(path: str, params: MelParams) -> tuple[np.ndarray, str]:
     offset past the end of a short file makes both of librosa's backends raise).
 
     Returns:
-        y: float32 (n,) mono at ``sample_rate``, ``num_samples <= n <= max_samples``.
-        status: "ok" (the clip fits), "cropped" (audio continues past ``max_clip_seconds``),
-            "padded" (shorter than one window: zeros appended) or "shifted" (the file ends
-            before ``clip_offset + clip_seconds``: the window ends where decoding ends, padded
-            if the whole file is shorter than one window).
+        y: float32 (n,) mono at ``sample_rate``, 0 < n <= ``max_samples`` (never padded).
+        status: "ok" (a whole ``max_clip_seconds`` from the offset), "cropped" (audio continues
+            past it) or "shifted" (the audio after the offset is shorter: the clip is the file's
+            last ``max_clip_seconds``, or the whole file when that is shorter).
 
     Raises:
         ValueError / RuntimeError / OSError: the file cannot be decoded (caller records it).
     """
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
-    n, n_max = params.num_samples, params.max_samples
+    n_max = params.max_samples
     start = int(round(params.clip_offset * params.sample_rate))
     extra = params.hop_length / params.sample_rate  # read a little more to detect cropping
     full, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=0.0,
@@ -180,30 +183,32 @@ def load_clip(path: str, params: MelParams) -> tuple[np.ndarray, str]:
         raise ValueError("no audio samples decoded")
     if not np.all(np.isfinite(full)):
         raise ValueError("decoded samples are not finite")
-    if len(full) - start >= n:
+    if len(full) - start >= n_max:
         y = full[start:start + n_max]
         status = "cropped" if len(full) - start > n_max else "ok"
     elif start > 0:
-        # Ends inside the first window. Keep the window that ends where decoding ends (not the
+        # Ends before offset + max clip: keep the clip that ends where decoding ends (not the
         # header's duration: a truncated mp3 claims its full length).
-        y, status = full[-n:], "shifted"
+        y, status = full[-n_max:], "shifted"
     else:
-        y, status = full, "padded"
-    if len(y) < n:
-        y = np.pad(y, (0, n - len(y)))
+        y, status = full, "ok"
     return y.astype(np.float32, copy=False), status
 
 
 def load_window(path: str, params: MelParams) -> tuple[np.ndarray, str]:
-    """The first model window of a file's clip: float32 (num_samples,) and the clip's status."""
+    """The first model window of a file's clip: float32 (num_samples,), zero-padded when the clip
+    is shorter, and its status ("padded" for a clip shorter than one window)."""
     y, status = load_clip(path, params)
-    return y[:params.num_samples], status
+    n = params.num_samples
+    if len(y) < n:
+        return np.pad(y, (0, n - len(y))), "padded" if status == "ok" else status
+    return y[:n], status
 
 
 def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | None, str, str]:
     """Worker: (row, path, params) -> (row, log-mel float16 (n_mels, frames) or None, status, reason).
 
-    ``frames`` is between one window (``num_frames``) and the store's width (``max_frames``).
+    ``frames`` is at most the store's width (``max_frames``); shorter clips are padded in the store.
     """
     row, path, params = task
     try:
@@ -215,15 +220,17 @@ def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | Non
     return row, mel[:, :params.max_frames].astype(np.float16), status, ""
 
 
-def _fit_frames(mel: np.ndarray, frames: int) -> np.ndarray:
+def _fit_frames(mel: np.ndarray, frames: int, floor: float) -> np.ndarray:
+    """(n_mels, t) -> (n_mels, frames): cropped, or followed by silence (the dB floor)."""
     if mel.shape[1] >= frames:
         return mel[:, :frames]
-    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), mode="edge")
+    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=floor)
 
 
 def cache_key(songs: pd.DataFrame, params: MelParams) -> str:
     inputs = [[int(s), *file_fingerprint(p)] for s, p in zip(songs["song_id"], songs["audio_path"])]
-    return hash_json({"version": STORE_VERSION, "params": params.__dict__, "inputs": inputs})
+    stored = {k: getattr(params, k) for k in STORE_FIELDS}
+    return hash_json({"version": STORE_VERSION, "params": stored, "inputs": inputs})
 
 
 def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None = None) -> FeatureStore:
@@ -255,6 +262,9 @@ def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None =
     ok = songs[(status != "failed").to_numpy()].copy()
     ok["row"] = ok.index.to_numpy()
     ok["frames"] = np.asarray(meta["frames"], dtype=np.int64)[ok.index.to_numpy()]
+    # "padded": a clip shorter than this run's window (read with silence after it); a window-level
+    # count, so it is made here and not stored with the clips
+    status[(status == "ok").to_numpy() & (np.asarray(meta["frames"]) < params.num_frames)] = "padded"
     counts = {k: int((status == k).sum()) for k in ("ok", "padded", "cropped", "shifted", "failed")}
     _check_error_fraction(errors, len(songs), cfg.max_error_fraction)
     store = FeatureStore(
@@ -279,7 +289,8 @@ def _extract_to(path: str, songs: pd.DataFrame, params: MelParams, num_workers: 
         store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                           shape=(n, params.n_mels, params.max_frames))
         bar = tqdm(total=n, desc="log-mel", unit="song")
-        _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, frames, errors, bar)
+        floor = 10 * np.log10(params.db_amin)  # silence, in the store's dB
+        _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, frames, errors, bar, floor)
         bar.close()
         store.flush()
         del store
@@ -287,7 +298,7 @@ def _extract_to(path: str, songs: pd.DataFrame, params: MelParams, num_workers: 
             "song_ids": songs["song_id"].tolist()}
 
 
-def _collect(results, store, songs, status, frames, errors, bar) -> None:
+def _collect(results, store, songs, status, frames, errors, bar, floor: float) -> None:
     first = time.perf_counter()
     for done, (row, mel, st, reason) in enumerate(results, start=1):
         status[row] = st
@@ -296,7 +307,7 @@ def _collect(results, store, songs, status, frames, errors, bar) -> None:
             LOG.warning("skipped song %s (%s): %s", songs.at[row, "song_id"], songs.at[row, "audio_path"], reason)
         else:
             frames[row] = mel.shape[1]
-            store[row] = _fit_frames(mel, store.shape[2])
+            store[row] = _fit_frames(mel, store.shape[2], floor)
         if done == min(32, bar.total):
             rate = done / max(time.perf_counter() - first, 1e-9)
             LOG.info("features: ~%.1f songs/s, ETA for the stage %.0f s", rate, (bar.total - done) / rate)

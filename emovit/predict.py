@@ -1,55 +1,32 @@
 """Predict the emotion of your own music -- any length, any number of files -- from
-``best_vit_model.pth`` alone.
+``best_vit_model.pth`` alone (no hub, no training data: the checkpoint holds the ViT config,
+the weights, the feature parameters and the normalization statistics).
 
-Works in a fresh process without the hub or the training data: the checkpoint holds the ViT
-config, the weights, the feature parameters and the normalization statistics.
-
-    from emovit.predict import predict, predict_folder
-    predict("song.mp3", "best_vit_model.pth")
-    # {'valence': 0.12, 'arousal': -0.3, 'valence_1_9': 5.48, 'arousal_1_9': 3.8,
-    #  'quadrant': 'calm / relaxed', 'seconds': 212.4, 'windows': 14}
+    predict("song.mp3", "best_vit_model.pth")  # {'valence', 'arousal', '..._1_9', 'quadrant', ...}
     table, curves = predict_folder("my_songs/", "best_vit_model.pth", return_curves=True)
-
-    python -m emovit.predict my_songs/ other.flac --checkpoint best_vit_model.pth \
-        --csv my_predictions.csv --curves my_curves.csv [--device cuda] [--hop 10]
+    python -m emovit.predict my_songs/ --checkpoint best_vit_model.pth --csv out.csv --curves curves.csv
 
 How a song is read (``Predictor``):
-  1. The WHOLE file is decoded (librosa: mono, resampled to the checkpoint's sample rate) and
-     turned into one log-mel (n_mels, F) with ``emovit.features.log_mel`` -- the training
-     features -- rounded to float16 like the training store.
-  2. Windows of the checkpoint's length (``MelParams.num_frames`` frames = ``clip_seconds``)
-     slide over it every ``hop_seconds`` (default half a window; ``Config.predict_hop_seconds``,
-     CLI ``--hop``). When the hop does not land on the end of the song, one last window is
-     aligned with the end, so every second is heard: W = 1 + ceil((F - T - tol) / hop_frames)
-     windows, starting at min(k * hop_frames, F - T). The tolerance tol (1% of a window, at
-     least one frame) keeps frame rounding from adding a near-duplicate window: a 30 s song
-     with 10 s windows every 5 s has 5 windows (0, 5, 10, 15, 20 s), not 6. (An end-aligned
-     window overlaps its neighbour more, so the song's tail weighs slightly more in the mean.)
-  3. The windows go through the device preprocessing and the ViT in batches. The per-window
-     values are the curve (start second, valence, arousal); their mean is the song's value,
-     on [-1, 1] and on DEAM's 1-9 scale ((x * 4) + 5).
-  A song shorter than one window is zero-padded at the end exactly as in training, by
-  ``emovit.features.load_window`` itself (one window; ``padded`` is True in its row).
+  1. The WHOLE file is decoded (mono, the checkpoint's sample rate) into one log-mel (n_mels, F)
+     with the training features' ``log_mel``, rounded to float16 like the training store.
+  2. Windows of the training length (T frames) slide over it every ``hop_seconds`` (default
+     half a window); one last window is aligned with the end, so every second is heard:
+     W = 1 + ceil((F - T - tol) / hop) windows starting at min(k * hop, F - T). The tolerance
+     (1% of a window) keeps frame rounding from adding a near-duplicate window.
+  3. The windows go through the device preprocessing and the model in batches: the per-window
+     values are the curve; their mean is the song's value, on [-1, 1] and DEAM's 1-9 scale.
+  A song shorter than one window is zero-padded as in training (``padded`` in its row). The
+  checkpoint's ``clip_offset`` is not used: it chose which part of a DEAM excerpt the training
+  store kept; a whole song's curve starts at 0 s.
 
-The checkpoint's ``clip_offset`` is ignored here on purpose: in training it only chose which
-part of a DEAM excerpt (the first seconds are often a fade-in) the store keeps; it is not part
-of what the model learned. For a whole song the curve should start at 0 s and cover everything.
+The quadrant names Russell's circumplex quadrants as music-emotion work does: V>0, A>0 "happy /
+excited"; V<0, A>0 "angry / tense"; V<0, A<0 "sad / depressed"; V>0, A<0 "calm / relaxed" (zero
+counts as positive). Within ``NEUTRAL_RADIUS`` (0.1 on [-1, 1], 0.4 points on 1-9, about one
+standard error of a DEAM song's mean rating) it is "neutral".
 
-The quadrant: Russell's circumplex model of affect (1980) divides the valence-arousal plane
-into four quadrants; music-emotion work names them by the emotions found there (e.g. the
-4-quadrant data sets of Panda et al.): V>0, A>0 "happy / excited"; V<0, A>0 "angry / tense";
-V<0, A<0 "sad / depressed"; V>0, A<0 "calm / relaxed". Zero counts as positive. A song whose
-value lies within ``NEUTRAL_RADIUS`` = 0.1 of the centre ([-1, 1] scale, = 0.4 points on the
-1-9 scale) is "neutral": that is about one standard error of a DEAM song's mean rating itself
-(rater std ~1.5 points over >= 10 raters), so a quadrant name there would claim more than even
-the human labels can tell.
-
-A folder (``predict_folder``): every file below it whose extension is an audio format librosa
-may read (``AUDIO_EXTENSIONS``; m4a/aac/wma need ffmpeg, which Kaggle has), hidden files
-(".name", e.g. macOS "._song.mp3") left out and counted in the log; files named explicitly are
-always tried. Every file gets one row; a file that cannot be decoded gets its reason in
-``error`` and the rest go on. Decoding of the next files runs in threads while the model
-works on the current one (librosa's decoders, numpy and torch release the GIL).
+A folder: every file with an audio extension librosa may read (``AUDIO_EXTENSIONS``; m4a / aac /
+wma need ffmpeg), hidden files left out and counted. Every file gets one row; one that cannot be
+decoded gets its reason in ``error``. The next files decode in threads while the model works.
 """
 
 from __future__ import annotations

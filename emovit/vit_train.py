@@ -47,7 +47,7 @@ from emovit.vit import for_devices
 LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 # Config fields that cannot change what a ViT learns or how it is scored on validation songs. Every
 # other field is part of the ViT's run key (a new field is in the key unless it is listed here).
-NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "max_songs", "num_workers",
+NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "run_name", "max_songs", "num_workers",
                        "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
                        "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
                        "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds",

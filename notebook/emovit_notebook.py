@@ -1,40 +1,60 @@
 # %% [markdown]
 # # Music emotion recognition: a Vision Transformer on mel spectrograms, with GAN augmentation
 #
+# **A run needs** a GPU (*Settings -> Accelerator -> GPU T4 x2* or *L4*; not the P100), the DEAM
+# data set attached (*Add Input* -> `imsparsh/deam-mediaeval-dataset-emotional-analysis-in-music`),
+# and the ViT weights: *Internet* on, or the model attached (README, step 4). The setup cell checks
+# all three in its first minute. **Time**: a default Run All is projected at 11-23 minutes on one
+# T4 (a FLOP-count projection; no GPU has measured it yet).
+#
 # This notebook predicts the **valence** (pleasant vs unpleasant) and **arousal** (calm vs
-# energetic) of music from audio. It reads the DEAM data set (1802 songs with song-level
-# ratings), turns each song into a log-mel spectrogram, trains a conditional GAN on the
-# training songs to synthesize extra emotion-conditioned spectrograms, and fine-tunes
-# `google/vit-base-patch16-224-in21k` to regress valence and arousal.
+# energetic) of music from audio. It reads DEAM (1802 songs with song-level ratings), turns each
+# song into a log-mel spectrogram, trains a conditional GAN on the training songs to synthesize
+# extra emotion-conditioned spectrograms, and fine-tunes `google/vit-base-patch16-224-in21k` to
+# regress valence and arousal -- using the synthetic set only where the validation songs show it
+# helps.
 #
 # **Evaluation is honest by construction**: songs are split into train / validation / test
 # before anything is learned; the GAN and the ViT see training songs only, and the
 # validation and test sets hold only real songs. A leaky protocol (GAN trained on all songs,
 # synthetic clips in validation) reports much higher numbers that do not hold on new music.
 #
-# **How to use on Kaggle**: attach the DEAM dataset (*Add Input* ->
-# `imsparsh/deam-mediaeval-dataset-emotional-analysis-in-music`), pick a **T4 or L4** GPU,
-# and *Run All*. Everything is written to `/kaggle/working/vit_augmented`. To change a
-# hyperparameter, edit `OVERRIDES` in the parameters cell and re-run from there. The code
-# of the `emovit` package appears in `%%writefile` cells where it is first needed; edit and
-# re-run such a cell and the change takes effect (autoreload).
+# Everything is written to `/kaggle/working/vit_augmented`: one folder per run under `runs/`,
+# an index `runs.csv`, and `vit_output.zip` of the latest run (it can predict on its own). The
+# code of the `emovit` package sits in collapsed `%%writefile` cells where it is first needed;
+# open one to read it, edit and re-run it and the change takes effect (autoreload).
 
 # %% [markdown]
 # ## Parameters
-# `PRESET = "kaggle"` is the full run on DEAM; `"demo"` generates a small synthetic DEAM
-# and runs on a CPU in minutes. Leave folders empty for the preset's defaults. `OVERRIDES`
-# takes any field of `Config` (all fields are listed in the configuration table below).
+# `PRESET = "kaggle"` is the full run on DEAM; `"demo"` generates a small DEAM-like data set and
+# runs on a CPU in minutes. `OVERRIDES` takes any field of `Config`; the settings changed most
+# are listed below (uncomment to use). Every field, with its default, is in the configuration
+# table the setup cell prints and in the README's configuration reference.
 
 # %% tags=["parameters"]
-PRESET = "kaggle"  # "kaggle": full DEAM run on a GPU; "demo": synthetic songs on a CPU
+PRESET = "kaggle"  # "kaggle": full DEAM run on a GPU; "demo": generated songs on a CPU
 DATA_DIR = ""  # searched recursively for DEAM; empty means the preset default (/kaggle/input)
 OUTPUT_DIR = ""  # empty means the preset default (/kaggle/working/vit_augmented)
-OVERRIDES = {}  # e.g. {"max_songs": 200, "seed": 1}
+OVERRIDES = {
+    # "run_name": "lr1e-4",  # a name for this run's folder under runs/ (else an id of the settings)
+    # "max_songs": 200,  # a quick trial on the first 200 songs
+    # "vit_epochs": 8,  # ViT epochs (early stopping may end sooner)
+    # "vit_lr": 3e-5,  # learning rate of the top encoder layer
+    # "gan_steps": 2000,  # GAN training steps
+    # "num_synthetic": 3200,  # synthetic spectrograms the GAN generates
+    # "synthetic_dims": "auto",  # synthetic labels used: "auto" (the judge decides), "both", "valence", "arousal", "none"
+    # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides per dimension), "synthetic", "real_only"
+    # "arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}},  # extra ablations
+    # "predict_dir": "/kaggle/input/my-songs",  # your own music, predicted at the end
+    # "vit_local_dir": "/kaggle/input/vit-base-patch16-224-in21k",  # the ViT weights, when not found by themselves
+}
 
 # %% [markdown]
 # ## Setup
 # The package's modules are written to a temporary folder that is put first on
-# `sys.path`; `%autoreload 2` reloads a module when its cell is edited and re-run.
+# `sys.path`; `%autoreload 2` reloads a module when its cell is edited and re-run. Then the run
+# checks what it needs before spending any GPU time: a GPU this PyTorch can use, and the ViT
+# weights (a folder you named, an attached model under `/kaggle/input`, or the hub).
 
 # %%
 import os
@@ -61,6 +81,8 @@ print(f"emovit modules are written to {EMOVIT_SRC}")
 
 # %% module="emovit/runtime.py"
 
+# %% module="emovit/vit.py"
+
 # %%
 import pandas as pd
 from IPython.display import display
@@ -68,12 +90,14 @@ from IPython.display import display
 from emovit.config import make_config
 from emovit.files import setup_logging
 from emovit.runtime import check_gpu, describe_environment, pick_device, seed_everything
+from emovit.vit import find_pretrained
 
 setup_logging()
 cfg = make_config(PRESET, data_dir=DATA_DIR or None, output_dir=OUTPUT_DIR or None, **OVERRIDES)
+check_gpu()  # stops here, with what to do, if this PyTorch cannot run on the GPU (e.g. P100)
+pretrained = find_pretrained(cfg)  # stops here, with what to attach, if no ViT weights are reachable
 os.makedirs(cfg.output_dir, exist_ok=True)
 cfg.save()
-check_gpu()  # stops here, with what to do, if this PyTorch cannot run on the GPU (e.g. P100)
 seed_everything(cfg.seed)
 device = pick_device()
 display(pd.Series(describe_environment(), name="value").to_frame())
@@ -258,12 +282,9 @@ with pd.option_context("display.max_colwidth", 120):
 # position embeddings), repeated to 3 channels and normalized with the checkpoint's own image
 # statistics on the device.
 
-# %% module="emovit/vit.py"
-
 # %%
-from emovit.vit import DevicePreprocessor, build_model, find_pretrained
+from emovit.vit import DevicePreprocessor, build_model
 
-pretrained = find_pretrained(cfg)
 model = build_model(cfg, pretrained)
 pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
 print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for p in model.parameters()):,} "

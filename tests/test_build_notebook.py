@@ -1,5 +1,7 @@
 """The notebook builder: module cells, ordering checks and the staleness check."""
 
+import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -70,3 +72,33 @@ def test_module_without_a_cell_is_an_error(tmp_path):
     (root / "emovit" / "orphan.py").write_text('"""Not placed anywhere."""\n')
     with pytest.raises(build_notebook.BuildError, match="orphan.py"):
         build_notebook.build(root)
+
+
+def test_module_cells_open_collapsed_and_the_story_does_not():
+    nb = nbformat.reads(build_notebook.build(), as_version=4)
+    for cell in nb.cells:
+        module = cell.cell_type == "code" and cell.source.startswith("%%writefile")
+        hidden = cell.metadata.get("jupyter", {}).get("source_hidden", False)
+        assert hidden == module and cell.metadata.get("_kg_hide-input", False) == module, cell.source[:60]
+
+
+def test_module_docstrings_hold_design_not_history():
+    """The notebook shows every module to its readers: docstrings stay short (history belongs in
+    docs/experiments.md) and cite nothing a reader cannot open."""
+    import ast
+
+    for path in sorted((ROOT / "emovit").glob("*.py")):
+        text = path.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        assert len(doc.splitlines()) <= 40, (path.name, len(doc.splitlines()))
+        assert not re.search(r"\bissue \d|DESIGN section|iteration\b", text, re.IGNORECASE), path.name
+
+
+def test_parameters_cell_names_real_settings():
+    from emovit.config import Config
+
+    nb = nbformat.reads(build_notebook.build(), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    named = re.findall(r'^\s*#\s*"(\w+)":', cell.source, re.MULTILINE)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert len(named) >= 10 and set(named) <= fields, set(named) - fields

@@ -62,14 +62,16 @@ def test_silence_short_and_long_files(tmp_path):
     assert status == "cropped" and len(y) == params.num_samples
 
 
-def test_whole_clip_between_one_window_and_max(tmp_path):
+def test_whole_clip_up_to_max_and_shifted_to_the_end_when_shorter(tmp_path):
     params = MelParams(22050, 2.0, 1.0, 2048, 512, 32, 1e-10, max_clip_seconds=4.0)
-    ramp = np.linspace(-0.5, 0.5, 22050 * 4)  # 4 s: from offset 1 s, 3 s remain (one window fits, < max)
+    ramp = np.linspace(-0.5, 0.5, 22050 * 4)  # 4 s: from offset 1 s only 3 s remain (< max 4 s)
     y, status = load_clip(_wav(tmp_path / "1.wav", ramp), params)
-    assert status == "ok" and len(y) == 3 * 22050
-    np.testing.assert_allclose(y[:100], ramp[22050:22150], atol=1e-4)
-    y, status = load_clip(_wav(tmp_path / "2.wav", np.tile(ramp, 2)), params)  # 8 s: cropped at 1 + 4 s
+    assert status == "shifted" and len(y) == 4 * 22050  # the file's last 4 s: all of it
+    np.testing.assert_allclose(y[:100], ramp[:100], atol=1e-4)
+    long = np.tile(ramp, 2)  # 8 s: from the offset, cropped at 1 + 4 s
+    y, status = load_clip(_wav(tmp_path / "2.wav", long), params)
     assert status == "cropped" and len(y) == params.max_samples == 4 * 22050
+    np.testing.assert_allclose(y[:100], long[22050:22150], atol=1e-4)
     assert params.max_frames == 1 + 4 * 22050 // 512 and params.num_frames == 1 + 2 * 22050 // 512
 
 
@@ -81,15 +83,35 @@ def test_window_moves_earlier_when_file_ends_before_offset(tmp_path):
     assert y[-1] == pytest.approx(0.5, abs=1e-3)  # the window ends at the file's end
 
 
-def test_file_shorter_than_the_offset_is_used_padded(tmp_path):
+def test_file_shorter_than_the_offset_is_used_whole(tmp_path):
     """A 1 s file with a 3 s offset: decoding with an offset past the end raised in both backends;
-    now the whole file is used, zero-padded to one window, and counted as shifted."""
+    now the whole file is the clip (counted as shifted); a window of it is zero-padded."""
     params = MelParams(22050, 2.0, 3.0, 2048, 512, 32, 1e-10, max_clip_seconds=4.0)
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050)
-    y, status = load_clip(_wav(tmp_path / "1.wav", tone), params)
-    assert status == "shifted" and len(y) == params.num_samples
-    np.testing.assert_allclose(y[:22050], tone, atol=1e-3)
-    assert (y[22050:] == 0).all()
+    path = _wav(tmp_path / "1.wav", tone)
+    y, status = load_clip(path, params)
+    assert status == "shifted" and len(y) == 22050
+    np.testing.assert_allclose(y, tone, atol=1e-3)
+    y, status = load_window(path, params)
+    assert status == "shifted" and len(y) == params.num_samples and (y[22050:] == 0).all()
+
+
+def test_the_store_does_not_depend_on_the_window_and_pads_short_songs_with_silence(tmp_path):
+    """A new clip_seconds reuses the store (windows are cut from whole stored clips); a song shorter
+    than the window is stored as itself, read with silence (the dB floor) after it, counted padded."""
+    rng = np.random.default_rng(0)
+    paths = [_wav(tmp_path / "1.wav", 0.1 * rng.normal(size=22050)),  # 1 s
+             _wav(tmp_path / "2.wav", 0.1 * rng.normal(size=22050 * 5))]  # 5 s
+    cfg = make_config("demo", output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
+                      max_clip_seconds=4.0, num_workers=1)
+    store = extract_features(_songs(paths), cfg)
+    assert store.counts == {"ok": 0, "padded": 1, "cropped": 1, "shifted": 0, "failed": 0}
+    frames = store.songs["frames"].tolist()
+    assert frames == [1 + 22050 // 512, store.params.max_frames]
+    row = np.asarray(store.mels[0], np.float32)
+    assert (row[:, frames[0]:] == np.float32(np.float16(10 * np.log10(cfg.db_amin)))).all()
+    wider = extract_features(_songs(paths), replace(cfg, clip_seconds=3.0))
+    assert wider.cache_hit and wider.path == store.path
 
 
 def test_crop_starts_are_evenly_spaced():
@@ -111,7 +133,7 @@ def test_cache_hit_and_miss(small_cfg):
                              {"mixup_alpha": 0.4}, {"image_height": 128, "image_width": 512}):
         # Crops and augmentation are training settings: the feature cache is reused.
         assert extract_features(songs, replace(small_cfg, **training_setting)).path == first.path
-    assert extract_features(songs, replace(small_cfg, max_clip_seconds=3.0)).path != first.path
+    assert extract_features(songs, replace(small_cfg, max_clip_seconds=4.5)).path != first.path
     os.utime(songs.audio_path[0], ns=(1, 1))  # an input file changed
     assert not extract_features(songs, small_cfg).cache_hit
 

@@ -119,8 +119,8 @@ def test_bad_input_corpus(tmp_path):
     assert what[103] == "used: shifted"  # header says 10 s, 3.8 s decode: window ends where decoding ends
     assert what[104].startswith("skipped: ")
     assert what[105] == "used: cropped" and what[106] == "used: cropped" and what[107] == "used: cropped"
-    assert what[108] == "used: shifted"  # 5 s < offset 1 + 6 s: window moved to the start, padded
-    assert what[116] == "used: shifted"  # shorter than the offset: the whole file, padded (was NoBackendError)
+    assert what[108] == "used: shifted"  # 5 s < offset 1 + 8 s: the whole file, read with silence after it
+    assert what[116] == "used: shifted"  # shorter than the offset: the whole file (was NoBackendError)
     assert what[109] == "used: cropped"
     assert what[110] == "used: cropped"
     assert what[111].startswith("skipped: FileNotFoundError")
@@ -135,7 +135,8 @@ def test_bad_input_corpus(tmp_path):
     assert store.counts["failed"] == 3 and len(store.songs) == 9
     assert store.counts == {"ok": 0, "padded": 0, "cropped": 6, "shifted": 3, "failed": 3}
     frames = store.songs.set_index("song_id")["frames"]
-    assert frames[116] == frames[108] == cfg.num_frames  # one (padded) window
+    assert frames[108] == 1 + int(5.0 * cfg.sample_rate) // cfg.hop_length  # all of the 5 s file
+    assert frames[116] < cfg.num_frames  # 0.6 s: shorter than one window, silence after it
     assert frames[101] == 1 + int(8.0 * cfg.sample_rate) // cfg.hop_length  # the whole 8 s clip
     # Conflicts keep the first file in path order ("copy/..." sorts first) and report the other.
     assert store.songs.set_index("song_id").loc[105, "valence"] == pytest.approx((8.0 - 5) / 4)

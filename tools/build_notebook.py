@@ -3,15 +3,18 @@
 
 The orchestration script is a jupytext percent script. A cell whose header carries
 ``module="emovit/x.py"`` becomes a ``%%writefile {EMOVIT_SRC}/emovit/x.py`` cell holding that
-module's source byte for byte, so the code run on Kaggle is the tested code.
+module's source byte for byte, so the code run on Kaggle is the tested code. Module cells are
+collapsed when the notebook opens (``HIDDEN_SOURCE``), so the notebook reads as its story --
+markdown, short calls and figures -- with each module one click away, next to the step that
+first uses it (and editable there: re-running the cell reloads the module).
 
 Checks made on every build (the build fails with a message otherwise):
   * every module of ``emovit/`` is written by exactly one cell;
   * a module is written before any cell (or earlier-written module) that imports it.
 
 Usage:
-    python tools/build_notebook.py           # write vit_with_gans_emotion_prediction.ipynb
-    python tools/build_notebook.py --check   # exit 1 if the committed notebook is stale
+    python -m tools.build_notebook           # write vit_with_gans_emotion_prediction.ipynb
+    python -m tools.build_notebook --check   # exit 1 if the committed notebook is stale
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ IMPORT_RE = re.compile(
     re.MULTILINE,
 )
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+# Cell metadata that hides a module cell's source until opened: JupyterLab / Notebook 7 read
+# "jupyter.source_hidden"; Kaggle's editor and viewer read "_kg_hide-input".
+HIDDEN_SOURCE = {"jupyter": {"source_hidden": True}, "_kg_hide-input": True}
 
 
 class BuildError(Exception):
@@ -83,6 +89,8 @@ def build(root: Path = ROOT, script: Path | None = None) -> str:
         new["id"] = f"cell-{index:03d}"
         if tags:
             new.metadata["tags"] = list(tags)
+        if module:  # collapsed when the notebook opens: the story reads on, any module is one click away
+            new.metadata.update(HIDDEN_SOURCE)
         cells.append(new)
     missing = sorted(set(package_files) - set(written))
     if missing:
