@@ -221,18 +221,21 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
              "choice": choice.to_dict()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    frames = {n: outcomes[n].predictions for n in names}
-    base = frames[names[0]]
-    for frame in frames.values():
-        if list(frame["song_id"]) != list(base["song_id"]):
-            raise ValueError("the models' test predictions are not for the same songs")
-    pred = np.stack([frames[choice.sources[d]][f"{d}_pred"].to_numpy() for d in DIMENSIONS], axis=1)
-    true = base[[f"{d}_true" for d in DIMENSIONS]].to_numpy()
-    predictions = prediction_frame(base["song_id"], true, pred)
+    def routed(attribute: str) -> pd.DataFrame:  # the sources' columns of one prediction frame
+        frames = {n: getattr(outcomes[n], attribute) for n in names}
+        base = frames[names[0]]
+        for frame in frames.values():
+            if list(frame["song_id"]) != list(base["song_id"]):
+                raise ValueError(f"the models' {attribute} are not for the same songs")
+        pred = np.stack([frames[choice.sources[d]][f"{d}_pred"].to_numpy() for d in DIMENSIONS], axis=1)
+        return prediction_frame(base["song_id"], base[[f"{d}_true" for d in DIMENSIONS]].to_numpy(), pred)
+
+    predictions = routed("predictions")
     LOG.info("delivered: valence from %s, arousal from %s -> %s", choice.sources["valence"],
              choice.sources["arousal"], path)
     return Outcome(DELIVERED, predictions, score(predictions, n_boot, seed), 0.0, None, path,
-                   description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}")
+                   description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}",
+                   val_predictions=routed("val_predictions"))
 
 
 def delivered_sources(path: str) -> dict[str, str]:

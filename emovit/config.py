@@ -34,7 +34,8 @@ class Config:
     preset: str = "kaggle"  # name of the preset these values started from
     data_dir: str = "/kaggle/input"  # searched recursively for DEAM audio and annotations
     output_dir: str = "/kaggle/working/vit_augmented"  # every output of the run goes here
-    cache_dir: str = ""  # feature/GAN caches; "" means <output_dir>/cache (left out of the zip)
+    cache_dir: str = ""  # caches; "" = /kaggle/temp/emovit_cache on Kaggle (not saved), else <output_dir>/cache
+    cache_keep: int = 2  # cache entries of each kind kept (most recently used first; the current run's always)
     seed: int = 42  # one seed for the split, the GAN, the ViT and the bootstrap
     max_songs: int = 0  # use only the first N songs by id (0 = all); for quick trials
     run_name: str = ""  # name of this run's results folder under runs/ ("" = an id made from the settings)
@@ -150,8 +151,13 @@ class Config:
 
     @property
     def cache_path(self) -> str:
-        """Folder for caches: ``cache_dir`` or ``<output_dir>/cache``."""
-        return self.cache_dir or os.path.join(self.output_dir, "cache")
+        """Folder for caches: ``cache_dir``; else on Kaggle /kaggle/temp/emovit_cache, outside what a
+        saved version keeps (/kaggle/working, 20 GB at most); else ``<output_dir>/cache``."""
+        if self.cache_dir:
+            return self.cache_dir
+        if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):  # "Batch" (Save Version) or "Interactive"
+            return "/kaggle/temp/emovit_cache"
+        return os.path.join(self.output_dir, "cache")
 
     @property
     def num_frames(self) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from emovit import workspace
 from emovit.config import Config
 from emovit.files import (
     LOG,
@@ -243,7 +244,7 @@ def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None =
     params = MelParams.from_config(cfg)
     songs = songs.reset_index(drop=True)
     key = cache_key(songs, params)
-    folder = os.path.join(cfg.cache_path, "features")
+    folder = workspace.entry(cfg, "features", f"mel_{key}")
     path = os.path.join(folder, f"mel_{key}.npy")
     meta_path = os.path.join(folder, f"mel_{key}.json")
     cache_hit = os.path.exists(path) and os.path.exists(meta_path)
@@ -252,8 +253,10 @@ def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None =
             meta = json.load(f)
         LOG.info("features: cache hit %s (%d songs)", path, len(songs))
     else:
+        workspace.ensure_free(folder, len(songs) * params.n_mels * params.max_frames * 2, "the log-mel store")
         meta = _extract_to(path, songs, params, num_workers if num_workers is not None else cfg.num_workers)
         atomic_write_json(meta_path, meta)
+    workspace.prune(cfg, "features", in_use=folder)
     mels = np.load(path, mmap_mode="r")
     status = pd.Series(meta["status"])
     errors = pd.DataFrame(meta["errors"], columns=["song_id", "path", "reason"])

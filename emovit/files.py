@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -110,6 +111,13 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def copy_file(src: str, dst: str) -> str:
+    """Copy ``src`` to ``dst`` atomically (a reader never sees half a file); returns ``dst``."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
 
 
 def hash_json(obj: Any, length: int = 16) -> str:

@@ -122,7 +122,8 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
         # passes over the training songs' crops, for readers used to epochs
         "epochs_completed": round(gan.steps_completed * gan.batch_size / max(len(train_ids), 1), 1),
         "diverged": gan.diverged, "reused_checkpoint": gan.reused,
-        "train_seconds": gan.seconds, "generator_parameters": count_parameters(gan.generator),
+        "train_seconds": gan.seconds, "trained_seconds": gan.trained_seconds,  # this run; the run that trained it
+        "generator_parameters": count_parameters(gan.generator),
         "discriminator_parameters": count_parameters(gan.discriminator),
     }
     atomic_write_json(os.path.join(output_dir, "gan_quality.json"), quality)

@@ -47,8 +47,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from emovit import gan as G
+from emovit import workspace
 from emovit.config import Config
-from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, copy_file, hash_json, load_checkpoint
 from emovit.gan_quality import frechet_distance
 from emovit.metrics import ccc
 from emovit.probe import band_stats, fit_probe
@@ -75,13 +76,14 @@ class GanResult:
     history: list[dict] = field(default_factory=list)  # one row per evaluation (every gan_eval_every steps)
     reused: bool = False
     diverged: dict | None = None  # {"step", "skipped_steps", "restored_step"} when training stopped on NaN/inf
-    seconds: float = 0.0
+    seconds: float = 0.0  # training seconds of this run (0 when the checkpoint was reused)
     best_step: int = 0  # step of the kept checkpoint
     steps_completed: int = 0
     skipped_steps: int = 0  # steps skipped on a non-finite loss
     weights_digest: str = ""  # sha256 of the generator's state (names the synthetic cache)
     train_generator: G.Generator | None = None  # the training (non-EMA) generator at best_step
     batch_size: int = 0  # crops per step it was trained with
+    trained_seconds: float = 0.0  # training seconds of the run that trained it
 
 
 def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0,
@@ -136,8 +138,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3),
                             out_high=round(float(x.max()), 3))
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
-    g_path = os.path.join(cfg.output_dir, "generator.pth")
-    d_path = os.path.join(cfg.output_dir, "discriminator.pth")
+    folder = workspace.entry(cfg, "gan", key)  # the checkpoints' home, shared by every run of these settings
+    g_path, d_path = os.path.join(folder, "generator.pth"), os.path.join(folder, "discriminator.pth")
     if os.path.exists(g_path) and os.path.exists(d_path):
         try:
             result = load_gan(g_path, d_path, device)
@@ -151,7 +153,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
             result = None
         if result is not None and result.key == key:
             LOG.info("GAN: reusing %s (same config, features, training songs and labels)", g_path)
-            result.reused = True
+            result.reused, result.trained_seconds, result.seconds = True, result.seconds, 0.0
+            _export(cfg, folder, g_path, d_path)
             return result
         if result is not None:
             LOG.info("GAN: %s was trained with other settings, songs or labels; training again", g_path)
@@ -172,10 +175,20 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
         aux = G.BandProbe.from_probe(probe, standardizer.mean, standardizer.std).to(device)
     result = GanResult(gen, disc, arch, standardizer, labels, key)
     _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device, aux=aux)
-    result.seconds = time.perf_counter() - start
+    result.seconds = result.trained_seconds = time.perf_counter() - start
     result.weights_digest = weights_digest(result.generator)
+    params = sum(p.numel() for m in (result.generator, result.train_generator, result.discriminator) for p in m.parameters())
+    workspace.ensure_free(folder, 4 * params, "the GAN checkpoints")
     save_gan(result, cfg, g_path, d_path)
+    _export(cfg, folder, g_path, d_path)
     return result
+
+
+def _export(cfg: Config, folder: str, *paths: str) -> None:
+    """Copy the checkpoints from the cache into the run's outputs; prune superseded GANs."""
+    for path in paths:
+        copy_file(path, os.path.join(cfg.output_dir, os.path.basename(path)))
+    workspace.prune(cfg, "gan", in_use=folder)
 
 
 # ---- monitoring on validation songs ----------------------------------------------------------
@@ -511,17 +524,17 @@ class SyntheticSet:
 
 
 def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
-    """``cfg.num_synthetic`` samples, cached under ``<cache>/gan`` by GAN key, generator weights,
-    count, seed and jitter."""
+    """``cfg.num_synthetic`` samples, cached under ``<cache>/synthetic`` by GAN key, generator
+    weights, count, seed and jitter."""
     start = time.perf_counter()
-    folder = os.path.join(cfg.cache_path, "gan")
-    os.makedirs(folder, exist_ok=True)
     digest = result.weights_digest or weights_digest(result.generator)
     stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
+    folder = workspace.entry(cfg, "synthetic", stem)
     mel_path, label_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("npy", "labels.npy"))
     reused = os.path.exists(mel_path) and os.path.exists(label_path)
     if not reused:
         labels = sample_labels(result.train_labels, cfg.num_synthetic, cfg.synthetic_label_jitter, cfg.seed)
+        workspace.ensure_free(folder, len(labels) * result.arch.n_mels * result.arch.frames * 2, "the synthetic set")
         with atomic_path(mel_path) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                            shape=(len(labels), result.arch.n_mels, result.arch.frames))
@@ -531,6 +544,7 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
             del mm
         with atomic_path(label_path) as tmp:
             np.save(tmp, labels)
+    workspace.prune(cfg, "synthetic", in_use=folder)
     mels = np.load(mel_path, mmap_mode="r")
     labels = np.load(label_path)
     LOG.info("GAN: %d synthetic spectrograms %s %s", len(labels), "reused from" if reused else "written to", mel_path)

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from emovit.deam import to_rating_scale
 from emovit.files import atomic_write_csv, atomic_write_json
 from emovit.metrics import DIMENSIONS, METRICS, with_intervals
 
@@ -25,6 +26,22 @@ def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataF
     for d, dim in enumerate(DIMENSIONS):
         frame[f"{dim}_pred"] = np.asarray(pred, dtype=np.float64)[:, d]
     return frame
+
+
+def prediction_table(test: pd.DataFrame, val: pd.DataFrame | None = None) -> pd.DataFrame:
+    """predictions*.csv: the test songs' rows, then the validation songs' (column ``split``), each
+    value on [-1, 1] and on DEAM's 1-9 scale (``*_1_9``). Metrics are computed from the test rows."""
+    parts = [test.assign(split="test")] + ([val.assign(split="val")] if val is not None else [])
+    table = pd.concat(parts, ignore_index=True)
+    for column in [c for c in table.columns if c.endswith(("_true", "_pred"))]:
+        table[f"{column}_1_9"] = to_rating_scale(table[column])
+    return table[["song_id", "split"] + [c for c in table.columns if c not in ("song_id", "split")]]
+
+
+def test_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The test songs' prediction frame of a :func:`prediction_table` (as :func:`score` reads it)."""
+    rows = table[table["split"] == "test"] if "split" in table.columns else table
+    return rows[["song_id"] + [f"{d}_{k}" for k in ("true", "pred") for d in DIMENSIONS]].reset_index(drop=True)
 
 
 def score(predictions: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -47,7 +64,7 @@ def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
 
 
 def write_results(output_dir: str, metrics: dict, predictions: pd.DataFrame) -> None:
-    """metrics.json and predictions.csv, atomically."""
+    """metrics.json and predictions.csv (a :func:`prediction_table`), atomically."""
     atomic_write_json(os.path.join(output_dir, "metrics.json"), metrics)
     atomic_write_csv(os.path.join(output_dir, "predictions.csv"), predictions)
 

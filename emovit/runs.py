@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from emovit import workspace
 from emovit.config import Config, replace
 from emovit.probe import fit_probe, song_features
 from emovit.results import compare, prediction_frame, score
@@ -50,11 +51,14 @@ class Outcome:
 
 
 def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, pretrained, device: str,
-                 best_path: str, last_path: str, steps_per_epoch: int | None = None) -> Outcome:
-    """Build, train (or resume), reload the best epoch and score it on the test songs.
+                 best_path: str | None = None, last_path: str | None = None,
+                 steps_per_epoch: int | None = None) -> Outcome:
+    """Build, train (or resume), reload the best epoch and score it on the validation and test songs.
 
-    ``steps_per_epoch``: optimizer steps per epoch (default: one pass over this model's
-    training set). The best checkpoint is reloaded only if it carries this run's key.
+    Checkpoints go to ``best_path`` / ``last_path``, by default to the cache entry
+    ``vit/<name>/<run key>`` (superseded entries of ``name`` are pruned). ``steps_per_epoch``:
+    optimizer steps per epoch (default: one pass over this model's training set). The best
+    checkpoint is reloaded only if it carries this run's key.
     """
     start = time.perf_counter()
     synthetic = synthetic if uses_synthetic(cfg, synthetic) else None
@@ -63,8 +67,14 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
     train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)
     steps_per_epoch = steps_per_epoch or max(1, -(-len(train_ds) // cfg.vit_batch_size))
     key = run_key(cfg, data_key(store, split, synthetic), pretrained.location, steps_per_epoch)
+    folder = None
+    if best_path is None:
+        folder = workspace.entry(cfg, f"vit/{name}", key)
+        best_path, last_path = (os.path.join(folder, f) for f in ("best_vit_model.pth", "last_vit_model.pth"))
     run = train_vit(model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path,
                     steps_per_epoch=steps_per_epoch)
+    if folder:
+        workspace.prune(cfg, f"vit/{name}", in_use=folder)
     model.load_state_dict(load_best(best_path, key)["state_dict"])
     frames = {}
     for ds in (val_ds, test_ds):
@@ -88,7 +98,7 @@ class Trainer:
     train-only standardizer, pretrained weights, device, and the run's steps per epoch.
 
     ``fit(name, **overrides)`` trains (or resumes, or reloads) the model ``cfg`` + ``overrides``
-    with its checkpoints in ``<cache>/<name>/`` and scores it on the test songs.
+    with its checkpoints in the cache entry ``vit/<name>/<run key>`` and scores it.
     """
 
     cfg: Config
@@ -103,16 +113,9 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return run_steps_per_epoch(self.store, self.split, self.synthetic, self.cfg)
 
-    def paths(self, name: str) -> tuple[str, str]:
-        """(best checkpoint, resume state) of model ``name``."""
-        folder = os.path.join(self.cfg.cache_path, name)
-        return os.path.join(folder, "best_vit_model.pth"), os.path.join(folder, "last_vit_model.pth")
-
     def fit(self, name: str, **overrides) -> Outcome:
-        best_path, last_path = self.paths(name)
         outcome = fit_and_test(name, replace(self.cfg, **overrides), self.store, self.split, self.synthetic,
-                               self.standardizer, self.pretrained, self.device, best_path=best_path,
-                               last_path=last_path, steps_per_epoch=self.steps_per_epoch)
+                               self.standardizer, self.pretrained, self.device, steps_per_epoch=self.steps_per_epoch)
         outcome.overrides = dict(overrides)
         return outcome
 

@@ -91,12 +91,22 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def describe_environment() -> dict:
-    """Machine, device and library versions, for the notebook's setup table and reports."""
+def describe_environment(mixed_precision: bool = True) -> dict:
+    """The card and the stack a run used, for the setup table, metrics.json and run_summary.json:
+    machine, device, every GPU's name and compute capability, the precision training uses, the
+    CUDA / cuDNN builds and the library versions."""
+    device = pick_device()
+    dtype = amp_dtype(device) if mixed_precision else None
     info = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
-        "device": pick_device(),
+        "device": device,
+        "gpu_count": torch.cuda.device_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "compute_capability": [".".join(map(str, torch.cuda.get_device_capability(i)))
+                               for i in range(torch.cuda.device_count())],
+        "precision": {torch.float16: "fp16 + GradScaler", torch.bfloat16: "bf16"}.get(dtype, "fp32"),
+        "cuda": torch.version.cuda or "none",
+        "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none",
     }
     info.update(library_versions())
     return info

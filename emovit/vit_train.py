@@ -24,6 +24,7 @@ every pass).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -37,7 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from emovit.config import Config, replace
 from emovit.features import PARAM_FIELDS, crop_starts
-from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, atomic_write_json, hash_json, load_checkpoint
 from emovit.metrics import ccc
 from emovit.runtime import amp_dtype, load_scaler_state, scaler_step
 from emovit.split import assert_only_train, ids_of
@@ -47,7 +48,8 @@ from emovit.vit import for_devices
 LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 # Config fields that cannot change what a ViT learns or how it is scored on validation songs. Every
 # other field is part of the ViT's run key (a new field is in the key unless it is listed here).
-NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "run_name", "max_songs", "num_workers",
+NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "cache_keep", "run_name", "max_songs",
+                       "num_workers",
                        "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
                        "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
                        "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds",
@@ -401,7 +403,10 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     Writes ``best_path`` (best val CCC, for ``predict``; it carries ``key``) and ``last_path``
     (the resume state: weights, optimizer, scheduler, scaler, history). With a ``last_path`` of
     the same ``key`` and a ``best_path`` of that key, training resumes after its last completed
-    epoch (or returns at once if it had finished); anything else starts fresh.
+    epoch; anything else starts fresh. When training completes (all epochs or early stopping) the
+    result goes to a small ``<best>.result.json`` and the ~3x larger resume state is deleted; a
+    later call with the same key returns that result at once. (A run stopped by the smoke cap
+    ``vit_max_steps`` keeps its resume state: it has not completed.)
     ``steps_per_epoch`` (default: one pass over ``train_ds``) sets the optimizer steps per
     epoch. ``interrupt_after_epoch`` raises KeyboardInterrupt after that epoch (tests).
     """
@@ -415,6 +420,10 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
     net = for_devices(model, device, dtype)  # autocast dtype pinned inside forward (DataParallel threads)
+    done = finished_result(best_path, key)
+    if done is not None and not os.path.exists(last_path):
+        LOG.info("ViT: training had already finished (best epoch %d)", done.best_epoch)
+        return done
     result = TrainResult(key=key, steps_per_epoch=steps_per_epoch)
     bad_epochs = 0
     state = _resume_state(last_path, best_path, key, cfg)
@@ -503,7 +512,28 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             break
     bar.close()
     result.seconds = time.perf_counter() - start
+    if not capped():  # completed: keep the result, drop the resume state
+        atomic_write_json(result_path(best_path), dataclasses.asdict(result))
+        if os.path.exists(last_path):
+            os.remove(last_path)
     return result
+
+
+def result_path(best_path: str) -> str:
+    """The completed-training record beside a best checkpoint."""
+    return os.path.splitext(best_path)[0] + ".result.json"
+
+
+def finished_result(best_path: str, key: str) -> TrainResult | None:
+    """The :class:`TrainResult` of a completed training of ``key`` whose best checkpoint is there."""
+    path = result_path(best_path)
+    if not (os.path.exists(path) and os.path.exists(best_path)):
+        return None
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("key") != key or checkpoint_key(best_path) != key:
+        return None
+    return TrainResult(**record)
 
 
 def _resume_state(last_path: str, best_path: str, key: str, cfg: Config) -> dict | None:

@@ -83,6 +83,8 @@ print(f"emovit modules are written to {EMOVIT_SRC}")
 
 # %% module="emovit/vit.py"
 
+# %% module="emovit/workspace.py"
+
 # %%
 import pandas as pd
 from IPython.display import display
@@ -91,16 +93,19 @@ from emovit.config import make_config
 from emovit.files import setup_logging
 from emovit.runtime import check_gpu, describe_environment, pick_device, seed_everything
 from emovit.vit import find_pretrained
+from emovit.workspace import start_run
 
 setup_logging()
 cfg = make_config(PRESET, data_dir=DATA_DIR or None, output_dir=OUTPUT_DIR or None, **OVERRIDES)
 check_gpu()  # stops here, with what to do, if this PyTorch cannot run on the GPU (e.g. P100)
 pretrained = find_pretrained(cfg)  # stops here, with what to attach, if no ViT weights are reachable
-os.makedirs(cfg.output_dir, exist_ok=True)
+cfg, run = start_run(cfg)  # this run's folder under runs/ (cfg.output_dir from here on) and its row in runs.csv
 cfg.save()
 seed_everything(cfg.seed)
 device = pick_device()
-display(pd.Series(describe_environment(), name="value").to_frame())
+environment = describe_environment(cfg.mixed_precision)
+print(f"run {run.id}: results in {cfg.output_dir}, caches in {cfg.cache_path}")
+display(pd.Series(environment, name="value").to_frame())
 display(pd.Series(cfg.to_dict(), name="value").to_frame())
 
 # %% [markdown]
@@ -414,7 +419,7 @@ if choice.note:
 # DEAM with a random song split.
 
 # %%
-from emovit.results import MODEL_LABELS, metrics_table, write_results
+from emovit.results import MODEL_LABELS, metrics_table, prediction_table, write_results
 
 metrics = {"models": {k: o.metrics for k, o in outcomes.items()}, "gate": judgement.to_dict(), "choice": choice.to_dict(),
            "protocol": {"split": cfg.split_file or "by song: hash of (seed, song id)", "n_train_real": len(train_ids),
@@ -424,8 +429,9 @@ metrics = {"models": {k: o.metrics for k, o in outcomes.items()}, "gate": judgem
                         "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
            "vit": {"weights": pretrained.source, "steps_per_epoch": trainer.steps_per_epoch,
                    **{k: {"best_epoch": o.run.best_epoch, "best_val_ccc": o.run.best_val_ccc,
-                          "optimizer_steps": o.run.optimizer_steps} for k, o in outcomes.items() if k != delivered.name}}}
-write_results(cfg.output_dir, metrics, delivered.predictions)
+                          "optimizer_steps": o.run.optimizer_steps} for k, o in outcomes.items() if k != delivered.name}},
+           "environment": environment, "run_id": run.id}
+write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
 display(metrics_table({MODEL_LABELS.get(k, k): o.metrics for k, o in outcomes.items()}))
 plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir);
 plots.va_plane(delivered.predictions, cfg.output_dir);
@@ -453,10 +459,11 @@ outcomes["ridge_baseline"] = ridge_baseline(cfg, store, split)
 metrics["models"] = {k: o.metrics for k, o in outcomes.items()}
 metrics["arms"] = arm_table(outcomes).to_dict(orient="records")
 metrics["differences"] = paired_differences(outcomes, cfg.n_bootstrap, cfg.seed)
-write_results(cfg.output_dir, metrics, delivered.predictions)
+write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
 for k, o in outcomes.items():
     if k != delivered.name:
-        atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), o.predictions)
+        atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), prediction_table(o.predictions,
+                                                                                                 o.val_predictions))
 results = results_table(metrics["models"], metrics["differences"])
 display(arm_table(outcomes))
 with pd.option_context("display.width", 200, "display.max_columns", 10):
@@ -501,25 +508,32 @@ plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4);
 
 # %% [markdown]
 # ## Run summary
-# The results table, the time each stage took, what was found and skipped, and every output
-# file. `vit_output.zip` holds all of them except the caches; it is verified (every member
-# read back and checked) before this cell reports success. On Kaggle, download it from
-# the output panel (`/kaggle/working/vit_augmented/vit_output.zip`).
+# The results table, the time each stage took, what was found and skipped, the card and library
+# versions, the cache's size by kind, and every file of the zip. `vit_output.zip` holds this run's
+# folder, the `emovit` code and `PREDICT.md`: unzipped anywhere, `pip install -r requirements.txt`
+# and `python -m emovit.predict` run from it. It is verified (every member read back and checked)
+# before this cell reports success. On Kaggle, download it from the output panel
+# (`/kaggle/working/vit_augmented/vit_output.zip`); earlier runs stay in `runs/`, listed in `runs.csv`.
 
 # %% module="emovit/report.py"
 
 # %%
-from emovit.report import file_table, output_files, run_summary, skip_reasons, write_zip
+from emovit import workspace
+from emovit.report import file_table, run_summary, skip_reasons, write_zip
 
 timings = {"features": store.seconds, "gan_training": gan.seconds, "gan_sampling": synthetic.seconds,
            **{k: o.seconds for k, o in outcomes.items()},
            "total_run": time.perf_counter() - RUN_START}
 counts = {**data_report.to_dict(), "decoded": len(store.songs), "skipped_by_reason": skip_reasons(store.errors, data_report),
           "per_split": split["split"].value_counts().to_dict(), "synthetic": len(synthetic.labels)}
-summary = run_summary(cfg.output_dir, results, timings, counts)
-zip_path, members = write_zip(cfg.output_dir, exclude=[cfg.cache_path])
+cache_bytes = workspace.sizes(cfg.cache_path)
+summary = run_summary(cfg.output_dir, results, timings, counts, environment, cache_bytes)
+index = workspace.update_index(run, cfg, "finished", metrics)
+zip_path, members = write_zip(cfg.output_dir, run.root, run.id, environment)
 display(results)
 display(pd.Series(timings, name="seconds").round(1).to_frame())
 display(pd.Series({k: v for k, v in counts.items() if not isinstance(v, (dict, list))}, name="count").to_frame())
-display(file_table(cfg.output_dir, members + [os.path.basename(zip_path)]))
+display(pd.Series({k: round(v / 1e6, 1) for k, v in cache_bytes.items()}, name="cache MB").to_frame())
+display(index.tail(10))
+display(file_table(members))
 print(f"vit_output.zip verified: {len(members)} files, {os.path.getsize(zip_path) / 1e6:.1f} MB -> {zip_path}")

@@ -63,8 +63,9 @@ def small_cfg(small_demo, tmp_path):
 
 @pytest.fixture(scope="session")
 def demo_run(demo_root, tmp_path_factory):
-    """The built notebook executed once under papermill on the demo preset (~4 min on 2 cores):
-    (outputs folder, executed notebook). Its best_vit_model.pth is the demo checkpoint."""
+    """The built notebook executed once under papermill on the demo preset (~5 min on 2 cores):
+    (the run's results folder, executed notebook). The output root (runs.csv, vit_output.zip,
+    the cache) is two levels up. Its best_vit_model.pth is the demo checkpoint."""
     import nbformat
     import papermill
 
@@ -77,7 +78,9 @@ def demo_run(demo_root, tmp_path_factory):
         progress_bar=False,
         parameters={"PRESET": "demo", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out / "outputs")},
     )
-    return out / "outputs", nbformat.read(str(executed), as_version=4)
+    from emovit.workspace import latest_run
+
+    return Path(latest_run(str(out / "outputs"))), nbformat.read(str(executed), as_version=4)
 
 
 def cue_feature_store(folder: Path, n: int = 60, n_mels: int = 32, frames: int = 96, seed: int = 0):

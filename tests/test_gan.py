@@ -323,24 +323,32 @@ def test_ema_weights_load_with_weights_only(tiny_setup):
                                   gan_train.generate(result.generator, labels, std, "cpu", seed=1))
 
 
+def _checkpoint_folder(cfg, result) -> str:
+    """Where train_or_load_gan keeps a GAN's checkpoints: its cache entry, named by its key (the run's
+    output folder gets copies)."""
+    folder = os.path.join(cfg.cache_path, "gan", result.key)
+    for name in ("generator.pth", "discriminator.pth"):
+        assert open(os.path.join(folder, name), "rb").read() == open(os.path.join(cfg.output_dir, name), "rb").read()
+    return folder
+
+
 def test_old_architecture_checkpoint_is_stale_and_retrained(tiny_setup):
     """A generator.pth of the previous (dense-layer, version 1) architecture is detected
     before any state dict is loaded, and the GAN is trained again."""
     cfg, store, split, train, std = tiny_setup
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    folder = _checkpoint_folder(cfg, gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu"))
     old_arch = {"n_mels": 32, "frames": cfg.num_frames, "z_dim": 8, "channels": 4, "label_dim": 2,
                 "out_low": -4.0, "out_high": 4.0}
     old = {"state_dict": {"fc.weight": torch.zeros(128 * 2 * 6, 72), "fc.bias": torch.zeros(128 * 2 * 6)},
            "arch": old_arch, "key": "old", "standardizer": std.to_dict(), "train_labels": torch.zeros(3, 2),
            "history": [], "diverged": None, "config": {}, "seconds": 1.0, "version": 1}
     for name in ("generator.pth", "discriminator.pth"):
-        torch.save(old, os.path.join(cfg.output_dir, name))
+        torch.save(old, os.path.join(folder, name))
     with pytest.raises(gan_train.StaleCheckpoint, match="version 1"):
-        gan_train.load_gan(os.path.join(cfg.output_dir, "generator.pth"),
-                           os.path.join(cfg.output_dir, "discriminator.pth"), "cpu")
+        gan_train.load_gan(os.path.join(folder, "generator.pth"), os.path.join(folder, "discriminator.pth"), "cpu")
     result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
     assert not result.reused and result.steps_completed == cfg.gan_steps
-    saved = torch.load(os.path.join(cfg.output_dir, "generator.pth"), weights_only=True)
+    saved = torch.load(os.path.join(folder, "generator.pth"), weights_only=True)
     assert saved["version"] == gan_train.CHECKPOINT_VERSION and saved["arch"]["name"] == G.ARCH_NAME
 
 
@@ -348,9 +356,9 @@ def test_checkpoint_with_unknown_architecture_settings_is_stale_and_retrained(ti
     """A generator.pth under this ARCH_NAME but with an architecture setting this code lacks
     (a development build's) is stale -- retrained, not a TypeError and not loaded."""
     cfg, store, split, train, std = tiny_setup
-    gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
-    g_path = os.path.join(cfg.output_dir, "generator.pth")
-    d_path = os.path.join(cfg.output_dir, "discriminator.pth")
+    folder = _checkpoint_folder(cfg, gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu"))
+    g_path = os.path.join(folder, "generator.pth")
+    d_path = os.path.join(folder, "discriminator.pth")
     saved = torch.load(g_path, weights_only=True)
     saved["arch"]["slow_noise_dim"] = 8
     torch.save(saved, g_path)

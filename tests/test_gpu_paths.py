@@ -125,9 +125,11 @@ def test_resume_from_a_full_precision_run_into_an_fp16_run(vit_setup, monkeypatc
         vt.train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="amp", interrupt_after_epoch=1, **_paths(cfg))
     assert load_checkpoint(_paths(cfg)["last_path"])["scaler"] == {}
     monkeypatch.setattr(vt, "amp_dtype", lambda device: torch.float16)  # the T4 path: fp16 + GradScaler
-    resumed = vt.train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="amp", **_paths(cfg))
-    assert resumed.resumed_from == 1 and len(resumed.history) == 2
-    assert load_checkpoint(_paths(cfg)["last_path"])["scaler"]["scale"] > 0  # the fp16 run's scaler saved
+    with pytest.raises(KeyboardInterrupt):  # stopped after its last epoch: before the resume state is dropped
+        vt.train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="amp", interrupt_after_epoch=2, **_paths(cfg))
+    state = load_checkpoint(_paths(cfg)["last_path"])
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert state["scaler"]["scale"] > 0  # the fp16 run's scaler saved
 
 
 def test_mixed_precision_is_part_of_the_run_key():
@@ -150,7 +152,8 @@ def test_scheduler_waits_when_the_scaler_skips_the_step(vit_setup, monkeypatch):
         return grad * float("inf") if calls["n"] <= 2 else grad
 
     model.head[1].weight.register_hook(inf_twice)
-    vt.train_vit(model, pre, train, val, cfg, "cpu", key="inf", **_paths(cfg))
+    with pytest.raises(KeyboardInterrupt):  # stopped after its only epoch, before the resume state is dropped
+        vt.train_vit(model, pre, train, val, cfg, "cpu", key="inf", interrupt_after_epoch=1, **_paths(cfg))
     steps = -(-len(train) // cfg.vit_batch_size)
     state = load_checkpoint(_paths(cfg)["last_path"])
     assert calls["n"] == steps
@@ -222,7 +225,8 @@ def test_atomic_writes_get_the_normal_file_mode_and_zip_members_keep_it(tmp_path
         efiles.atomic_write_json(str(out / "sub" / "b.json"), {"x": 1})
         for path in (out / "a.json", out / "sub" / "b.json"):
             assert path.stat().st_mode & 0o777 == _expected_mode() == 0o644  # before the fix: 0o600
-        zip_path, members = write_zip(str(out), exclude=[])
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, out / "best_vit_model.pth")
+        zip_path, members = write_zip(str(out), str(tmp_path), "run", {})
         assert Path(zip_path).stat().st_mode & 0o777 == 0o644
         with zipfile.ZipFile(zip_path) as zf:
             for info in zf.infolist():

@@ -12,6 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,7 +39,8 @@ def test_data_stage_outputs(demo_run):
     split = pd.read_csv(outputs / "split.csv")
     assert len(split) == 120 and split.song_id.is_unique
     assert len(pd.read_csv(outputs / "errors.csv")) == 0
-    assert any(f.endswith(".npy") for f in os.listdir(outputs / "cache" / "features"))
+    root = outputs.parents[1]  # runs/<id> -> the output folder; the cache sits beside runs/, outside the results
+    assert [p.name for p in root.glob("cache/features/*/mel_*.npy")] and not (outputs / "cache").exists()
 
 
 def test_no_cell_errors_and_figures_inline(demo_run):
@@ -105,14 +107,22 @@ def test_gan_learns_labels_on_demo_data(demo_run):
 
 def test_vit_stage_outputs(demo_run):
     outputs, nb = demo_run
-    for model in ("vit_real_only", "vit_real_plus_synthetic"):  # resume states: caches, not outputs
-        assert (outputs / "cache" / model / "last_vit_model.pth").is_file(), model
+    cache = outputs.parents[1] / "cache"
+    for model in ("vit_real_only", "vit_real_plus_synthetic"):  # checkpoints: caches, not outputs
+        entries = list((cache / "vit" / model).iterdir())
+        assert len(entries) == 1 and (entries[0] / "best_vit_model.pth").is_file(), model
+        assert (entries[0] / "best_vit_model.result.json").is_file(), model  # completed ...
+        assert not (entries[0] / "last_vit_model.pth").exists(), model  # ... so its resume state is gone
     for name in ("best_vit_model.pth", "metrics.json", "predictions.csv",
                  "vit_training_curves.png", "test_predictions_scatter.png", "va_plane.png"):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     split = pd.read_csv(outputs / "split.csv")
     predictions = pd.read_csv(outputs / "predictions.csv")
-    assert list(predictions.song_id) == sorted(split.query("split == 'test'").song_id)  # real test songs only
+    for name in ("test", "val"):  # the delivered model on the real test songs, then the validation songs
+        assert list(predictions[predictions.split == name].song_id) == sorted(split[split.split == name].song_id)
+    assert set(predictions.split) == {"test", "val"}
+    np.testing.assert_allclose(predictions.valence_pred_1_9, predictions.valence_pred * 4 + 5)
+    np.testing.assert_allclose(predictions.arousal_true_1_9, predictions.arousal_true * 4 + 5)
     metrics = json.loads((outputs / "metrics.json").read_text())
     vit = metrics["models"]["delivered"]
     results = json.loads((outputs / "run_summary.json").read_text())["results"]
@@ -123,7 +133,7 @@ def test_vit_stage_outputs(demo_run):
             v = vit[dim][name]
             assert v["low"] <= v["value"] <= v["high"], (dim, name, v)
     assert metrics["vit"]["weights"] == "random"  # the demo preset says so
-    assert metrics["protocol"]["n_test"] == len(predictions)
+    assert metrics["protocol"]["n_test"] == len(predictions.query("split == 'test'"))
     # the "Your own music" cell: tests/test_predict.py::test_notebook_section_writes_both_csvs_and_figures
 
 
@@ -134,11 +144,13 @@ def _labels(demo_root) -> pd.DataFrame:
 
 
 def _read_exact(path) -> pd.DataFrame:
-    """A predictions CSV with every float parsed by Python's float(), which inverts the repr that
-    to_csv wrote. pandas < 3's default C parser can land 1 ulp off (Kaggle's pandas 2.2.3 did on
-    CI), and "recomputes exactly" is a claim about the file, not about a parser."""
+    """The test rows of a predictions CSV with every float parsed by Python's float(), which inverts
+    the repr that to_csv wrote. pandas < 3's default C parser can land 1 ulp off (Kaggle's pandas
+    2.2.3 did on CI), and "recomputes exactly" is a claim about the file, not about a parser."""
+    from emovit.results import test_rows
+
     columns = pd.read_csv(path, nrows=0).columns
-    return pd.read_csv(path, converters={c: float for c in columns if c != "song_id"})
+    return test_rows(pd.read_csv(path, converters={c: float for c in columns if c not in ("song_id", "split")}))
 
 
 def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute(demo_run, demo_root):
@@ -173,8 +185,7 @@ def test_models_used_the_train_only_standardizer(demo_run):
 
     outputs, _ = demo_run
     split = pd.read_csv(outputs / "split.csv")
-    folder = outputs / "cache" / "features"
-    npy = next(p for p in folder.glob("mel_*.npy"))
+    npy = next(p for p in (outputs.parents[1] / "cache" / "features").glob("*/mel_*.npy"))
     meta = json.loads(npy.with_suffix(".json").read_text())
     rows = {sid: i for i, sid in enumerate(meta["song_ids"])}
     mels = np.load(npy, mmap_mode="r")
@@ -226,16 +237,64 @@ def test_ablation_and_baseline_rows_are_finite(demo_run):
     assert len(summary["results"]) == 20  # 5 models + 5 differences, x 2 dimensions
 
 
-def test_zip_holds_every_output_except_caches(demo_run):
+def test_zip_holds_this_run_and_the_code_and_nothing_else(demo_run):
+    """vit_output.zip (at the output root): every file of this run's folder but the fp32 checkpoint
+    (its float16 copy instead), the emovit package's source, requirements.txt and PREDICT.md."""
     outputs, _ = demo_run
+    root = outputs.parents[1]
     on_disk = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")
-                     if p.is_file() and "cache" not in p.relative_to(outputs).parts and p.name != "vit_output.zip")
-    with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
+                     if p.is_file() and p.name != "best_vit_model.pth")
+    code = sorted(f"emovit/{p.name}" for p in (ROOT / "emovit").glob("*.py"))
+    with zipfile.ZipFile(root / "vit_output.zip") as zf:
         assert zf.testzip() is None  # every member reads back with a valid CRC
-        assert sorted(zf.namelist()) == on_disk
+        assert sorted(zf.namelist()) == sorted(on_disk + code)
         for name in on_disk:
             assert zf.read(name) == (outputs / name).read_bytes(), name
-    assert "best_vit_model.pth" in on_disk and "run_summary.json" in on_disk
+        for name in code:
+            assert zf.read(name) == (ROOT / name).read_bytes(), name
+    assert {"best_vit_model_fp16.pth", "PREDICT.md", "requirements.txt", "run_summary.json"} <= set(on_disk)
+    half = os.path.getsize(outputs / "best_vit_model_fp16.pth")
+    assert half < 0.6 * os.path.getsize(outputs / "best_vit_model.pth")
+
+
+def test_the_card_the_stack_and_the_run_are_on_record(demo_run):
+    outputs, _ = demo_run
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    summary = json.loads((outputs / "run_summary.json").read_text())
+    for env in (metrics["environment"], summary["environment"]):
+        assert env["device"] == "cpu" and env["gpu_count"] == 0 and env["precision"] == "fp32"
+        assert {"torch", "transformers", "numpy", "sklearn", "python", "cuda"} <= set(env)
+    assert set(summary["cache_mb"]) >= {"features", "gan", "synthetic", "vit"}
+    index = pd.read_csv(outputs.parents[1] / "runs.csv", dtype={"run_id": str})
+    row = index.set_index("run_id").loc[metrics["run_id"]]
+    assert row.status == "finished" and row.folder == f"runs/{metrics['run_id']}"
+    assert row.valence_ccc == pytest.approx(metrics["models"]["delivered"]["valence"]["ccc"]["value"], abs=1e-4)
+    quality = json.loads((outputs / "gan_quality.json").read_text())
+    assert quality["training"]["reused_checkpoint"] is False and quality["training"]["train_seconds"] > 0
+
+
+def test_the_zip_predicts_from_a_fresh_unzip(demo_run, demo_root, tmp_path):
+    """Unzip into an empty folder and run the prediction command line there, in a fresh process that
+    imports the unzipped emovit (not this repository's)."""
+    outputs, _ = demo_run
+    work = tmp_path / "unzipped"
+    with zipfile.ZipFile(outputs.parents[1] / "vit_output.zip") as zf:
+        zf.extractall(work)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([sys.executable, "-c", "import emovit; print(emovit.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().parent == (work / "emovit").resolve()
+    song = next((demo_root / "DEAM_audio" / "MEMD_audio").glob("*.mp3"))
+    run = subprocess.run([sys.executable, "-m", "emovit.predict", str(song), "--checkpoint", "best_vit_model_fp16.pth",
+                          "--csv", "out.csv"], cwd=work, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = pd.read_csv(work / "out.csv")
+    assert len(table) == 1 and np.isfinite(table[["valence", "arousal"]].to_numpy()).all()
+    from emovit.predict import predict
+
+    exact = predict(str(song), str(outputs / "best_vit_model.pth"))  # the fp32 weights, this repository's code
+    assert table.valence[0] == pytest.approx(exact["valence"], abs=0.02)
+    assert table.arousal[0] == pytest.approx(exact["arousal"], abs=0.02)
 
 
 def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
@@ -255,3 +314,22 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
             assert row in text, row
     quality = json.loads((outputs / "gan_quality.json").read_text())
     assert f"| label_fidelity_arousal | {quality['label_fidelity_arousal']['value']:.3f} |" in text
+
+
+def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tmp_path):
+    """No local folder, nothing under the search folder, no hub name, no random ViT allowed: the
+    setup cell stops with what to attach -- before any data is read or any GPU time is spent."""
+    import papermill
+
+    out = tmp_path / "outputs"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(
+            str(ROOT / "vit_with_gans_emotion_prediction.ipynb"), str(tmp_path / "run.ipynb"), kernel_name="python3",
+            cwd=str(tmp_path), progress_bar=False,
+            parameters={"PRESET": "kaggle", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out),
+                        "OVERRIDES": {"vit_model_name": "", "pretrained_search_dir": str(tmp_path / "nothing")}})
+    assert "No ViT weights reachable" in str(err.value) and "Add Input" in str(err.value)
+    nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
+    failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    assert "pretrained = find_pretrained(cfg)" in failed.source  # the setup cell
+    assert not out.exists()  # no run folder, no cache, no features

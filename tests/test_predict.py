@@ -345,7 +345,7 @@ def test_notebook_section_writes_both_csvs_and_figures(demo_run):
     assert sorted(set(curves["start_s"].round(2))) == [0.0, 4.99, 9.98, 14.98, 19.97]
     for name in ("my_songs_va_plane.png", "my_emotion_curves.png"):
         assert (outputs / name).stat().st_size > 10_000, name
-    with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
+    with zipfile.ZipFile(outputs.parents[1] / "vit_output.zip") as zf:
         assert {"my_predictions.csv", "my_curves.csv", "my_songs_va_plane.png", "my_emotion_curves.png"} <= set(
             zf.namelist())
     cell = next(c for c in nb.cells if c.cell_type == "code" and "predict_folder(my_songs" in c.source)

@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_config
 from transformers import ViTConfig, ViTModel
 
+import emovit.vit_train as vt
 from emovit.config import make_config, replace
 from emovit.deam import discover
 from emovit.features import extract_features
@@ -157,21 +158,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(vit_setup):
     cfg, store, split, std = vit_setup
     train, val, _ = make_datasets(store, split, None, cfg)
     full_cfg = replace(cfg, output_dir=cfg.output_dir + "_full")
-    model, pre = _fresh(full_cfg, std)
-    full = train_vit(model, pre, train, val, full_cfg, "cpu", key="k", **_paths(full_cfg))
+    full_model, pre = _fresh(full_cfg, std)
+    full = train_vit(full_model, pre, train, val, full_cfg, "cpu", key="k", **_paths(full_cfg))
     model, pre = _fresh(cfg, std)
     with pytest.raises(KeyboardInterrupt):
         train_vit(model, pre, train, val, cfg, "cpu", key="k", interrupt_after_epoch=2, **_paths(cfg))
+    assert load_checkpoint(_paths(cfg)["last_path"])["epoch"] == 2  # the resume state of the interrupted run
     model, pre = _fresh(cfg, std)  # a re-run of the notebook cell starts from a fresh model
     resumed = train_vit(model, pre, train, val, cfg, "cpu", key="k", **_paths(cfg))
     assert resumed.resumed_from == 2 and len(resumed.history) == len(full.history) == 4
-    a = load_checkpoint(os.path.join(full_cfg.output_dir, "last_vit_model.pth"))["state_dict"]
-    b = load_checkpoint(os.path.join(cfg.output_dir, "last_vit_model.pth"))["state_dict"]
+    a, b = full_model.state_dict(), model.state_dict()  # the final weights of both
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
     assert [h["val_ccc_mean"] for h in full.history] == pytest.approx([h["val_ccc_mean"] for h in resumed.history])
-    again = train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="k", **_paths(cfg))  # finished: nothing to do
-    assert again.resumed_from == 4 and len(again.history) == 4
+    # completed: the resume state is gone, a small record says so, and a re-run has nothing to do
+    assert not os.path.exists(_paths(cfg)["last_path"]) and os.path.exists(vt.result_path(_paths(cfg)["best_path"]))
+    again = train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="k", **_paths(cfg))
+    assert again.resumed_from == 2 and again.history == resumed.history and again.best_epoch == resumed.best_epoch
     other = train_vit(*_fresh(cfg, std), train, val, replace(cfg, vit_epochs=1), "cpu", key="other", **_paths(cfg))
     assert other.resumed_from == 0  # other settings never resume from this checkpoint
 
@@ -179,8 +182,6 @@ def test_resume_after_interruption_matches_uninterrupted_run(vit_setup):
 def test_nan_losses_are_skipped_then_stop_with_best_intact(vit_setup, monkeypatch):
     cfg, store, split, std = vit_setup
     train, val, _ = make_datasets(store, split, None, cfg)
-    import emovit.vit_train as vt
-
     real = vt.loss_fn
     calls = {"n": 0}
 
@@ -232,4 +233,4 @@ def test_corrupt_resume_checkpoint_names_the_file_or_retrains(vit_setup):
     result = train_vit(*_fresh(cfg, std), train, val, replace(cfg, retrain_bad_checkpoints=True), "cpu", key="c",
                        **paths)
     assert result.resumed_from == 0 and len(result.history) == 1
-    assert load_checkpoint(paths["last_path"])["epoch"] == 1
+    assert not os.path.exists(paths["last_path"]) and result.key == "c"  # trained to completion

@@ -63,6 +63,11 @@ def git_commit() -> str:
 
 
 def load_run(run_dir: Path) -> dict:
+    """The demo run's metrics, GAN quality and summary; ``run_dir`` is its folder or the output root."""
+    if (run_dir / "runs.csv").exists():
+        from emovit.workspace import latest_run
+
+        run_dir = Path(latest_run(str(run_dir)))
     return {name: json.loads((run_dir / f"{name}.json").read_text()) for name in ("metrics", "gan_quality", "run_summary")}
 
 
@@ -153,8 +158,8 @@ def main(argv=None) -> int:
     if not args.skip_checks:
         ruff = str(Path(py).parent / "ruff")
         checks.append(run_check("ruff", [ruff, "check", "emovit", "tools", "tests", "benchmarks"]))
-        checks.append(run_check("notebook build check", [py, "tools/build_notebook.py", "--check"]))
-        checks.append(run_check("README config reference check", [py, "tools/readme_config.py", "--check"]))
+        checks.append(run_check("notebook build check", [py, "-m", "tools.build_notebook", "--check"]))
+        checks.append(run_check("README config reference check", [py, "-m", "tools.readme_config", "--check"]))
         checks.append(run_check("test suite (pytest)", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"]))
     run_dir = args.run_dir
     if run_dir is None:
