@@ -221,7 +221,7 @@ def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | Non
     return row, mel[:, :params.max_frames].astype(np.float16), status, ""
 
 
-def _fit_frames(mel: np.ndarray, frames: int, floor: float) -> np.ndarray:
+def pad_frames(mel: np.ndarray, frames: int, floor: float) -> np.ndarray:
     """(n_mels, t) -> (n_mels, frames): cropped, or followed by silence (the dB floor)."""
     if mel.shape[1] >= frames:
         return mel[:, :frames]
@@ -310,7 +310,7 @@ def _collect(results, store, songs, status, frames, errors, bar, floor: float) -
             LOG.warning("skipped song %s (%s): %s", songs.at[row, "song_id"], songs.at[row, "audio_path"], reason)
         else:
             frames[row] = mel.shape[1]
-            store[row] = _fit_frames(mel, store.shape[2], floor)
+            store[row] = pad_frames(mel, store.shape[2], floor)
         if done == min(32, bar.total):
             rate = done / max(time.perf_counter() - first, 1e-9)
             LOG.info("features: ~%.1f songs/s, ETA for the stage %.0f s", rate, (bar.total - done) / rate)

@@ -15,7 +15,8 @@ How a song is read (``Predictor``):
      (1% of a window) keeps frame rounding from adding a near-duplicate window.
   3. The windows go through the device preprocessing and the model in batches: the per-window
      values are the curve; their mean is the song's value, on [-1, 1] and DEAM's 1-9 scale.
-  A song shorter than one window is zero-padded as in training (``padded`` in its row). The
+  A song shorter than one window is followed by silence (the dB floor), exactly as the training
+  store reads a short clip (``padded`` in its row). The
   checkpoint's ``clip_offset`` is not used: it chose which part of a DEAM excerpt the training
   store kept; a whole song's curve starts at 0 s.
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import math
 import os
 import sys
@@ -50,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emovit.deam import to_rating_scale
-from emovit.features import MelParams, load_window, log_mel
+from emovit.features import MelParams, log_mel, pad_frames
 from emovit.files import LOG, atomic_write_csv, load_checkpoint, setup_logging
 from emovit.runtime import amp_dtype, pick_device
 from emovit.vit import DevicePreprocessor, regressor_from_checkpoint
@@ -146,7 +146,6 @@ class Predictor:
         state = load_checkpoint(checkpoint)
         self.checkpoint = checkpoint
         self.params = MelParams(**state["mel_params"])
-        self.pad_params = dataclasses.replace(self.params, clip_offset=0.0)  # whole files start at 0 s
         self.model = regressor_from_checkpoint(state)
         self.pre = DevicePreprocessor.from_dict(state["preprocess"])
         self.device = device
@@ -178,10 +177,11 @@ class Predictor:
                 raise ValueError("decoded samples are not finite")
             seconds = len(y) / self.params.sample_rate
             padded = len(y) < self.params.num_samples
-            if padded:  # shorter than one window: the training path pads it (zeros at the end)
-                y, _ = load_window(path, self.pad_params)
             t1 = time.perf_counter()
-            mel = log_mel(y, self.params).astype(np.float16)  # the training store's precision
+            mel = log_mel(y, self.params)
+            if padded:  # shorter than one window: silence after it, as the training store reads it
+                mel = pad_frames(mel, self.window_frames, 10 * np.log10(self.params.db_amin))
+            mel = mel.astype(np.float16)  # the training store's precision
         except Exception as err:  # noqa: BLE001 -- any decoder failure is that file's row, never fatal
             return Decoded(path, error=_reason(err))
         self._add(decode=t1 - t0, log_mel=time.perf_counter() - t1)

@@ -26,7 +26,7 @@ from conftest import tiny_config
 
 from emovit import plots
 from emovit.demo_data import synthesize
-from emovit.features import MelParams, extract_one
+from emovit.features import MelParams, extract_one, pad_frames
 from emovit.predict import (
     NEUTRAL_RADIUS,
     QUADRANTS,
@@ -162,20 +162,21 @@ def test_song_value_is_the_mean_of_its_windows(tiny_ckpt, tmp_path):
 
 
 def test_short_file_is_padded_exactly_as_in_training(tiny, tmp_path):
-    """A 3 s file (window 4 s): one window, the same log-mel as the training extraction of
-    that file (offset 0: the whole file, zero-padded at the end), hence the same prediction."""
+    """A 3 s file (window 4 s): one window, the same log-mel as the training store reads for that
+    file (offset 0: the whole file, then silence -- the dB floor), hence the same prediction."""
     path = tmp_path / "short.wav"
     sf.write(path, _tone(3.0), SR)
     decoded = tiny.decode(str(path))
     assert decoded.padded and decoded.seconds == pytest.approx(3.0) and decoded.mel.shape == (32, 173)
     train_params = MelParams(**{**tiny.params.__dict__, "clip_offset": 0.0})
-    _, train_mel, status, _ = extract_one((0, str(path), train_params))
-    assert status == "padded"
+    _, stored, status, _ = extract_one((0, str(path), train_params))
+    assert status == "ok" and stored.shape[1] < 173  # the clip as stored: 3 s, no padding
+    train_mel = pad_frames(stored, 173, 10 * np.log10(train_params.db_amin)).astype(np.float16)
     np.testing.assert_array_equal(decoded.mel, train_mel)
-    # the training extraction with the checkpoint's own offset (1 s) shifts the window back to 0 s
+    # the training extraction with the checkpoint's own offset (1 s) keeps the whole file too
     _, shifted, status, _ = extract_one((0, str(path), tiny.params))
     assert status == "shifted"
-    np.testing.assert_array_equal(decoded.mel, shifted)
+    np.testing.assert_array_equal(shifted, stored)
     with torch.no_grad():
         expected = tiny.model(tiny.pre(torch.from_numpy(train_mel).unsqueeze(0))).numpy()
     np.testing.assert_allclose(tiny.predict_decoded(decoded).values, expected, atol=1e-6)
