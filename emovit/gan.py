@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
 UPSAMPLINGS = 4  # the generator doubles height and width this many times
-ARCH_NAME = "conv-time-v3"  # stored in checkpoints; other names are stale architectures
+ARCH_NAME = "conv-time-v4"  # stored in checkpoints; other names are stale architectures
 
 
 @dataclass

@@ -221,6 +221,14 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 #   statistics are standardized by real training crops first (without that the discriminator
 #   sat at chance, hinge loss ~2, and taught the generator little);
 #   **DiffAugment** (time shift, cutout, small level shift) is applied to real and fake alike;
+# - the generator also learns from a **frozen regressor of real songs**: a ridge probe on band
+#   statistics, fitted on real training crops, reads the labels from each fake crop, and its error
+#   joins the generator's loss (`gan_aux_weight`) -- it tells the generator *where* real songs carry
+#   valence (register, the bass line), which the discriminator alone did not; the judge below, a ViT
+#   trained on real songs, checks that the samples did not merely learn to please the probe;
+# - the generator computes a few extra columns past each time edge and drops them
+#   (`gan_margin`), so the zero padding of its convolutions never reaches a sample's first or last
+#   frames;
 # - samples come from an **exponential moving average** of the generator's weights;
 # - training runs `gan_steps` steps; every `gan_eval_every` steps the label fidelity and the
 #   Frechet distance are measured on the **validation** songs and the best checkpoint is kept
