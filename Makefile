@@ -67,11 +67,12 @@ demo: venv  ## run the built notebook headless on the synthetic demo data (CPU, 
 	time $(BIN)/papermill $(NOTEBOOK) $(OUT)/demo_run.ipynb -k python3 \
 	    -p PRESET demo -p DATA_DIR $(OUT)/demo_data -p OUTPUT_DIR $(OUT)/demo
 
-run: venv  ## full run on your own DEAM copy: make run DATA_DIR=/path/to/deam
-	@test -n "$(DATA_DIR)" || { echo "usage: make run DATA_DIR=/path/to/deam [OUT=outputs]"; exit 2; }
+NPROC ?= 0
+run: venv  ## full run on your own DEAM copy: make run DATA_DIR=/path/to/deam [NPROC=N GPUs, 0 = all] [OUT=outputs]
+	@test -n "$(DATA_DIR)" || { echo "usage: make run DATA_DIR=/path/to/deam [NPROC=N] [OUT=outputs]"; exit 2; }
 	mkdir -p $(OUT)
 	$(BIN)/papermill $(NOTEBOOK) $(OUT)/run.ipynb -k python3 \
-	    -p PRESET kaggle -p DATA_DIR $(DATA_DIR) -p OUTPUT_DIR $(OUT)/run
+	    -p PRESET kaggle -p DATA_DIR $(DATA_DIR) -p OUTPUT_DIR $(OUT)/run -y '{"OVERRIDES": {"ddp_processes": $(NPROC)}}'
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache $(OLD_VENV)

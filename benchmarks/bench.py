@@ -133,7 +133,11 @@ def bench_vit(work: Path, s: dict, device: str) -> dict:
     ds = MelDataset([Part(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0, np.full(n, stored))],
                     window=frames, mode="random", seed=0)
     found = find_pretrained(cfg)
-    augmenting = DevicePreprocessor.from_config(cfg, Standardizer(-40.0, 15.0), found).to(device).train()
+    masking = DevicePreprocessor.from_config(cfg, Standardizer(-40.0, 15.0), found).to(device).train()
+    spans_rng = torch.Generator().manual_seed(0)
+
+    def augmenting(mel):  # SpecAugment with spans drawn per batch, as training draws them
+        return masking(mel, masking.sample_spans(len(mel), mel.shape[1], mel.shape[2], spans_rng))
     pre = DevicePreprocessor(-40.0, 15.0, found.image_mean, found.image_std).to(device)
 
     def run(batches):

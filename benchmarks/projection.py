@@ -44,10 +44,16 @@ CARDS = {
 #    layers with ONE channel (no tensor-core use), batch norm, spectral norm and element-wise
 #    ops between them: memory-bound much of the time, so 10-25%.
 MFU = {"vit": (0.15, 0.30), "gan": (0.10, 0.25)}
-# DataParallel on 2 GPUs: the ViT step splits its batch (scatter, replicate, gather each step,
-# one Python thread per GPU): 1.5-1.8x one GPU, applied as (low MFU: 1.5, high MFU: 1.8).
-# The GAN loop runs on one GPU.
-DATAPARALLEL_SPEEDUP = (1.5, 1.8)
+# DistributedDataParallel on N GPUs (emovit.distributed): each GPU computes its 1/N of the batch,
+# and every step all-reduces the gradients, compressed to fp16 on CUDA (2 bytes per parameter): a
+# ring all-reduce moves 2 (N - 1) / N of them through each GPU. Kaggle's T4 x2 has no NVLink: the
+# traffic crosses PCIe (gen3 x16, ~12 GB/s raw), where NCCL reaches about 5-10 GB/s. DDP overlaps
+# the all-reduce with the backward pass bucket by bucket; the exposed share is 70% (pessimistic)
+# to 20% (optimistic). Evaluation splits its batches without gradient traffic. The GAN trains on
+# one GPU (its BatchNorm statistics are per batch, and it is 3-8 of the T4 minutes): not split.
+ALLREDUCE_GB_PER_S = (5.0, 10.0)  # (pessimistic, optimistic)
+ALLREDUCE_EXPOSED = (0.7, 0.2)  # share of the all-reduce not hidden behind the backward pass
+GRADIENT_BYTES_PER_PARAMETER = 2  # fp16 compression hook
 KAGGLE_CPU_CORES = 4
 DEAM_SONGS = 1802
 VIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -140,6 +146,13 @@ def preset_counts(cfg, songs: int = DEAM_SONGS) -> dict:
     }
 
 
+def allreduce_seconds(parameters: int, gpus: int, gb_per_s: float) -> float:
+    """One ring all-reduce of the fp16 gradients: 2 (N - 1) / N of them through each GPU."""
+    if gpus < 2:
+        return 0.0
+    return 2 * (gpus - 1) / gpus * parameters * GRADIENT_BYTES_PER_PARAMETER / (gb_per_s * 1e9)
+
+
 def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_efficiency: float = 1.0,
             worker_startup_s: float = 5.0, songs: int = DEAM_SONGS) -> dict:
     """Minutes per card at the MFU range (low MFU -> "high" minutes), and where they go."""
@@ -161,9 +174,12 @@ def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_eff
         peak = card["peak_tflops"] * 1e12
         row = {"peak_tflops": card["peak_tflops"], "precision": card["precision"]}
         for bound, i in (("optimistic", 1), ("pessimistic", 0)):
-            vit_rate = peak * MFU["vit"][i] * (DATAPARALLEL_SPEEDUP[i] if card["gpus"] == 2 else 1.0)
+            gpus = card["gpus"]
+            vit_rate = peak * MFU["vit"][i] * gpus
             gan_rate = peak * MFU["gan"][i]
-            parts = {"extraction": extraction_s, "vit_training": flops["vit_training"] / vit_rate,
+            allreduce_s = allreduce_seconds(vit["parameters"], gpus, ALLREDUCE_GB_PER_S[i]) * ALLREDUCE_EXPOSED[i]
+            parts = {"extraction": extraction_s,
+                     "vit_training": flops["vit_training"] / vit_rate + counts["vit_steps_total"] * allreduce_s,
                      "vit_evaluation": flops["vit_evaluation"] / vit_rate,
                      "gan_training": flops["gan_training"] / gan_rate, "gan_sampling": flops["gan_sampling"] / gan_rate,
                      "checkpoint_io": io_s}
@@ -173,7 +189,10 @@ def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_eff
     return {
         "label": "PROJECTION from FLOP counts and an assumed MFU range, not a measurement",
         "counts": counts, "vit": vit, "gan": gan, "flops": flops, "mfu": {k: list(v) for k, v in MFU.items()},
-        "dataparallel_speedup": list(DATAPARALLEL_SPEEDUP), "kaggle_cpu_cores": KAGGLE_CPU_CORES,
+        "allreduce_gb_per_s": list(ALLREDUCE_GB_PER_S), "allreduce_exposed": list(ALLREDUCE_EXPOSED),
+        "allreduce_ms_per_step_t4x2": [round(1000 * allreduce_seconds(vit["parameters"], 2, b) * e, 1)
+                                       for b, e in zip(ALLREDUCE_GB_PER_S, ALLREDUCE_EXPOSED)],
+        "kaggle_cpu_cores": KAGGLE_CPU_CORES,
         "extraction_songs_per_s_per_core": extraction_songs_per_s_per_core,
         "extraction_parallel_efficiency": extraction_parallel_efficiency, "checkpoint_gb_per_s": CHECKPOINT_GB_PER_S,
         "cards": cards,
@@ -188,8 +207,10 @@ def markdown(p: dict) -> list[str]:
         f"of the `kaggle` preset on DEAM ({c['songs']} songs: {c['train_songs']} train / {c['val_songs']} val / "
         f"{c['test_songs']} test), divided by each card's peak at an assumed MFU of "
         f"{p['mfu']['vit'][0]:.0%}-{p['mfu']['vit'][1]:.0%} (ViT) and {p['mfu']['gan'][0]:.0%}-{p['mfu']['gan'][1]:.0%} "
-        f"(GAN); DataParallel on 2 GPUs counted as {p['dataparallel_speedup'][0]}-{p['dataparallel_speedup'][1]}x "
-        "for the ViT, 1x for the GAN. Why these figures: `benchmarks/projection.py`.",
+        f"(GAN). T4 x2: the ViT with DistributedDataParallel, each GPU half of every batch, plus the exposed "
+        f"part of an fp16 gradient all-reduce over PCIe ({p['allreduce_ms_per_step_t4x2'][1]}-"
+        f"{p['allreduce_ms_per_step_t4x2'][0]} ms per step); the GAN on one GPU. Why these figures: "
+        "`benchmarks/projection.py`.",
         "",
         f"- ViT-B/16 ({v['parameters'] / 1e6:.1f} M parameters): {v['train_step_flops'] / 1e12:.2f} TFLOP per training "
         f"step at batch {v['batch']} (forward + backward), {v['forward_flops_per_image'] / 1e9:.1f} GFLOP per evaluated "

@@ -59,7 +59,7 @@ class Config:
     split_file: str = ""  # CSV (song_id, split = train/val/test) to use a published split instead ("" = hash split)
 
     # --- conditional GAN (time-convolutional G, projection D, hinge loss; emovit/gan.py) ----
-    gan_steps: int = 2000  # training steps (one D + one G update each); replaces epochs over few songs
+    gan_steps: int = 1750  # training steps (one D + one G update each); replaces epochs over few songs
     gan_batch_size: int = 32  # random song crops per step
     gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
     gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)
@@ -120,6 +120,7 @@ class Config:
     deliver: str = "auto"  # delivered model: "auto" (per dimension, the one validation prefers), "synthetic", "real_only"
     deliver_confidence: float = 0.8  # auto: synthetic-trained wins a dimension on >= this share of paired val resamples
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    ddp_processes: int = 0  # ViT training processes via torchrun, one GPU each (0 = every visible GPU; 1 = this one)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
     arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model

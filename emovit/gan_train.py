@@ -291,8 +291,8 @@ def ema_decay(step: int, cap: float) -> float:
     The warm-up averages over ~step / 9 recent steps (StyleGAN2-ADA's EMA ramp-up is of this
     kind: a half-life of 5% of training so far), so early weights do not linger; it reaches a
     cap of 0.99 at step 890 and 0.999 at step 8990. Both presets train for fewer steps (600,
-    2000), so there the warm-up, not ``gan_ema_decay``, sets the decay (0.985 at step 600,
-    0.9955 at step 2000): a smaller cap acts, a larger one changes nothing.
+    1750), so there the warm-up, not ``gan_ema_decay``, sets the decay (0.985 at step 600,
+    0.9949 at step 1750): a smaller cap acts, a larger one changes nothing.
     """
     return min(cap, (1 + step) / (10 + step))
 

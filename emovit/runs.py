@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emovit import workspace
+from emovit import distributed, torchrun, workspace
 from emovit.config import Config, replace
 from emovit.probe import fit_probe, song_features
 from emovit.results import compare, prediction_frame, score
@@ -27,6 +27,7 @@ from emovit.vit import DevicePreprocessor, build_model
 from emovit.vit_train import (
     TrainResult,
     data_key,
+    finished_result,
     load_best,
     make_datasets,
     predict_dataset,
@@ -71,18 +72,43 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
     if best_path is None:
         folder = workspace.entry(cfg, f"vit/{name}", key)
         best_path, last_path = (os.path.join(folder, f) for f in ("best_vit_model.pth", "last_vit_model.pth"))
-    run = train_vit(model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path,
-                    steps_per_epoch=steps_per_epoch)
+    n = torchrun.processes(cfg)
+    if n > 1 and not distributed.current().active:  # several GPUs: the training processes are torchrun's
+        run, outputs = _fit_with_torchrun(cfg, store, split, synthetic, standardizer, pretrained, key, best_path,
+                                          last_path, steps_per_epoch, n)
+    else:
+        run = train_vit(model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path,
+                        steps_per_epoch=steps_per_epoch)
+        model.load_state_dict(load_best(best_path, key)["state_dict"])
+        outputs = {name_: predict_dataset(model, pre, ds, cfg, device) for name_, ds in (("val", val_ds),
+                                                                                       ("test", test_ds))}
     if folder:
         workspace.prune(cfg, f"vit/{name}", in_use=folder)
-    model.load_state_dict(load_best(best_path, key)["state_dict"])
     frames = {}
-    for ds in (val_ds, test_ds):
-        pred, true = predict_dataset(model, pre, ds, cfg, device)
-        frames[id(ds)] = prediction_frame(ds.song_ids, song_labels(store, ds.song_ids, check=true), pred)
-    predictions = frames[id(test_ds)]
+    for split_name, ds in (("val", val_ds), ("test", test_ds)):
+        pred, true = outputs[split_name]
+        frames[split_name] = prediction_frame(ds.song_ids, song_labels(store, ds.song_ids, check=true), pred)
+    predictions = frames["test"]
     return Outcome(name, predictions, score(predictions, cfg.n_bootstrap, cfg.seed), time.perf_counter() - start,
-                   run, best_path, len(train_ds), val_predictions=frames[id(val_ds)])
+                   run, best_path, len(train_ds), val_predictions=frames["val"])
+
+
+def _fit_with_torchrun(cfg, store, split, synthetic, standardizer, pretrained, key, best_path, last_path,
+                       steps_per_epoch, n) -> tuple[TrainResult, dict]:
+    """Train (or resume) on ``n`` torchrun processes unless a completed record and its predictions
+    are there already; returns the training result and the {"val", "test"}: (pred, true) arrays
+    rank 0 wrote."""
+    done = finished_result(best_path, key)
+    path = torchrun.predictions_path(best_path)
+    saved = np.load(path) if os.path.exists(path) else None
+    if done is None or os.path.exists(last_path) or saved is None or str(saved["key"]) != key:
+        job = torchrun.write_job(os.path.dirname(best_path), cfg, store, split, synthetic, standardizer, pretrained,
+                                 key, best_path, last_path, steps_per_epoch)
+        torchrun.launch(job, n)
+        done, saved = finished_result(best_path, key), np.load(path)
+    if done is None or str(saved["key"]) != key:
+        raise RuntimeError(f"the torchrun training of {best_path} left no result of this run (key {key})")
+    return done, {s: (saved[f"{s}_pred"], saved[f"{s}_true"]) for s in ("val", "test")}
 
 
 def run_steps_per_epoch(store, split, synthetic, cfg: Config) -> int:

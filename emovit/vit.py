@@ -26,10 +26,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn import functional as F
 from transformers import ViTConfig, ViTModel
 from transformers.utils import cached_file
 
+from emovit import distributed
 from emovit.config import Config
 from emovit.files import LOG
 
@@ -149,10 +151,8 @@ class ViTRegressor(nn.Module):
     embeddings (``interpolate_pos_encoding``); H and W must be multiples of the patch size.
 
     ``autocast_dtype`` (None = off): the forward pass runs under ``torch.autocast`` with this
-    dtype, entered here rather than only by the caller. ``DataParallel`` runs each replica in
-    a worker thread and re-enters autocast there with ``enabled=`` only; autocast's dtype is
-    per thread, so the replicas would fall back to the device default (fp16 on CUDA) while
-    the caller asked for bf16 and turned the GradScaler off.
+    dtype, entered here rather than only by the caller, so that any wrapper running the forward
+    elsewhere (a thread, a hook) keeps the dtype the caller chose: autocast's dtype is per thread.
     """
 
     def __init__(self, backbone: nn.Module, dropout: float = 0.1):
@@ -179,13 +179,19 @@ class ViTRegressor(nn.Module):
 
 
 def for_devices(model: ViTRegressor, device: str, dtype: torch.dtype | None) -> nn.Module:
-    """The module a training step calls: ``model`` with its forward pinned to ``dtype``
-    (mixed precision; None = full), wrapped in ``DataParallel`` over every visible GPU when
-    there are several. ``model`` itself stays the unwrapped one to save and optimize."""
+    """The module a training step calls: ``model`` with its forward pinned to ``dtype`` (mixed
+    precision; None = full), wrapped in ``DistributedDataParallel`` when the process is one of
+    several ranks (``torchrun``; one GPU each). ``model`` itself stays the unwrapped one to save
+    and optimize."""
     model.autocast_dtype = dtype
-    if str(device).startswith("cuda") and torch.cuda.device_count() > 1:
-        return nn.DataParallel(model)
-    return model
+    if not distributed.current().active:
+        return model
+    if not str(device).startswith("cuda"):
+        return nn.parallel.DistributedDataParallel(model)  # gloo on the CPU (tests)
+    index = torch.device(device).index
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device() if index is None else index])
+    ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)  # half the all-reduce bytes over PCIe
+    return ddp
 
 
 def build_model(cfg: Config, pretrained: Pretrained) -> ViTRegressor:
@@ -246,10 +252,12 @@ def regressor_from_checkpoint(state: dict) -> nn.Module:
 class SpecAugment(nn.Module):
     """Frequency and time masks (Park et al. 2019) on standardized log-mels, training mode only.
 
-    (B, n_mels, T) -> same shape. Each item gets ``freq_masks`` bands of 0..``freq_mask_max``
-    mel bins and ``time_masks`` spans of 0..``time_mask_max_fraction`` x T frames, drawn
-    independently with torch's RNG on the input's device; masked values become 0, i.e. the
-    training songs' mean level (the input is standardized). In eval mode: the identity.
+    ``sample(batch, n_mels, frames, generator)`` draws (batch, freq_masks + time_masks, 2) spans
+    (start, width): ``freq_masks`` bands of 0..``freq_mask_max`` mel bins, then ``time_masks``
+    spans of 0..``time_mask_max_fraction`` x frames, from a CPU generator -- one global training
+    step's, so an item's masks do not depend on how a batch is split over ranks.
+    ``forward(z, spans)``: (B, n_mels, T) -> same shape, masked values 0 = the training songs'
+    mean level (the input is standardized); identity in eval mode or without spans.
     """
 
     def __init__(self, freq_masks: int = 2, freq_mask_max: int = 24, time_masks: int = 2,
@@ -259,23 +267,31 @@ class SpecAugment(nn.Module):
         self.time_masks, self.time_mask_max_fraction = time_masks, time_mask_max_fraction
 
     @staticmethod
-    def _spans(batch: int, length: int, count: int, max_width: int, device) -> torch.Tensor:
-        """(batch, length) bool: True inside any of ``count`` random spans of 0..max_width."""
-        pos = torch.arange(length, device=device)[None, :]
-        hit = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    def _draw(batch: int, length: int, count: int, max_width: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, count, 2) int64 spans: width uniform on 0..max_width, start uniform where it fits."""
         max_width = min(max_width, length)
-        for _ in range(count):
-            width = torch.randint(0, max_width + 1, (batch, 1), device=device)
-            start = (torch.rand(batch, 1, device=device) * (length - width + 1)).floor().long()
-            hit |= (pos >= start) & (pos < start + width)
-        return hit
+        width = torch.randint(0, max_width + 1, (batch, count), generator=generator)
+        start = (torch.rand(batch, count, generator=generator) * (length - width + 1)).floor().long()
+        return torch.stack([start, width], dim=2)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+    def sample(self, batch: int, n_mels: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+        freq = self._draw(batch, n_mels, self.freq_masks, self.freq_mask_max, generator)
+        time = self._draw(batch, frames, self.time_masks, int(self.time_mask_max_fraction * frames), generator)
+        return torch.cat([freq, time], dim=1)
+
+    @staticmethod
+    def _hit(spans: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, count, 2) spans -> (B, length) bool: inside any of them."""
+        pos = torch.arange(length, device=spans.device)[None, None, :]
+        start, width = spans[..., :1], spans[..., 1:]
+        return ((pos >= start) & (pos < start + width)).any(dim=1)
+
+    def forward(self, z: torch.Tensor, spans: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.training or spans is None:
             return z
-        b, m, t = z.shape
-        freq = self._spans(b, m, self.freq_masks, self.freq_mask_max, z.device)[:, :, None]
-        time = self._spans(b, t, self.time_masks, int(self.time_mask_max_fraction * t), z.device)[:, None, :]
+        spans = spans.to(z.device)
+        freq = self._hit(spans[:, :self.freq_masks], z.shape[1])[:, :, None]
+        time = self._hit(spans[:, self.freq_masks:], z.shape[2])[:, None, :]
         return z.masked_fill(freq | time, 0.0)
 
     def to_dict(self) -> dict:
@@ -287,8 +303,8 @@ class DevicePreprocessor(nn.Module):
     """log-mel dB (B, n_mels, T) any float dtype -> normalized pixels (B, 3, H, W) float32.
 
     ``size`` is (H, W) or one int for a square. ``spec_augment`` (optional) masks the
-    standardized log-mel in training mode only; ``eval()`` (validation, test, prediction)
-    never masks.
+    standardized log-mel with the ``spans`` given (``sample_spans``) in training mode only;
+    ``eval()`` (validation, test, prediction) never masks.
     """
 
     def __init__(self, mel_mean: float, mel_std: float, image_mean, image_std, size: int | tuple = 224,
@@ -318,10 +334,14 @@ class DevicePreprocessor(nn.Module):
         size = (d["height"], d["width"]) if "height" in d else d["size"]
         return cls(d["mel_mean"], d["mel_std"], d["image_mean"], d["image_std"], size, d["clip_std"])
 
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+    def sample_spans(self, batch: int, n_mels: int, frames: int, generator: torch.Generator) -> torch.Tensor | None:
+        """SpecAugment spans of a global batch (None without SpecAugment); see :class:`SpecAugment`."""
+        return None if self.spec_augment is None else self.spec_augment.sample(batch, n_mels, frames, generator)
+
+    def forward(self, mels: torch.Tensor, spans: torch.Tensor | None = None) -> torch.Tensor:
         z = (mels.float() - self.mel_mean) / self.mel_std  # standardized
         if self.spec_augment is not None:
-            z = self.spec_augment(z)  # identity unless in training mode
+            z = self.spec_augment(z, spans)  # identity unless in training mode with spans
         pixels = ((z + self.clip_std) / (2 * self.clip_std)).clamp(0, 1).unsqueeze(1)  # (B, 1, M, T) in [0, 1]
         pixels = F.interpolate(pixels, size=(self.height, self.width), mode="bilinear", antialias=True,
                                align_corners=False)

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from emovit import distributed
 from emovit.config import Config, replace
 from emovit.features import PARAM_FIELDS, crop_starts
 from emovit.files import LOG, atomic_path, atomic_write_json, hash_json, load_checkpoint
@@ -53,7 +54,7 @@ NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "cache_k
                        "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
                        "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
                        "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds",
-                       "synthetic_gate_ratio", "deliver", "deliver_confidence")
+                       "synthetic_gate_ratio", "deliver", "deliver_confidence", "ddp_processes")
 # Fields that only shape the synthetic set and how it is used: left out of the run key of a model
 # trained without synthetic data (a GAN tweak must not retrain the real-only reference). The
 # synthetic set's size still reaches that key through the run's steps per epoch.
@@ -335,38 +336,84 @@ def data_key(store, split, synthetic) -> str:
                       "synthetic": os.path.basename(synthetic.path) if synthetic is not None else None})
 
 
+class RankBatches(Sampler):
+    """This rank's part of each global training batch: (list of item indices) per step.
+
+    The epoch's order is :class:`EpochSampler`'s (the same for any number of ranks); step k's global
+    batch is ``order[k * B : (k + 1) * B]`` with B = ``vit_batch_size``, and this rank takes its
+    contiguous slice of it (:func:`emovit.distributed.rank_slice`).
+    """
+
+    def __init__(self, order: Sampler, batch: int, part: slice):
+        self.order, self.batch, self.part = order, batch, part
+
+    def __iter__(self):
+        order = list(self.order)
+        for k in range(0, len(order), self.batch):
+            yield order[k:k + self.batch][self.part]
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch)
+
+
+class EvalBatches(Sampler):
+    """Evaluation batches in dataset order, batch k to rank k mod world: each batch is the one a
+    single process computes, so gathered predictions equal its predictions exactly."""
+
+    def __init__(self, n: int, batch: int):
+        self.n, self.batch = n, batch
+
+    def __iter__(self):
+        for k, start in enumerate(range(0, self.n, self.batch)):
+            if distributed.mine(k):
+                yield list(range(start, min(start + self.batch, self.n)))
+
+    def __len__(self) -> int:
+        return sum(distributed.mine(k) for k in range(-(-self.n // self.batch)))
+
+
 def _loader(ds, cfg: Config, device: str, epoch: int | None = None, samples: int | None = None) -> DataLoader:
-    """Training loader of ``epoch`` (``samples`` items, shuffled) or, with epoch None, an
-    evaluation loader in dataset order. After ``cfg.synthetic_epochs`` epochs (when > 0) a
-    training epoch draws its items from the real songs only."""
+    """Training loader of ``epoch`` (``samples`` items, shuffled; this rank's part of each global
+    batch) or, with epoch None, an evaluation loader (this rank's batches, in dataset order). After
+    ``cfg.synthetic_epochs`` epochs (when > 0) a training epoch draws from the real songs only."""
     workers = cfg.loader_workers
-    sampler = None
     if epoch is not None:
         ds.epoch = epoch  # before the workers get their copy of the dataset
         real_only = 0 < cfg.synthetic_epochs < epoch
-        sampler = EpochSampler(ds.n_real if real_only else len(ds), samples or len(ds), cfg.seed, epoch)
-    return DataLoader(ds, batch_size=cfg.vit_batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.startswith("cuda"), persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
+        order = EpochSampler(ds.n_real if real_only else len(ds), samples or len(ds), cfg.seed, epoch)
+        batches = RankBatches(order, cfg.vit_batch_size, distributed.rank_slice(cfg.vit_batch_size,
+                                                                                distributed.current()))
+    else:
+        batches = EvalBatches(len(ds), cfg.vit_batch_size)
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=device.startswith("cuda"),
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
-def mixup(mel: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float):
-    """Mix each item with another of the batch: lambda ~ Beta(alpha, alpha), one per batch.
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The random numbers of one global training step (SpecAugment spans, the mixup plan): a
+    function of (seed, epoch, step), so the same for any number of ranks."""
+    return torch.Generator().manual_seed(((seed * 1009 + epoch) * 100_003 + step) % (2**63 - 1))
 
-    mel (B, n_mels, T), y (B, 2), w (B,) -> the same shapes. alpha 0: returned unchanged.
-    Mixing log-mels in dB before standardization equals mixing them after (an affine map).
-    """
+
+def mixup(mel: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float, generator: torch.Generator,
+          part: slice):
+    """Mix each item of the global batch with another one of it: lambda ~ Beta(alpha, alpha), one
+    per step, partners a permutation -- both from ``generator``. mel (b, n_mels, T), y (b, 2), w
+    (b, 2) are this rank's rows (``part`` of the global batch); the partners' rows are gathered
+    from every rank. Returns this rank's mixed rows. alpha 0: unchanged. Mixing log-mels in dB
+    before standardization equals mixing them after (an affine map)."""
     if alpha <= 0:
         return mel, y, w
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(len(mel), device=mel.device)
-    mix = lambda t: lam * t + (1 - lam) * t[perm]  # noqa: E731
-    return mix(mel.float()), mix(y), mix(w)
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator))).beta(alpha, alpha))
+    every = [distributed.gather_rows(t.detach()) for t in (mel.float(), y, w)]
+    perm = torch.randperm(len(every[0]), generator=generator).to(mel.device)[part]
+    return tuple(lam * t + (1 - lam) * a[perm] for t, a in zip((mel.float(), y, w), every))
 
 
 @torch.no_grad()
 def predict_dataset(model, pre, ds, cfg: Config, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions (N, 2), targets (N, 2)) in dataset order; several crops per item are averaged."""
+    """(predictions (N, 2), targets (N, 2)) in dataset order; several crops per item are averaged.
+    Under several ranks each computes its batches and every rank gets all N rows."""
     model.eval()
     pre.eval()
     dtype = amp_dtype(device) if cfg.mixed_precision else None
@@ -378,6 +425,11 @@ def predict_dataset(model, pre, ds, cfg: Config, device: str) -> tuple[np.ndarra
             out = model(pre(mel.reshape(-1, *mel.shape[-2:])))
         preds.append(out.float().view(len(y), crops, 2).mean(dim=1).cpu().numpy())
         targets.append(y.numpy())
+    parts = distributed.gather_objects((preds, targets))
+    if len(parts) > 1:  # rank r holds batches r, r + world, ...: batch k is parts[k % world][k // world]
+        world, n = len(parts), sum(len(p) for p, _ in parts)
+        preds = [parts[k % world][0][k // world] for k in range(n)]
+        targets = [parts[k % world][1][k // world] for k in range(n)]
     return np.concatenate(preds), np.concatenate(targets)
 
 
@@ -389,9 +441,9 @@ def augmented_examples(train_ds, pre, cfg: Config, device: str, count: int = 8, 
     """
     loader = _loader(train_ds, replace(cfg, vit_batch_size=count, loader_workers=0), device, epoch, samples=count)
     mel, y, _ = next(iter(loader))
-    torch.manual_seed(cfg.seed * 1000 + epoch)
+    spans = pre.sample_spans(count, mel.shape[-1], step_generator(cfg.seed, epoch, 0))
     pre.to(device).train()
-    images = pre(mel.to(device)).cpu().numpy()
+    images = pre(mel.to(device), spans).cpu().numpy()
     pre.eval()
     return images, y.numpy()
 
@@ -419,7 +471,9 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.vit_warmup_fraction * total), total)
     dtype = amp_dtype(device) if cfg.mixed_precision else None
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    net = for_devices(model, device, dtype)  # autocast dtype pinned inside forward (DataParallel threads)
+    net = for_devices(model, device, dtype)  # DistributedDataParallel under several ranks
+    ranks = distributed.current()
+    part = distributed.rank_slice(cfg.vit_batch_size, ranks)
     done = finished_result(best_path, key)
     if done is not None and not os.path.exists(last_path):
         LOG.info("ViT: training had already finished (best epoch %d)", done.best_epoch)
@@ -445,7 +499,7 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
     if result.stopped_early or first_epoch > cfg.vit_epochs or capped():
         LOG.info("ViT: training had already finished (best epoch %d)", result.best_epoch)
     epochs = range(first_epoch, cfg.vit_epochs + 1) if not (result.stopped_early or capped()) else range(0)
-    bar = tqdm(epochs, desc="ViT", unit="epoch")
+    bar = tqdm(epochs, desc="ViT", unit="epoch", disable=not ranks.main)
     for epoch in bar:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -453,13 +507,20 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
         pre.train()
         loss_sum, n_steps = 0.0, 0
         loader = _loader(train_ds, cfg, device, epoch, samples=steps_per_epoch * cfg.vit_batch_size)
-        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0)
-        for mel, y, w in batches:
-            mel, y, w = mixup(*(t.to(device, non_blocking=True) for t in (mel, y, w)), cfg.mixup_alpha)
+        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0,
+                       disable=not ranks.main)
+        for step, (mel, y, w) in enumerate(batches):
+            mel, y, w = (t.to(device, non_blocking=True) for t in (mel, y, w))
+            gen = step_generator(cfg.seed, epoch, step)  # the global step's masks and mixup, any number of ranks
+            spans = pre.sample_spans(cfg.vit_batch_size, mel.shape[1], mel.shape[2], gen)
+            mel, y, w = mixup(mel, y, w, cfg.mixup_alpha, gen, part)
             with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32,
                                 enabled=dtype is not None):
-                pred = net(pre(mel))
-            loss = loss_fn(cfg.vit_loss, pred.float(), y, w)
+                pred = net(pre(mel, spans[part] if spans is not None else None))
+            # the global batch's loss on every rank (CCC is a statistic of the whole batch); gradients
+            # flow back to each rank's own rows, and DDP's average of them is the one-process gradient
+            loss = loss_fn(cfg.vit_loss, distributed.gather_rows(pred.float()), distributed.gather_rows(y),
+                           distributed.gather_rows(w))
             if not torch.isfinite(loss):
                 result.skipped_steps += 1
                 LOG.warning("ViT: non-finite loss at epoch %d; step skipped (%d so far)", epoch, result.skipped_steps)
@@ -494,13 +555,16 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
                "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         row["val_ccc_mean"] = (row["val_ccc_valence"] + row["val_ccc_arousal"]) / 2
         result.history.append(row)
-        if row["val_ccc_mean"] > result.best_val_ccc:
+        if row["val_ccc_mean"] > result.best_val_ccc:  # every rank decides alike: the same gathered predictions
             result.best_val_ccc, result.best_epoch, bad_epochs = row["val_ccc_mean"], epoch, 0
-            save_best(model, pre, cfg, best_path, epoch, row, key)
+            if ranks.main:
+                save_best(model, pre, cfg, best_path, epoch, row, key)
         else:
             bad_epochs += 1
         result.stopped_early = bad_epochs >= cfg.early_stop_patience
-        _save_last(last_path, model, opt, sched, scaler, result, epoch, bad_epochs, key)
+        if ranks.main:
+            _save_last(last_path, model, opt, sched, scaler, result, epoch, bad_epochs, key)
+        distributed.barrier()  # no rank reads (or resumes from) a file rank 0 is still writing
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_ccc=f"{row['val_ccc_mean']:.3f}")
         if interrupt_after_epoch == epoch:
             raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
@@ -512,10 +576,11 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             break
     bar.close()
     result.seconds = time.perf_counter() - start
-    if not capped():  # completed: keep the result, drop the resume state
+    if ranks.main:  # the result's record; completed (not stopped by the smoke cap): drop the resume state
         atomic_write_json(result_path(best_path), dataclasses.asdict(result))
-        if os.path.exists(last_path):
+        if not capped() and os.path.exists(last_path):
             os.remove(last_path)
+    distributed.barrier()
     return result
 
 
@@ -601,5 +666,7 @@ def _save_last(path, model, opt, sched, scaler, result: TrainResult, epoch: int,
 
 
 def _atomic_save(obj, path: str) -> None:
+    if not distributed.current().main:
+        raise RuntimeError(f"rank {distributed.current().rank} tried to write {path}: only rank 0 writes files")
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

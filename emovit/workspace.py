@@ -36,7 +36,7 @@ from emovit.files import LOG, atomic_write_csv, hash_json
 RUNS_FOLDER = "runs"
 RUNS_INDEX = "runs.csv"
 # Settings that cannot change any result: left out of the run id (and of runs.csv's "changed").
-NOT_RESULT_FIELDS = ("output_dir", "cache_dir", "cache_keep", "run_name", "num_workers", "loader_workers",
+NOT_RESULT_FIELDS = ("output_dir", "cache_dir", "cache_keep", "run_name", "num_workers", "loader_workers", "ddp_processes",
                      "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir", "vit_local_dir")
 FREE_MARGIN_BYTES = 200_000_000  # left free after a large write (logs, figures, the next small files)
 

@@ -81,6 +81,8 @@ print(f"emovit modules are written to {EMOVIT_SRC}")
 
 # %% module="emovit/runtime.py"
 
+# %% module="emovit/distributed.py"
+
 # %% module="emovit/vit.py"
 
 # %% module="emovit/workspace.py"
@@ -306,10 +308,17 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # %% [markdown]
 # ## Training
 # AdamW with warmup and cosine decay, layer-wise learning-rate decay, mixed precision
-# (fp16 with loss scaling on a T4, bf16 on an L4), gradient clipping, every visible GPU; the
-# epoch with the best mean CCC on the **real validation songs** is kept. If the run stops
-# (Kaggle session limit, an error), re-run the cell: training resumes after its last completed
-# epoch (resume states in the cache folder).
+# (fp16 with loss scaling on a T4, bf16 on an L4), gradient clipping; the epoch with the best
+# mean CCC on the **real validation songs** is kept. If the run stops (Kaggle session limit, an
+# error), re-run the cell: training resumes after its last completed epoch (resume states in the
+# cache folder).
+#
+# **Every GPU**: with two or more (Kaggle's *T4 x2*), each ViT trains with PyTorch's
+# DistributedDataParallel, one process per GPU started by `torchrun` in a subprocess whose output
+# streams into the cell (this kernel has touched CUDA, so it cannot fork the processes itself).
+# Each step is the step one GPU would take with the same batch of `vit_batch_size` items: the
+# batch is split over the GPUs, the loss (CCC included) is computed on the whole batch, and the
+# gradients are averaged. `ddp_processes = 1` keeps training in this kernel.
 #
 # About 1,260 training songs are few for an 86M-parameter ViT, so the standard audio
 # augmentations (AST's recipe) are on, each measured by an ablation arm below:
@@ -340,6 +349,8 @@ print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for
 # %% module="emovit/vit_train.py"
 
 # %% module="emovit/results.py"
+
+# %% module="emovit/torchrun.py"
 
 # %% module="emovit/runs.py"
 

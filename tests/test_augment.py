@@ -39,16 +39,28 @@ def test_spec_augment_masks_in_training_mode_only():
     pre.eval()
     torch.testing.assert_close(pre(mel), plain(mel))  # eval: never masked
     pre.train()
+    torch.testing.assert_close(pre(mel), plain(mel))  # training without spans: never masked
     augment = pre.spec_augment
     z = (mel - -40.0) / 10.0
-    masked = augment(z)
+    spans = pre.sample_spans(16, 32, 80, torch.Generator().manual_seed(1))
+    assert spans.shape == (16, 2, 2)  # (items, 1 frequency + 1 time mask, (start, width))
+    assert (spans[:, 0, 1] <= 8).all() and (spans[:, 1, 1] <= 20).all()
+    assert torch.equal(spans, pre.sample_spans(16, 32, 80, torch.Generator().manual_seed(1)))  # the generator's
+    masked = augment(z, spans)
     hit = masked != z
     assert hit.any() and (masked[hit] == 0).all()  # masks set the mean level (0 after standardization)
     for item in (masked == 0):  # contiguous bands / spans no wider than the maxima
         full_rows = item.all(dim=1).sum().item()
         full_cols = item.all(dim=0).sum().item()
         assert full_rows <= 8 and full_cols <= 20
-    assert not torch.equal(pre(mel), plain(mel))
+    assert not torch.equal(pre(mel, spans), plain(mel))
+    for i in range(16):  # exactly the sampled bands and frames are masked
+        (fs, fw), (ts, tw) = spans[i].tolist()
+        rows = torch.zeros(32, dtype=torch.bool)
+        rows[fs:fs + fw] = True
+        cols = torch.zeros(80, dtype=torch.bool)
+        cols[ts:ts + tw] = True
+        assert torch.equal(masked[i] == 0, rows[:, None] | cols[None, :])
 
 
 def test_dataset_items_are_never_masked_and_evaluation_never_augments(setup):
@@ -113,11 +125,13 @@ def test_mixup_alpha_zero_is_the_identity_and_mixes_convexly():
     # Item i is the constant i, and so are its labels: a mixed item must equal its mixed label.
     mel = torch.arange(8.0)[:, None, None].expand(8, 4, 10).clone()
     y, w = torch.arange(8.0)[:, None].expand(8, 2).clone(), torch.linspace(0.5, 1.0, 8)
-    out = mixup(mel, y, w, 0.0)
+    whole = slice(0, 8)
+    out = mixup(mel, y, w, 0.0, torch.Generator().manual_seed(1), whole)
     assert out[0] is mel and out[1] is y and out[2] is w
-    torch.manual_seed(1)
-    m2, y2, w2 = mixup(mel, y, w, 0.4)
+    m2, y2, w2 = mixup(mel, y, w, 0.4, torch.Generator().manual_seed(1), whole)
     assert not torch.equal(m2, mel)
+    m3, _, _ = mixup(mel, y, w, 0.4, torch.Generator().manual_seed(1), whole)
+    assert torch.equal(m2, m3)  # the step's generator decides the partners and lambda, nothing else
     torch.testing.assert_close(m2[:, 0, 0], y2[:, 0])  # same lambda and partner for spectrogram and label
     torch.testing.assert_close(m2.amax(dim=(1, 2)), m2.amin(dim=(1, 2)))  # a convex blend of two constants
     assert (w2 >= 0.5 - 1e-6).all() and (w2 <= 1.0 + 1e-6).all()

@@ -17,6 +17,8 @@ whatever the card) and "bf16" (bf16 autocast, no scaler: the L4/Ampere+ path, wh
     GradScaler, unscale_, clip_grad_norm_, ``scaler_step``, cosine schedule); images/s, peak
     memory, finite losses; and achieved TFLOP/s and MFU against the FLOP counts of
     benchmarks/projection.py (what the Run All projection assumes);
+  * with two or more GPUs, the fp16 ViT step on 2 GPUs with DistributedDataParallel (torchrun,
+    the global batch split in two) and its speedup over one GPU;
   * a ``best_vit_model.pth``-format checkpoint written on the GPU, loaded on the CPU by
     ``emovit.predict.Predictor`` (when its imports -- pandas, librosa -- exist; otherwise by the
     same two calls Predictor makes, and gpu.json says so) and checked to give the GPU model's
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from emovit import distributed
 from emovit import gan as G
 from emovit.files import atomic_write_json, load_checkpoint
 from emovit.runtime import gpu_compatibility_problem, scaler_step
@@ -141,12 +145,13 @@ def vit_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> tuple[dict,
 
     model = vit_model(s).to(device)
     pre = DevicePreprocessor(MEL_MEAN, MEL_STD, (0.5,) * 3, (0.5,) * 3).to(device)
-    net = for_devices(model, device, dtype)
+    net = for_devices(model, device, dtype)  # DistributedDataParallel when started by torchrun (--ddp-worker)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.05)
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 10), steps)
     scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
-    bs = s["vit_batch"]
-    gen = torch.Generator().manual_seed(0)
+    ranks = distributed.current()
+    bs = s["vit_batch"] // ranks.world  # this rank's part of the global batch
+    gen = torch.Generator().manual_seed(ranks.rank)
     mels = (torch.randn(bs, s["n_mels"], s["frames"], generator=gen) * MEL_STD + MEL_MEAN).half().to(device)
     target = (torch.rand(bs, 2, generator=gen) * 2 - 1).to(device)
     reset_peak(device)
@@ -159,7 +164,7 @@ def vit_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> tuple[dict,
             start = time.perf_counter()
         with torch.autocast(device_type=device, dtype=dtype):
             pred = net(pre(mels))
-        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        loss = torch.nn.functional.mse_loss(distributed.gather_rows(pred.float()), distributed.gather_rows(target))
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -172,7 +177,8 @@ def vit_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> tuple[dict,
     sync(device)
     seconds = time.perf_counter() - start
     timed = steps - warmup
-    result = {"steps": steps, "timed_steps": timed, "batch": bs, "images_per_s": timed * bs / seconds,
+    result = {"steps": steps, "timed_steps": timed, "batch": bs * ranks.world, "processes": ranks.world,
+              "images_per_s": timed * bs * ranks.world / seconds,
               "steps_per_s": timed / seconds, "peak_gpu_gib": peak_gib(device),
               "losses_finite": all(math.isfinite(v) for v in losses), "last_loss": losses[-1],
               "scaler_skipped_steps": skipped, "parameters": sum(p.numel() for p in model.parameters()),
@@ -249,6 +255,33 @@ def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
             "vit_weights": metrics["vit"]["weights"]}
 
 
+def ddp_worker(args) -> int:
+    """One rank: the fp16 ViT step with DistributedDataParallel at the global batch; rank 0 writes."""
+    ranks, device = distributed.init()
+    torch.backends.cudnn.benchmark = True
+    vit, _, _ = vit_run(FULL, "cuda", torch.float16, args.vit_steps)
+    if ranks.main:
+        atomic_write_json(str(args.out), vit)
+    distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+def ddp_speedup(args, one_gpu: dict, work: Path, device: str) -> dict:
+    """With two or more GPUs: the same fp16 ViT step on 2 GPUs (DistributedDataParallel through
+    torchrun, the global batch split in two), against one GPU -- the figure the projection assumes."""
+    if device != "cuda" or torch.cuda.device_count() < 2:
+        return {"skipped": f"{torch.cuda.device_count() if device == 'cuda' else 0} GPU(s) visible; needs 2"}
+    out = work / "ddp.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tools.gpu_check",
+           "--ddp-worker", "--vit-steps", str(args.vit_steps), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        return {"failed": proc.stdout[-1500:] + proc.stderr[-1500:]}
+    two = json.loads(out.read_text())
+    return {"two_gpus": two, "speedup_vs_one_gpu": two["images_per_s"] / one_gpu["images_per_s"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (tests)")
@@ -260,7 +293,11 @@ def main(argv=None) -> int:
     parser.add_argument("--notebook-songs", type=int, default=0, help="then run the notebook on this many songs")
     parser.add_argument("--notebook-overrides", type=json.loads, default={"vit_epochs": 1, "gan_steps": 50})
     parser.add_argument("--budget-s", type=float, default=420.0, help="start the notebook only under half of this")
+    parser.add_argument("--ddp-worker", action="store_true",
+                        help="(internal) one torchrun rank of the DistributedDataParallel ViT measurement")
     args = parser.parse_args(argv)
+    if args.ddp_worker:
+        return ddp_worker(args)
     start = time.perf_counter()
     if args.dry:
         device, sizes, vit_steps, gan_steps = "cpu", DRY, 3, 3
@@ -308,6 +345,7 @@ def main(argv=None) -> int:
             report["precisions"][name] = row
             del model, pre
             reset_peak(device)
+        report["ddp"] = ddp_speedup(args, report["precisions"]["fp16"]["vit"], Path(tmp), device)
         if args.notebook_songs and time.perf_counter() - start < args.budget_s / 2:
             report["notebook"] = run_notebook(args.notebook_songs, args.notebook_overrides, Path(tmp))
         elif args.notebook_songs:

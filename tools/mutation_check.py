@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ["tests/test_protocol.py"]
+CHOICE = ["tests/test_choice.py"]
 E2E = ["tests/test_notebook_e2e.py"]
 
 
@@ -130,8 +131,21 @@ MUTATIONS = [
              "u = np.random.default_rng(seed).permutation(len(ids)) / len(ids)",
              ("tests/test_split.py",), "a song's split depends on which other songs decoded"),
     Mutation("arms_not_step_matched", "emovit/runs.py",
-             "steps_per_epoch=main.run.steps_per_epoch)", "steps_per_epoch=None)",
-             tuple(PROTOCOL), "ablation arms train for fewer optimizer steps than the main model"),
+             "self.device, steps_per_epoch=self.steps_per_epoch)", "self.device, steps_per_epoch=None)",
+             tuple(PROTOCOL), "the real-only model and the arms train for fewer optimizer steps than the main model"),
+    Mutation("choice_on_test_songs", "emovit/choice.py",
+             "    frame = outcome.val_predictions\n", "    frame = outcome.predictions\n",
+             tuple(CHOICE), "the delivered model (and the judge's reference) chosen on TEST songs"),
+    Mutation("mask_on_real_rows", "emovit/vit_train.py",
+             "    parts = [real_part(store, train_ids)]",
+             "    parts = [real_part(store, train_ids, weight=synthetic_mask(cfg.synthetic_dims) "
+             "if uses_synthetic(cfg, synthetic) else 1.0)]",
+             tuple(CHOICE), "the gate's mask also removes a dimension from the REAL rows' loss"),
+    Mutation("judge_trained_with_val_songs", "emovit/runs.py",
+             "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)",
+             "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg, train_ids=None if "
+             "cfg.use_synthetic else ids_of(split, 'train') + ids_of(split, 'val'))",
+             tuple(CHOICE), "the real-only model (the judge) trained on training + validation songs"),
     Mutation("spec_augment_in_evaluation", "emovit/vit.py",
              "        if not self.training:\n            return z", "        if False:\n            return z",
              ("tests/test_augment.py",), "SpecAugment masks also applied in evaluation and prediction"),
@@ -149,7 +163,7 @@ def copy_project(dest: Path) -> None:
 
 def run_tests(folder: Path, tests: list[str]) -> tuple[int, str, float]:
     start = time.perf_counter()
-    build = subprocess.run([sys.executable, "tools/build_notebook.py"], cwd=folder, capture_output=True, text=True)
+    build = subprocess.run([sys.executable, "-m", "tools.build_notebook"], cwd=folder, capture_output=True, text=True)
     if build.returncode:
         return build.returncode, "notebook build failed: " + build.stderr[-300:], time.perf_counter() - start
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
