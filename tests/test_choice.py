@@ -34,10 +34,28 @@ from emovit.vit_train import loss_fn, make_datasets
 
 def _cfg(tmp_path, **overrides):
     """Demo config sized for the cue data: 32 mels, 64-frame windows, a 1-layer ViT on 32 x 64 images."""
-    values = dict(output_dir=str(tmp_path / "out"), clip_seconds=CUE_CLIP_SECONDS, clip_offset=0.0, random_vit_layers=1,
-                  image_height=32, image_width=64, vit_epochs=12, vit_batch_size=8, vit_lr=1e-3, head_lr=3e-3,
-                  early_stop_patience=12, spec_augment=False, n_bootstrap=20, gan_steps=150, gan_eval_every=50,
-                  gan_batch_size=16, gan_crop_frames=32, num_synthetic=8, num_workers=0, gan_sample_batch_size=64)
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=CUE_CLIP_SECONDS,
+        clip_offset=0.0,
+        random_vit_layers=1,
+        image_height=32,
+        image_width=64,
+        vit_epochs=12,
+        vit_batch_size=8,
+        vit_lr=1e-3,
+        head_lr=3e-3,
+        early_stop_patience=12,
+        spec_augment=False,
+        n_bootstrap=20,
+        gan_steps=150,
+        gan_eval_every=50,
+        gan_batch_size=16,
+        gan_crop_frames=32,
+        num_synthetic=8,
+        num_workers=0,
+        gan_sample_batch_size=64,
+    )
     values.update(overrides)
     return tiny_config(**values)
 
@@ -49,6 +67,7 @@ def _synthetic_set(path, mels: np.ndarray, labels: np.ndarray) -> SyntheticSet:
 
 
 # ---- the mask: a gated dimension gets no gradient from synthetic rows -----------------------------
+
 
 @pytest.mark.parametrize("kind", ["mse", "ccc", "mse+ccc"])
 @pytest.mark.parametrize("dims", ["valence", "arousal", "both"])
@@ -98,7 +117,7 @@ def test_synthetic_epochs_draw_real_songs_only_afterwards(cue_store, tmp_path):
     synthetic = _synthetic_set(tmp_path / "syn.npy", rng.normal(-45, 5, (40, 32, 64)), rng.uniform(-0.8, 0.8, (40, 2)))
     train, _, _ = make_datasets(cue_store, split, synthetic, cfg)
     for epoch, any_synthetic in ((1, True), (2, True), (3, False), (4, False)):
-        order = list(vt._loader(train, cfg, "cpu", epoch, samples=len(train)).sampler)
+        order = [i for batch in vt._loader(train, cfg, "cpu", epoch, samples=len(train)).batch_sampler for i in batch]
         assert len(order) == len(train)
         assert (max(order) >= train.n_real) == any_synthetic, epoch
 
@@ -114,15 +133,22 @@ def test_auto_must_be_resolved_before_a_training_set_is_built(cue_store, tmp_pat
 
 # ---- the rules -------------------------------------------------------------------------------------
 
+
 def test_gate_rule():
     val = {"valence": 0.5, "arousal": 0.9}
     assert gate({"valence": 0.25, "arousal": 0.2}, val, 0.5) == {"valence": True, "arousal": False}
     assert gate({"valence": 0.24, "arousal": 0.9}, val, 0.5) == {"valence": False, "arousal": True}
     # a judge that hears nothing on real songs cannot vouch for the samples
     assert gate({"valence": 0.5, "arousal": 0.5}, {"valence": 0.0, "arousal": -0.1}, 0.5) == {
-        "valence": False, "arousal": False}
+        "valence": False,
+        "arousal": False,
+    }
     assert [dims_of({"valence": v, "arousal": a}) for v, a in ((1, 1), (1, 0), (0, 1), (0, 0))] == [
-        "both", "valence", "arousal", "none"]
+        "both",
+        "valence",
+        "arousal",
+        "none",
+    ]
 
 
 def _outcome(name: str, val: pd.DataFrame) -> Outcome:
@@ -132,8 +158,15 @@ def _outcome(name: str, val: pd.DataFrame) -> Outcome:
 
 def _val_frame(truth: np.ndarray, noise: tuple[float, float], seed: int) -> pd.DataFrame:
     pred = truth + np.random.default_rng(seed).normal(0, 1, truth.shape) * np.asarray(noise)
-    return pd.DataFrame({"song_id": np.arange(len(truth)), "valence_true": truth[:, 0], "arousal_true": truth[:, 1],
-                         "valence_pred": pred[:, 0], "arousal_pred": pred[:, 1]})
+    return pd.DataFrame(
+        {
+            "song_id": np.arange(len(truth)),
+            "valence_true": truth[:, 0],
+            "arousal_true": truth[:, 1],
+            "valence_pred": pred[:, 0],
+            "arousal_pred": pred[:, 1],
+        }
+    )
 
 
 class _Unreadable:
@@ -156,15 +189,20 @@ def test_choice_takes_a_dimension_from_the_synthetic_model_only_when_validation_
     assert c.sources == {"valence": "vit_real_plus_synthetic", "arousal": "vit_real_only"}  # ties go to real-only
     assert c.prob_better["valence"] > 0.99 and c.prob_better["arousal"] == 0.0
     assert c.val_ccc["valence"]["vit_real_plus_synthetic"] == pytest.approx(
-        ccc(syn_frame.valence_true, syn_frame.valence_pred))
+        ccc(syn_frame.valence_true, syn_frame.valence_pred)
+    )
     # slightly better on validation, but not on 80% of resamples: the real-only model keeps arousal
     nudged = syn_frame.copy()
-    nudged["arousal_pred"] = real.val_predictions["arousal_pred"] + 0.002 * (truth[:, 1] - real.val_predictions[
-        "arousal_pred"]) + np.random.default_rng(5).normal(0, 0.05, 40)
+    nudged["arousal_pred"] = (
+        real.val_predictions["arousal_pred"]
+        + 0.002 * (truth[:, 1] - real.val_predictions["arousal_pred"])
+        + np.random.default_rng(5).normal(0, 0.05, 40)
+    )
     slight = choose_models(_outcome("vit_real_plus_synthetic", nudged), real, cfg)
     assert 0 < slight.prob_better["arousal"] < 0.8 and slight.sources["arousal"] == "vit_real_only"
     assert set(choose_models(syn, real, replace(cfg, deliver="synthetic")).sources.values()) == {
-        "vit_real_plus_synthetic"}
+        "vit_real_plus_synthetic"
+    }
     assert set(choose_models(syn, real, replace(cfg, deliver="real_only")).sources.values()) == {"vit_real_only"}
     alone = choose_models(None, real, replace(cfg, deliver="synthetic"))
     assert set(alone.sources.values()) == {"vit_real_only"} and "no synthetic-trained model" in alone.note
@@ -183,6 +221,7 @@ def test_prob_better_is_a_paired_bootstrap():
 
 
 # ---- the judge and the delivered checkpoint, on a trained ViT ---------------------------------------
+
 
 @pytest.fixture(scope="module")
 def judged(cue_store, tmp_path_factory):
@@ -203,8 +242,7 @@ def _training_windows(store, split, copies: int = 4):
     return store.centre_windows(ids), labels
 
 
-def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffled_valence(judged, cue_store,
-                                                                                           tmp_path):
+def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffled_valence(judged, cue_store, tmp_path):
     cfg, split, _, _, reference = judged
     hears = choice_mod.val_ccc(reference)
     assert hears["valence"] > 0.4 and hears["arousal"] > 0.6, hears  # the judge learned both cues
@@ -216,8 +254,9 @@ def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffle
     judgement = judge_synthetic(reference, _synthetic_set(tmp_path / "shuffled.npy", mels, shuffled), cfg, "cpu")
     assert judgement.dims == "arousal", judgement.table()
     assert judgement.synthetic_ccc["arousal"] == pytest.approx(ideal.synthetic_ccc["arousal"])
-    forced = judge_synthetic(reference, _synthetic_set(tmp_path / "f.npy", mels, shuffled),
-                             replace(cfg, synthetic_dims="both"), "cpu")
+    forced = judge_synthetic(
+        reference, _synthetic_set(tmp_path / "f.npy", mels, shuffled), replace(cfg, synthetic_dims="both"), "cpu"
+    )
     assert forced.dims == "both" and forced.forced and forced.passed == judgement.passed
 
 
@@ -261,8 +300,7 @@ def test_choice_and_gate_read_training_and_validation_songs_only(judged, cue_sto
     choose_models(other, blind, cfg)  # raises if it touched test predictions or test metrics
 
 
-def test_the_judge_trains_on_training_songs_and_selects_on_validation_songs(judged, cue_store, monkeypatch,
-                                                                         tmp_path):
+def test_the_judge_trains_on_training_songs_and_selects_on_validation_songs(judged, cue_store, monkeypatch, tmp_path):
     cfg, split, std, _, _ = judged
     seen = {}
     real = vt.train_vit
@@ -274,8 +312,15 @@ def test_the_judge_trains_on_training_songs_and_selects_on_validation_songs(judg
 
     monkeypatch.setattr("emovit.runs.train_vit", spy)
     synthetic = _synthetic_set(tmp_path / "syn.npy", np.zeros((4, 32, 64)), np.zeros((4, 2)))
-    trainer = Trainer(replace(cfg, output_dir=str(tmp_path / "o"), vit_epochs=1), cue_store, split, synthetic, std,
-                      find_pretrained(cfg), "cpu")
+    trainer = Trainer(
+        replace(cfg, output_dir=str(tmp_path / "o"), vit_epochs=1),
+        cue_store,
+        split,
+        synthetic,
+        std,
+        find_pretrained(cfg),
+        "cpu",
+    )
     trainer.fit("vit_real_only", use_synthetic=False)
     assert seen["train"] == ids_of(split, "train") and seen["val"] == ids_of(split, "val")
     assert seen["files"] == [cue_store.path]  # no synthetic rows either
@@ -303,10 +348,16 @@ def test_delivered_checkpoint_routes_each_dimension_to_the_chosen_model(judged, 
         out, a, b = model(pixels), members[0](pixels), members[1](pixels)
     torch.testing.assert_close(out[:, 0], a[:, 0], rtol=0, atol=0)
     torch.testing.assert_close(out[:, 1], b[:, 1], rtol=0, atol=0)
-    single = deliver(Choice({"valence": "other", "arousal": "other"}, {}, {}, "auto", 0.8), outcomes,
-                     str(tmp_path / "single.pth"), n_boot=20, seed=0)
+    single = deliver(
+        Choice({"valence": "other", "arousal": "other"}, {}, {}, "auto", 0.8),
+        outcomes,
+        str(tmp_path / "single.pth"),
+        n_boot=20,
+        seed=0,
+    )
     assert torch.load(single.best_path, weights_only=True)["members"] == ["other"]
     pd.testing.assert_frame_equal(single.predictions, other.predictions)
     assert ccc(delivered.predictions.valence_true, delivered.predictions.valence_pred) == pytest.approx(
-        delivered.metrics["valence"]["ccc"]["value"])
+        delivered.metrics["valence"]["ccc"]["value"]
+    )
     assert os.path.getsize(single.best_path) < os.path.getsize(path)

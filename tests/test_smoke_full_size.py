@@ -35,17 +35,33 @@ import torch
 
 from emovit.demo_data import make_demo_deam
 from emovit.files import load_checkpoint
+from emovit.workspace import latest_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "vit_with_gans_emotion_prediction.ipynb"
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 
-VIT_B16 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-               image_size=224, patch_size=16, num_channels=3, hidden_act="gelu", layer_norm_eps=1e-12)
+VIT_B16 = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    image_size=224,
+    patch_size=16,
+    num_channels=3,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+)
 # synthetic_dims "both": a 1-step GAN judged by a 1-step ViT would close the gate, and the run at
 # size must train the synthetic-trained model too.
-SMOKE_OVERRIDES = {"vit_max_steps": 1, "gan_steps": 1, "num_synthetic": 32, "pretrained_search_dir": "",
-                   "vit_model_name": "", "synthetic_dims": "both"}
+SMOKE_OVERRIDES = {
+    "vit_max_steps": 1,
+    "gan_steps": 1,
+    "num_synthetic": 32,
+    "pretrained_search_dir": "",
+    "vit_model_name": "",
+    "synthetic_dims": "both",
+}
 # Appended to the executed copy only: the kernel's own peak RSS (and its largest child's).
 RSS_CELL = """import json, resource
 _rss = {"kernel_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -63,9 +79,18 @@ def save_vit_b16(folder: Path) -> None:
 
     torch.manual_seed(0)
     ViTModel(ViTConfig(**VIT_B16), add_pooling_layer=False).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "ViTImageProcessor", "do_normalize": True, "do_resize": True,
-         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": 224, "width": 224}}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_normalize": True,
+                "do_resize": True,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "size": {"height": 224, "width": 224},
+            }
+        )
+    )
 
 
 def _run(work: Path, name: str, data: Path, outputs: Path, vit_dir: Path) -> tuple[nbformat.NotebookNode, dict]:
@@ -76,18 +101,31 @@ def _run(work: Path, name: str, data: Path, outputs: Path, vit_dir: Path) -> tup
     nbformat.write(nb, str(source))
     start = time.perf_counter()
     papermill.execute_notebook(
-        str(source), str(work / f"{name}.ipynb"), kernel_name="python3", cwd=str(work), progress_bar=False,
-        parameters={"PRESET": "kaggle", "DATA_DIR": str(data), "OUTPUT_DIR": str(outputs),
-                    "OVERRIDES": {**SMOKE_OVERRIDES, "vit_local_dir": str(vit_dir)}},
+        str(source),
+        str(work / f"{name}.ipynb"),
+        kernel_name="python3",
+        cwd=str(work),
+        progress_bar=False,
+        parameters={
+            "PRESET": "kaggle",
+            "DATA_DIR": str(data),
+            "OUTPUT_DIR": str(outputs),
+            "OVERRIDES": {**SMOKE_OVERRIDES, "vit_local_dir": str(vit_dir)},
+        },
     )
     seconds = time.perf_counter() - start
     return nbformat.read(str(work / f"{name}.ipynb"), as_version=4), {
-        **json.loads(rss_path.read_text()), "wall_seconds": seconds}
+        **json.loads(rss_path.read_text()),
+        "wall_seconds": seconds,
+    }
 
 
 def _text(nb) -> str:
-    return "\n".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
-                     for c in nb.cells for o in c.get("outputs", []))
+    return "\n".join(
+        o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,32 +139,58 @@ def smoke(tmp_path_factory):
     setup_seconds = time.perf_counter() - t0
     first_nb, first = _run(work, "first", data, outputs, vit_dir)
     second_nb, second = _run(work, "second", data, outputs, vit_dir)
-    report = {"first_run": first, "second_run": second, "setup_seconds": setup_seconds,
-              "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    report = {
+        "first_run": first,
+        "second_run": second,
+        "setup_seconds": setup_seconds,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     (work / "smoke_report.json").write_text(json.dumps(report, indent=2))
     if os.environ.get("EMOVIT_SMOKE_REPORT"):
         shutil.copy(work / "smoke_report.json", os.environ["EMOVIT_SMOKE_REPORT"])
     print("full-size smoke run:", json.dumps(report))
-    return outputs, first_nb, second_nb, report
+    return Path(latest_run(str(outputs))), first_nb, second_nb, report
 
 
 def test_every_output_is_written(smoke):
     outputs, first_nb, _, _ = smoke
     code = [c for c in first_nb.cells if c.cell_type == "code"]
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
-    expected = ("config.json", "errors.csv", "split.csv", "labels_scatter.png", "example_spectrograms.png",
-                "split_distributions.png", "generator.pth", "discriminator.pth", "gan_quality.json",
-                "gan_training_curves.png", "real_vs_synthetic.png", "gan_label_distributions.png",
-                "best_vit_model.pth", "metrics.json", "predictions.csv", "vit_training_curves.png",
-                "test_predictions_scatter.png", "va_plane.png", "ablation_comparison.png",
-                "predictions_vit_real_only.csv", "predictions_vit_real_plus_synthetic.csv",
-                "predictions_ridge_baseline.csv", "run_summary.json")
-    for name in expected + ("vit_output.zip",):
+    expected = (
+        "config.json",
+        "errors.csv",
+        "split.csv",
+        "labels_scatter.png",
+        "example_spectrograms.png",
+        "split_distributions.png",
+        "generator.pth",
+        "discriminator.pth",
+        "gan_quality.json",
+        "gan_training_curves.png",
+        "real_vs_synthetic.png",
+        "gan_label_distributions.png",
+        "best_vit_model.pth",
+        "metrics.json",
+        "predictions.csv",
+        "vit_training_curves.png",
+        "test_predictions_scatter.png",
+        "va_plane.png",
+        "ablation_comparison.png",
+        "predictions_vit_real_only.csv",
+        "predictions_vit_real_plus_synthetic.csv",
+        "predictions_ridge_baseline.csv",
+        "run_summary.json",
+    )
+    for name in expected + ("best_vit_model_fp16.pth",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
-    with zipfile.ZipFile(outputs / "vit_output.zip") as zf:
-        assert set(expected) <= set(zf.namelist())
-        assert zf.getinfo("best_vit_model.pth").file_size == (outputs / "best_vit_model.pth").stat().st_size
+    with zipfile.ZipFile(outputs.parents[1] / "vit_output.zip") as zf:  # at the output root, beside runs/
+        names = set(zf.namelist())
+        assert set(expected) - {"best_vit_model.pth"} <= names and "best_vit_model.pth" not in names
+        half = zf.getinfo("best_vit_model_fp16.pth").file_size
+        assert half == (outputs / "best_vit_model_fp16.pth").stat().st_size
+        assert half < 0.6 * (outputs / "best_vit_model.pth").stat().st_size
     cfg = json.loads((outputs / "config.json").read_text())
     assert cfg["preset"] == "kaggle" and cfg["vit_batch_size"] == 32 and cfg["n_mels"] == 128
     assert cfg["clip_seconds"] == 30.0 and cfg["gan_channels"] == 32 and cfg["vit_max_steps"] == 1
@@ -139,13 +203,18 @@ def test_checkpoints_load_with_weights_only_at_full_size(smoke):
     best = torch.load(outputs / "best_vit_model.pth", map_location="cpu", weights_only=True)
     vc = best["vit_config"]
     assert (vc["hidden_size"], vc["num_hidden_layers"], vc["num_attention_heads"], vc["intermediate_size"]) == (
-        768, 12, 12, 3072)
+        768,
+        12,
+        12,
+        3072,
+    )
     assert sum(v.numel() for k, v in best["state_dict"].items()) > 85_000_000
     assert all(v.dtype == torch.float32 for v in best["state_dict"].values() if v.is_floating_point())
     gen = torch.load(outputs / "generator.pth", map_location="cpu", weights_only=True)
     assert (gen["arch"]["n_mels"], gen["arch"]["frames"], gen["arch"]["channels"]) == (128, 1292, 32)
     torch.load(outputs / "discriminator.pth", map_location="cpu", weights_only=True)
-    last = load_checkpoint(str(outputs / "cache" / "vit_real_plus_synthetic" / "last_vit_model.pth"))
+    (state,) = (outputs.parents[1] / "cache" / "vit" / "vit_real_plus_synthetic").glob("*/last_vit_model.pth")
+    last = load_checkpoint(str(state))
     assert last["scheduler"]["last_epoch"] == 1 and last["epoch"] == 1  # capped after one optimizer step
     assert len(last["optimizer"]["state"]) > 100  # AdamW moments for every parameter tensor
 
