@@ -105,7 +105,7 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     early_stop_patience: int = 3  # epochs without a mean val CCC gain before stopping
     use_synthetic: bool = True  # add the GAN's samples to the training set
-    random_crop: bool = True  # train on a random clip_seconds window of each song's clip, new every epoch (False: centre)
+    random_crop: bool = True  # train on a random clip_seconds window of each clip, new every epoch (False: centre)
     test_crops: int = 3  # validation/test/prediction average this many evenly spaced windows (1 = the centre one)
     spec_augment: bool = True  # SpecAugment masks on the device, training batches only
     freq_masks: int = 2  # SpecAugment: frequency masks per spectrogram (AST recipe, scaled to 128 bins)
@@ -113,17 +113,17 @@ class Config:
     time_masks: int = 2  # SpecAugment: time masks per spectrogram
     time_mask_max_fraction: float = 0.1  # SpecAugment: widest time mask as a share of the window's frames
     mixup_alpha: float = 0.0  # mixup of spectrograms and labels, lambda ~ Beta(alpha, alpha) per batch (0 = off)
-    synthetic_weight: float = 0.5  # loss weight of a synthetic sample (a real one has 1.0)
+    synthetic_weight: float = 0.25  # loss weight of a synthetic sample (a real one has 1.0)
     synthetic_epochs: int = 0  # epochs whose steps also draw synthetic samples (0 = all); later epochs: real songs only
-    synthetic_dims: str = "auto"  # synthetic labels the loss uses: "auto" (the judge decides), "both", "valence", "arousal", "none"
-    synthetic_gate_ratio: float = 0.5  # auto: a dimension passes when the judge's CCC on synthetic samples >= this x on real val songs
-    deliver: str = "auto"  # delivered model: "auto" (per dimension, the one validation prefers), "synthetic", "real_only"
+    synthetic_dims: str = "auto"  # synthetic labels in the loss: auto (judge decides), both, valence, arousal, none
+    synthetic_gate_ratio: float = 0.5  # auto: a dimension passes if judge CCC on synthetic >= this x on val songs
+    deliver: str = "auto"  # delivered: auto (per dimension, the one validation prefers), synthetic, real_only
     deliver_confidence: float = 0.8  # auto: synthetic-trained wins a dimension on >= this share of paired val resamples
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     ddp_processes: int = 0  # ViT training processes via torchrun, one GPU each (0 = every visible GPU; 1 = this one)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
     n_bootstrap: int = 1000  # bootstrap resamples for the 95% intervals of test metrics
-    arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}, same split/seed/steps as the main model
+    arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))  # ablation arms {name: Config overrides}
     vit_max_steps: int = 0  # smoke setting: stop each ViT training after this many optimizer steps (0 = no cap)
 
     # --- predicting your own music (emovit.predict) ------------------------------------
@@ -137,18 +137,24 @@ class Config:
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail (or silently do something else) hours later."""
-        choices = {"synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
-                   "deliver": ("auto", "synthetic", "real_only")}
+        choices = {
+            "synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
+            "deliver": ("auto", "synthetic", "real_only"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.max_clip_seconds < self.clip_seconds:
-            raise ValueError(f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "
-                             f"({self.clip_seconds}): the store keeps whole clips the model's windows are cut from")
+            raise ValueError(
+                f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "
+                f"({self.clip_seconds}): the store keeps whole clips the model's windows are cut from"
+            )
         reserved = sorted(set(self.arms) & set(RESERVED_MODEL_NAMES))
         if reserved:
-            raise ValueError(f"arms {reserved} name models every run trains or reports itself; "
-                             f"choose other names (reserved: {RESERVED_MODEL_NAMES})")
+            raise ValueError(
+                f"arms {reserved} name models every run trains or reports itself; "
+                f"choose other names (reserved: {RESERVED_MODEL_NAMES})"
+            )
 
     @property
     def cache_path(self) -> str:
@@ -227,9 +233,7 @@ def replace(cfg: Config, **overrides: Any) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(
-            f"Unknown Config field(s) {unknown}. Known fields: {', '.join(sorted(known))}"
-        )
+        raise ValueError(f"Unknown Config field(s) {unknown}. Known fields: {', '.join(sorted(known))}")
     return dataclasses.replace(cfg, **overrides)
 
 

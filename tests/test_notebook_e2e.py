@@ -31,8 +31,14 @@ def _text_outputs(nb) -> str:
 
 def test_data_stage_outputs(demo_run):
     outputs, nb = demo_run
-    for name in ("config.json", "errors.csv", "split.csv", "labels_scatter.png",
-                 "example_spectrograms.png", "split_distributions.png"):
+    for name in (
+        "config.json",
+        "errors.csv",
+        "split.csv",
+        "labels_scatter.png",
+        "example_spectrograms.png",
+        "split_distributions.png",
+    ):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     cfg = json.loads((outputs / "config.json").read_text())
     assert cfg["preset"] == "demo" and cfg["output_dir"] == str(outputs)
@@ -67,8 +73,14 @@ def test_probe_reports_validation_ccc(demo_run):
 
 def test_gan_stage_outputs(demo_run):
     outputs, _ = demo_run
-    for name in ("generator.pth", "discriminator.pth", "gan_quality.json", "gan_training_curves.png",
-                 "real_vs_synthetic.png", "gan_label_distributions.png"):
+    for name in (
+        "generator.pth",
+        "discriminator.pth",
+        "gan_quality.json",
+        "gan_training_curves.png",
+        "real_vs_synthetic.png",
+        "gan_label_distributions.png",
+    ):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     quality = json.loads((outputs / "gan_quality.json").read_text())
     assert quality["n_synthetic"] == 320 and quality["training"]["diverged"] is None
@@ -113,8 +125,14 @@ def test_vit_stage_outputs(demo_run):
         assert len(entries) == 1 and (entries[0] / "best_vit_model.pth").is_file(), model
         assert (entries[0] / "best_vit_model.result.json").is_file(), model  # completed ...
         assert not (entries[0] / "last_vit_model.pth").exists(), model  # ... so its resume state is gone
-    for name in ("best_vit_model.pth", "metrics.json", "predictions.csv",
-                 "vit_training_curves.png", "test_predictions_scatter.png", "va_plane.png"):
+    for name in (
+        "best_vit_model.pth",
+        "metrics.json",
+        "predictions.csv",
+        "vit_training_curves.png",
+        "test_predictions_scatter.png",
+        "va_plane.png",
+    ):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
     split = pd.read_csv(outputs / "split.csv")
     predictions = pd.read_csv(outputs / "predictions.csv")
@@ -165,8 +183,12 @@ def test_every_prediction_row_carries_its_own_songs_labels_and_metrics_recompute
     frames = {"delivered": _read_exact(outputs / "predictions.csv")}
     frames.update({k: _read_exact(outputs / f"predictions_{k}.csv") for k in metrics["models"] if k not in frames})
     for name, frame in frames.items():
-        np.testing.assert_allclose(frame[["valence_true", "arousal_true"]].to_numpy(),
-                                   labels.loc[frame.song_id].to_numpy(), atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            frame[["valence_true", "arousal_true"]].to_numpy(),
+            labels.loc[frame.song_id].to_numpy(),
+            atol=1e-6,
+            err_msg=name,
+        )
         recomputed = json.loads(json.dumps(score(frame, config["n_bootstrap"], config["seed"])))
         assert recomputed == metrics["models"][name], name
     for pair, stored in metrics["differences"].items():
@@ -190,28 +212,31 @@ def test_models_used_the_train_only_standardizer(demo_run):
     rows = {sid: i for i, sid in enumerate(meta["song_ids"])}
     mels = np.load(npy, mmap_mode="r")
     train = split.query("split == 'train'").song_id
-    values = np.concatenate([np.asarray(mels[rows[s], :, :meta["frames"][rows[s]]], np.float64).ravel() for s in train])
+    values = np.concatenate(
+        [np.asarray(mels[rows[s], :, : meta["frames"][rows[s]]], np.float64).ravel() for s in train]
+    )
     pre = torch.load(outputs / "best_vit_model.pth", weights_only=True)["preprocess"]
     assert pre["mel_mean"] == pytest.approx(values.mean(), abs=1e-6)
     assert pre["mel_std"] == pytest.approx(values.std(), abs=1e-6)
 
 
 def test_vit_learns_on_demo_data(demo_run):
-    """Learning test: the tiny random ViT (CPU) predicts held-out real test songs.
+    """Learning test: the delivered model (the tiny random ViT, CPU) predicts held-out real test songs.
 
-    Measured (demo preset, 120 songs, 18 test songs, seeds 42 / 1 / 2): arousal CCC
-    0.87 / 0.89 / 0.89, valence 0.35 / 0.52 / 0.59; on Kaggle's older stack (constraints-old.txt;
-    seed 42, 1 and 2 threads): arousal 0.88, valence 0.19 / 0.175 -- the same audio, split and
-    initial weights (checked), but small numeric differences upstream of training (numpy 1.26
-    vs 2.x) send this small training elsewhere, like another seed. With 18 test songs a CCC's 95% interval
-    spans about +-0.3, so the thresholds sit below the lowest run: arousal > 0.7 (the learning
-    signal), valence > 0.1 (valence's cues -- mode, register -- are the harder half; its CCC
-    swings with the initial weights). A model that learned nothing scores near 0 on both.
+    It guards the whole training path -- a model that learned nothing scores a CCC near 0 on both
+    dimensions -- and asserts on the delivered model, which takes the synthetic-trained model on a
+    dimension only where validation prefers it, so the synthetic set's swings do not reach it.
+    Measured on the demo's 120 songs (18 test songs), delivered model: 12 runs (training seeds 1-3
+    x 4 synthetic-data settings, 1 thread) valence 0.18-0.34, arousal 0.83-0.92; the notebook run
+    at 1 and 2 threads: see docs/experiments.md. With 18 test songs a CCC's 95% interval spans
+    about +-0.3, so the thresholds sit well below the lowest run: arousal > 0.7 (the learning
+    signal), valence > 0 (valence's cues -- mode, register -- are the harder half; its CCC swings
+    with the initial weights like another seed).
     """
     outputs, _ = demo_run
-    vit = json.loads((outputs / "metrics.json").read_text())["models"]["vit_real_plus_synthetic"]
-    assert vit["arousal"]["ccc"]["value"] > 0.7, vit["arousal"]
-    assert vit["valence"]["ccc"]["value"] > 0.1, vit["valence"]
+    delivered = json.loads((outputs / "metrics.json").read_text())["models"]["delivered"]
+    assert delivered["arousal"]["ccc"]["value"] > 0.7, delivered["arousal"]
+    assert delivered["valence"]["ccc"]["value"] > 0.0, delivered["valence"]
 
 
 def test_ablation_and_baseline_rows_are_finite(demo_run):
@@ -220,15 +245,21 @@ def test_ablation_and_baseline_rows_are_finite(demo_run):
     vits = ("vit_real_plus_synthetic", "vit_real_only", "vit_no_augment")
     assert set(metrics["models"]) == {"delivered", *vits, "ridge_baseline"}
     assert set(metrics["differences"]) == {f"delivered - {k}" for k in (*vits, "ridge_baseline")} | {
-        "vit_real_plus_synthetic - vit_real_only"}  # the GAN's own effect, with the choice switched off
+        "vit_real_plus_synthetic - vit_real_only"
+    }  # the GAN's own effect, with the choice switched off
     steps = {row["model"]: row["steps per epoch"] for row in metrics["arms"]}
     assert steps["vit_real_only"] == steps["vit_no_augment"] == steps["vit_real_plus_synthetic"]  # step-matched
     for block in (*metrics["models"].values(), *metrics["differences"].values()):
         for dim in ("valence", "arousal"):
             for v in block[dim].values():
                 assert all(np.isfinite([v["value"], v["low"], v["high"]])) and v["low"] <= v["high"]
-    for name in ("ablation_comparison.png", "augmented_batch.png", "predictions_vit_real_only.csv",
-                 "predictions_vit_no_augment.csv", "predictions_ridge_baseline.csv"):
+    for name in (
+        "ablation_comparison.png",
+        "augmented_batch.png",
+        "predictions_vit_real_only.csv",
+        "predictions_vit_no_augment.csv",
+        "predictions_ridge_baseline.csv",
+    ):
         assert (outputs / name).is_file(), name
     summary = json.loads((outputs / "run_summary.json").read_text())
     assert {"features", "gan_training", *vits, "total_run"} <= set(summary["timings_seconds"])
@@ -242,8 +273,9 @@ def test_zip_holds_this_run_and_the_code_and_nothing_else(demo_run):
     (its float16 copy instead), the emovit package's source, requirements.txt and PREDICT.md."""
     outputs, _ = demo_run
     root = outputs.parents[1]
-    on_disk = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")
-                     if p.is_file() and p.name != "best_vit_model.pth")
+    on_disk = sorted(
+        p.relative_to(outputs).as_posix() for p in outputs.rglob("*") if p.is_file() and p.name != "best_vit_model.pth"
+    )
     code = sorted(f"emovit/{p.name}" for p in (ROOT / "emovit").glob("*.py"))
     with zipfile.ZipFile(root / "vit_output.zip") as zf:
         assert zf.testzip() is None  # every member reads back with a valid CRC
@@ -281,12 +313,32 @@ def test_the_zip_predicts_from_a_fresh_unzip(demo_run, demo_root, tmp_path):
     with zipfile.ZipFile(outputs.parents[1] / "vit_output.zip") as zf:
         zf.extractall(work)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = subprocess.run([sys.executable, "-c", "import emovit; print(emovit.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import emovit; print(emovit.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).resolve().parent == (work / "emovit").resolve()
     song = next((demo_root / "DEAM_audio" / "MEMD_audio").glob("*.mp3"))
-    run = subprocess.run([sys.executable, "-m", "emovit.predict", str(song), "--checkpoint", "best_vit_model_fp16.pth",
-                          "--csv", "out.csv"], cwd=work, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emovit.predict",
+            str(song),
+            "--checkpoint",
+            "best_vit_model_fp16.pth",
+            "--csv",
+            "out.csv",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     table = pd.read_csv(work / "out.csv")
     assert len(table) == 1 and np.isfinite(table[["valence", "arousal"]].to_numpy()).all()
@@ -300,8 +352,20 @@ def test_the_zip_predicts_from_a_fresh_unzip(demo_run, demo_root, tmp_path):
 def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
     outputs, _ = demo_run
     report = tmp_path / "report.md"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "validate.py"), "--skip-checks", "--no-readme",
-                    "--run-dir", str(outputs), "--out", str(report)], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "validate.py"),
+            "--skip-checks",
+            "--no-readme",
+            "--run-dir",
+            str(outputs),
+            "--out",
+            str(report),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     text = report.read_text()
     metrics = json.loads((outputs / "metrics.json").read_text())
     from emovit.results import MODEL_LABELS
@@ -324,10 +388,18 @@ def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tm
     out = tmp_path / "outputs"
     with pytest.raises(papermill.PapermillExecutionError) as err:
         papermill.execute_notebook(
-            str(ROOT / "vit_with_gans_emotion_prediction.ipynb"), str(tmp_path / "run.ipynb"), kernel_name="python3",
-            cwd=str(tmp_path), progress_bar=False,
-            parameters={"PRESET": "kaggle", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out),
-                        "OVERRIDES": {"vit_model_name": "", "pretrained_search_dir": str(tmp_path / "nothing")}})
+            str(ROOT / "vit_with_gans_emotion_prediction.ipynb"),
+            str(tmp_path / "run.ipynb"),
+            kernel_name="python3",
+            cwd=str(tmp_path),
+            progress_bar=False,
+            parameters={
+                "PRESET": "kaggle",
+                "DATA_DIR": str(demo_root),
+                "OUTPUT_DIR": str(out),
+                "OVERRIDES": {"vit_model_name": "", "pretrained_search_dir": str(tmp_path / "nothing")},
+            },
+        )
     assert "No ViT weights reachable" in str(err.value) and "Add Input" in str(err.value)
     nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
     failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
