@@ -23,7 +23,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 venv: $(STAMP)  ## create .venv and install runtime + dev requirements
 
 lint: venv
-	$(BIN)/ruff check emovit tools tests benchmarks
+	$(BIN)/ruff check emovit tools tests benchmarks notebook
+	$(BIN)/ruff format --check emovit tools tests benchmarks notebook
 
 check-notebook: venv  ## fail if the committed notebook is not a fresh build
 	$(PY) tools/build_notebook.py --check

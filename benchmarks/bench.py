@@ -55,11 +55,32 @@ from emovit.vit_train import MelDataset, Part, _loader, loss_fn, param_groups
 ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = {
-    "quick": {"songs": 4, "song_seconds": 12.0, "clip": 10.0, "reload_rows": 16, "vit_batch": 4, "vit_steps": 3,
-              "gan_steps": 2, "gan_samples": 8, "n_mels": 64, "predict_songs": 2, "predict_seconds": 25.0},
-    "default": {"songs": 160, "song_seconds": 45.0, "clip": 30.0, "reload_rows": 1802, "vit_batch": 32,
-                "vit_steps": 12, "gan_steps": 6, "gan_samples": 64, "n_mels": 128, "predict_songs": 20,
-                "predict_seconds": 180.0},
+    "quick": {
+        "songs": 4,
+        "song_seconds": 12.0,
+        "clip": 10.0,
+        "reload_rows": 16,
+        "vit_batch": 4,
+        "vit_steps": 3,
+        "gan_steps": 2,
+        "gan_samples": 8,
+        "n_mels": 64,
+        "predict_songs": 2,
+        "predict_seconds": 25.0,
+    },
+    "default": {
+        "songs": 160,
+        "song_seconds": 45.0,
+        "clip": 30.0,
+        "reload_rows": 1802,
+        "vit_batch": 32,
+        "vit_steps": 12,
+        "gan_steps": 6,
+        "gan_samples": 64,
+        "n_mels": 128,
+        "predict_songs": 20,
+        "predict_seconds": 180.0,
+    },
 }
 
 
@@ -76,16 +97,18 @@ def bench_extraction(work: Path, s: dict) -> dict:
     root = work / "songs"
     make_demo_deam(str(root), num_songs=s["songs"], seconds=s["song_seconds"], seed=1)  # 44.1 kHz mp3, like DEAM
     songs, _ = discover(str(root))
-    cfg = make_config("kaggle", data_dir=str(root), output_dir=str(work / "out"), clip_seconds=s["clip"],
-                      n_mels=s["n_mels"])
+    cfg = make_config(
+        "kaggle", data_dir=str(root), output_dir=str(work / "out"), clip_seconds=s["clip"], n_mels=s["n_mels"]
+    )
     params = MelParams.from_config(cfg)
     log_mel(np.zeros(params.num_samples, np.float32), params)  # numba compile outside the timings
 
     def bare():
         for path in songs.audio_path:
             y, _ = librosa.load(path, sr=params.sample_rate, mono=True, duration=params.clip_seconds)
-            S = librosa.feature.melspectrogram(y=y, sr=params.sample_rate, n_fft=params.n_fft,
-                                               hop_length=params.hop_length, n_mels=params.n_mels)
+            S = librosa.feature.melspectrogram(
+                y=y, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length, n_mels=params.n_mels
+            )
             librosa.power_to_db(S, ref=1.0)
 
     _, t_bare = timed(bare)
@@ -93,15 +116,23 @@ def bench_extraction(work: Path, s: dict) -> dict:
     cores = os.cpu_count() or 1
     _, t_all = timed(lambda: extract_features(songs, replace(cfg, cache_dir=str(work / "c2")), num_workers=cores))
     # Start-up of the worker processes (spawn, imports): all cores on as many songs as cores.
-    _, t_start = timed(lambda: extract_features(songs.head(cores), replace(cfg, cache_dir=str(work / "c3")),
-                                                num_workers=cores))
+    _, t_start = timed(
+        lambda: extract_features(songs.head(cores), replace(cfg, cache_dir=str(work / "c3")), num_workers=cores)
+    )
     cached, t_hit = timed(lambda: extract_features(songs, replace(cfg, cache_dir=str(work / "c2"))))
     n = len(songs)
-    return {"songs": n, "clip_seconds": s["clip"], "songs_per_s_1_process": n / t_one,
-            f"songs_per_s_{cores}_processes": n / t_all,
-            f"songs_per_s_{cores}_processes_after_startup": (n - cores) / max(t_all - t_start, 1e-9),
-            "worker_startup_seconds": t_start, "songs_per_s_bare_librosa": n / t_bare,
-            "overhead_ratio_vs_bare": t_one / t_bare, "cache_hit_seconds": t_hit, "cores": cores}
+    return {
+        "songs": n,
+        "clip_seconds": s["clip"],
+        "songs_per_s_1_process": n / t_one,
+        f"songs_per_s_{cores}_processes": n / t_all,
+        f"songs_per_s_{cores}_processes_after_startup": (n - cores) / max(t_all - t_start, 1e-9),
+        "worker_startup_seconds": t_start,
+        "songs_per_s_bare_librosa": n / t_bare,
+        "overhead_ratio_vs_bare": t_one / t_bare,
+        "cache_hit_seconds": t_hit,
+        "cores": cores,
+    }
 
 
 def bench_reload(work: Path, s: dict) -> dict:
@@ -110,34 +141,49 @@ def bench_reload(work: Path, s: dict) -> dict:
     path = work / "store.npy"
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     for i in range(0, shape[0], 128):
-        mm[i:i + 128] = np.random.default_rng(i).normal(-40, 15, size=(min(128, shape[0] - i),) + shape[1:])
+        mm[i : i + 128] = np.random.default_rng(i).normal(-40, 15, size=(min(128, shape[0] - i),) + shape[1:])
     mm.flush()
     del mm
     os.system(f"sync; cat {path} > /dev/null")  # warm page cache like a re-run on the same machine
     (store, t_open) = timed(lambda: np.load(path, mmap_mode="r"))
     _, t_read = timed(lambda: Standardizer.fit(store, np.arange(shape[0])))
-    return {"shape": list(shape), "megabytes": path.stat().st_size / 1e6, "open_seconds": t_open,
-            "read_all_seconds": t_read}
+    return {
+        "shape": list(shape),
+        "megabytes": path.stat().st_size / 1e6,
+        "open_seconds": t_open,
+        "read_all_seconds": t_read,
+    }
 
 
 def bench_vit(work: Path, s: dict, device: str) -> dict:
     """Images/s: real loader (random crops of 1.5-window clips) + device preprocessing with
     SpecAugment, the same without augmentation, and pre-made tensors on the device."""
-    cfg = make_config("demo", output_dir=str(work / "vit"), vit_batch_size=s["vit_batch"], loader_workers=2,
-                      n_mels=s["n_mels"], clip_seconds=s["clip"])
+    cfg = make_config(
+        "demo",
+        output_dir=str(work / "vit"),
+        vit_batch_size=s["vit_batch"],
+        loader_workers=2,
+        n_mels=s["n_mels"],
+        clip_seconds=s["clip"],
+    )
     frames = cfg.num_frames
     n = s["vit_batch"] * (s["vit_steps"] + 2)
     path = work / "vit_store.npy"
     stored = frames * 3 // 2  # like DEAM: 45 s clips, 30 s windows
     np.save(path, np.random.default_rng(0).normal(-40, 15, size=(n, s["n_mels"], stored)).astype(np.float16))
-    ds = MelDataset([Part(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0, np.full(n, stored))],
-                    window=frames, mode="random", seed=0)
+    ds = MelDataset(
+        [Part(str(path), np.arange(n), np.zeros((n, 2), np.float32), 1.0, np.full(n, stored))],
+        window=frames,
+        mode="random",
+        seed=0,
+    )
     found = find_pretrained(cfg)
     masking = DevicePreprocessor.from_config(cfg, Standardizer(-40.0, 15.0), found).to(device).train()
     spans_rng = torch.Generator().manual_seed(0)
 
     def augmenting(mel):  # SpecAugment with spans drawn per batch, as training draws them
         return masking(mel, masking.sample_spans(len(mel), mel.shape[1], mel.shape[2], spans_rng))
+
     pre = DevicePreprocessor(-40.0, 15.0, found.image_mean, found.image_std).to(device)
 
     def run(batches):
@@ -162,6 +208,7 @@ def bench_vit(work: Path, s: dict, device: str) -> dict:
         def batches():
             for mel, y, w in _loader(ds, cfg, device, epoch=1):
                 yield preprocess(mel.to(device, non_blocking=True)), y.to(device), w.to(device)
+
         return batches
 
     fixed = pre(torch.from_numpy(np.load(path)[: s["vit_batch"], :, :frames]).to(device))
@@ -172,11 +219,17 @@ def bench_vit(work: Path, s: dict, device: str) -> dict:
             yield fixed, y0, w0
 
     augmented_rate, plain_rate, model_rate = run(real(augmenting)), run(real(pre)), run(premade)
-    return {"model": f"random ViT hidden {cfg.random_vit_hidden}, {cfg.random_vit_layers} layers",
-            "batch": s["vit_batch"], "device": device, "images_per_s_real_loader": augmented_rate,
-            "images_per_s_real_loader_no_augment": plain_rate, "images_per_s_premade_tensors": model_rate,
-            "ratio": augmented_rate / model_rate, "augment_ratio": augmented_rate / plain_rate,
-            "loader_workers": cfg.loader_workers}
+    return {
+        "model": f"random ViT hidden {cfg.random_vit_hidden}, {cfg.random_vit_layers} layers",
+        "batch": s["vit_batch"],
+        "device": device,
+        "images_per_s_real_loader": augmented_rate,
+        "images_per_s_real_loader_no_augment": plain_rate,
+        "images_per_s_premade_tensors": model_rate,
+        "ratio": augmented_rate / model_rate,
+        "augment_ratio": augmented_rate / plain_rate,
+        "loader_workers": cfg.loader_workers,
+    }
 
 
 def bench_gan(s: dict, device: str) -> dict:
@@ -188,7 +241,10 @@ def bench_gan(s: dict, device: str) -> dict:
 
     def steps():
         for _ in range(s["gan_steps"]):
-            d = torch.relu(1 - disc(x, y)).mean() + torch.relu(1 + disc(gen(torch.randn(16, 32, device=device), y).detach(), y)).mean()
+            d = (
+                torch.relu(1 - disc(x, y)).mean()
+                + torch.relu(1 + disc(gen(torch.randn(16, 32, device=device), y).detach(), y)).mean()
+            )
             opt_d.zero_grad()
             d.backward()
             opt_d.step()
@@ -201,8 +257,11 @@ def bench_gan(s: dict, device: str) -> dict:
     full = Generator(GanArch(n_mels=128, frames=1292)).to(device)
     labels = np.zeros((s["gan_samples"], 2), np.float32)
     _, t_sample = timed(lambda: generate(full, labels, Standardizer(-40.0, 15.0), device, batch_size=16))
-    return {"train_steps_per_s_demo_arch_batch16": s["gan_steps"] / t_train,
-            "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample, "device": device}
+    return {
+        "train_steps_per_s_demo_arch_batch16": s["gan_steps"] / t_train,
+        "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample,
+        "device": device,
+    }
 
 
 def bench_gan_projection(quick: bool = False) -> dict:
@@ -217,13 +276,25 @@ def bench_gan_projection(quick: bool = False) -> dict:
     total = gan["step_flops"] * cfg.gan_steps + gan["sample_flops"] * counts["gan_samples"]
     peak = projection.CARDS["T4"]["peak_tflops"] * 1e12
     minutes = {f"t4_minutes_at_mfu_{round(m * 100)}": total / (peak * m) / 60 for m in projection.MFU["gan"]}
-    return {"preset": "kaggle", "n_mels": cfg.n_mels, "frames": cfg.num_frames, "crop_frames": gan["crop_frames"],
-            "batch": cfg.gan_batch_size, "gan_steps": cfg.gan_steps, "counted_batch": gan["counted_batch"],
-            "gflop_per_step_d": gan["d_step_flops"] / 1e9, "gflop_per_step_g": gan["g_step_flops"] / 1e9,
-            "gflop_per_step": gan["step_flops"] / 1e9, "gflop_per_sample_full_length": gan["sample_flops"] / 1e9,
-            "pflop_total": total / 1e15, "t4_peak_tflops": peak / 1e12, **minutes, "budget_minutes": 8.0,
-            "generator_parameters": gan["generator_parameters"],
-            "discriminator_parameters": gan["discriminator_parameters"]}
+    return {
+        "preset": "kaggle",
+        "n_mels": cfg.n_mels,
+        "frames": cfg.num_frames,
+        "crop_frames": gan["crop_frames"],
+        "batch": cfg.gan_batch_size,
+        "gan_steps": cfg.gan_steps,
+        "counted_batch": gan["counted_batch"],
+        "gflop_per_step_d": gan["d_step_flops"] / 1e9,
+        "gflop_per_step_g": gan["g_step_flops"] / 1e9,
+        "gflop_per_step": gan["step_flops"] / 1e9,
+        "gflop_per_sample_full_length": gan["sample_flops"] / 1e9,
+        "pflop_total": total / 1e15,
+        "t4_peak_tflops": peak / 1e12,
+        **minutes,
+        "budget_minutes": 8.0,
+        "generator_parameters": gan["generator_parameters"],
+        "discriminator_parameters": gan["discriminator_parameters"],
+    }
 
 
 def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = None) -> dict:
@@ -262,14 +333,24 @@ def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = Non
             split = {f"{k}_seconds_per_song": v / n for k, v in predictor.timings.items()}
             overhead = seconds - sum(predictor.timings.values())
             windows = sum(len(r.values) for r in results)
-    return {"songs": n, "song_seconds": s["predict_seconds"], "windows_per_song": windows / n,
-            "window_seconds": predictor.params.clip_seconds, "hop_seconds": predictor.hop_seconds,
-            "checkpoint": "demo run's best_vit_model.pth" if given else "demo architecture, untrained",
-            "device": device, "songs_per_s_sequential": rates[0], "songs_per_s_1_decode_thread": rates[1],
-            "songs_per_s_2_decode_threads": rates[2], **split,
-            "python_overhead_seconds_per_song": overhead / n, "python_overhead_fraction": overhead / (n / rates[0]),
-            "audio_minutes_per_s_best": max(rates.values()) * s["predict_seconds"] / 60,
-            "load_average_1min": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
+    return {
+        "songs": n,
+        "song_seconds": s["predict_seconds"],
+        "windows_per_song": windows / n,
+        "window_seconds": predictor.params.clip_seconds,
+        "hop_seconds": predictor.hop_seconds,
+        "checkpoint": "demo run's best_vit_model.pth" if given else "demo architecture, untrained",
+        "device": device,
+        "songs_per_s_sequential": rates[0],
+        "songs_per_s_1_decode_thread": rates[1],
+        "songs_per_s_2_decode_threads": rates[2],
+        **split,
+        "python_overhead_seconds_per_song": overhead / n,
+        "python_overhead_fraction": overhead / (n / rates[0]),
+        "audio_minutes_per_s_best": max(rates.values()) * s["predict_seconds"] / 60,
+        "load_average_1min": os.getloadavg()[0],
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
@@ -286,8 +367,9 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
 
     root = work / "deam_full"
     make_demo_deam(str(root), num_songs=songs_n, seconds=45.0, seed=7)  # DEAM's 45 s clips, stored whole
-    cfg = make_config("kaggle", data_dir=str(root), output_dir=str(work / "full_out"), loader_workers=2,
-                      vit_batch_size=32, seed=0)
+    cfg = make_config(
+        "kaggle", data_dir=str(root), output_dir=str(work / "full_out"), loader_workers=2, vit_batch_size=32, seed=0
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     rss = {"after_features_mb": _rss_mb()}
@@ -306,9 +388,16 @@ def bench_memory_full_scale(work: Path, songs_n: int) -> dict:
             pre(mel)
     rss["after_vit_epoch_mb"] = _rss_mb()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"songs": len(store.songs), "synthetic": len(synthetic.labels), "train_examples": len(train),
-            **rss, "peak_rss_main_mb": _rss_mb(), "peak_rss_largest_child_mb": children,
-            "store_mb": os.path.getsize(store.path) / 1e6, "synthetic_store_mb": os.path.getsize(synthetic.path) / 1e6}
+    return {
+        "songs": len(store.songs),
+        "synthetic": len(synthetic.labels),
+        "train_examples": len(train),
+        **rss,
+        "peak_rss_main_mb": _rss_mb(),
+        "peak_rss_largest_child_mb": children,
+        "store_mb": os.path.getsize(store.path) / 1e6,
+        "synthetic_store_mb": os.path.getsize(synthetic.path) / 1e6,
+    }
 
 
 def bench_projection(extraction: dict) -> dict:
@@ -317,9 +406,11 @@ def bench_projection(extraction: dict) -> dict:
     per_core = extraction["songs_per_s_1_process"]
     cores = extraction.get("cores", 1)
     parallel = extraction.get(f"songs_per_s_{cores}_processes_after_startup", per_core * cores)
-    kwargs = {"extraction_songs_per_s_per_core": per_core,
-              "extraction_parallel_efficiency": min(1.0, parallel / (per_core * cores)),
-              "worker_startup_s": extraction.get("worker_startup_seconds", 5.0)}
+    kwargs = {
+        "extraction_songs_per_s_per_core": per_core,
+        "extraction_parallel_efficiency": min(1.0, parallel / (per_core * cores)),
+        "worker_startup_s": extraction.get("worker_startup_seconds", 5.0),
+    }
     cfg = make_config("kaggle")
     result = projection.project(cfg, **kwargs)
     result["scenarios"] = projection.scenarios(cfg, **kwargs)
@@ -327,8 +418,11 @@ def bench_projection(extraction: dict) -> dict:
 
 
 def projection_markdown(p: dict) -> list[str]:
-    return projection.markdown(p) + ["", "What defaults would meet the ~20 min T4 budget (same projection):", ""] + \
-        projection.scenario_markdown(p["scenarios"])
+    return (
+        projection.markdown(p)
+        + ["", "What defaults would meet the ~20 min T4 budget (same projection):", ""]
+        + projection.scenario_markdown(p["scenarios"])
+    )
 
 
 def write_readme_projection(p: dict, readme: Path = ROOT / "README.md") -> None:
@@ -348,14 +442,20 @@ def _rss_mb() -> float:
 def write_markdown(r: dict, path: Path) -> None:
     """benchmarks/RESULTS.md, generated from results.json (no hand-typed figure)."""
     m = r["machine"]
-    lines = ["# Benchmark results", "", "Generated by `make bench` (benchmarks/bench.py) from `results.json`; the figures",
-             f"of each stage were measured in one run on one machine: {m['platform']}, {m['cpu']}, torch {m['torch']}, "
-             f"device {m['device']}{' ' + ', '.join(m['gpus']) if m['gpus'] else ''}. The `memory_full_scale` rows "
-             "come from a separate `python -m benchmarks.bench --full-scale-memory 1802` run on the same kind of "
-             "machine (1802 generated 30 s songs through discovery, features, split, sampling 3200 synthetic "
-             "spectrograms and one epoch of the ViT data pipeline; RSS includes the file-backed pages of the "
-             "memory-mapped stores).", "",
-             "| stage | figure | value |", "| --- | --- | --- |"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (benchmarks/bench.py) from `results.json`; the figures",
+        f"of each stage were measured in one run on one machine: {m['platform']}, {m['cpu']}, torch {m['torch']}, "
+        f"device {m['device']}{' ' + ', '.join(m['gpus']) if m['gpus'] else ''}. The `memory_full_scale` rows "
+        "come from a separate `python -m benchmarks.bench --full-scale-memory 1802` run on the same kind of "
+        "machine (1802 generated 30 s songs through discovery, features, split, sampling 3200 synthetic "
+        "spectrograms and one epoch of the ViT data pipeline; RSS includes the file-backed pages of the "
+        "memory-mapped stores).",
+        "",
+        "| stage | figure | value |",
+        "| --- | --- | --- |",
+    ]
     for section in ("extraction", "reload", "vit", "gan", "gan_projection", "predict", "memory", "memory_full_scale"):
         for key, value in r.get(section, {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -363,15 +463,22 @@ def write_markdown(r: dict, path: Path) -> None:
             elif isinstance(value, str):
                 lines.append(f"| {section} | {key} | {value} |")
     if "machine" in r.get("predict", {}):
-        lines += ["", "The `predict` rows come from a separate `python -m benchmarks.bench --only predict` run on the "
-                  f"same kind of machine (load average {r['predict'].get('load_average_1min', float('nan')):.1f} "
-                  f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
-                  "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
-                  "sequential run's time, the rest is `python_overhead`."]
+        lines += [
+            "",
+            "The `predict` rows come from a separate `python -m benchmarks.bench --only predict` run on the "
+            f"same kind of machine (load average {r['predict'].get('load_average_1min', float('nan')):.1f} "
+            f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
+            "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
+            "sequential run's time, the rest is `python_overhead`.",
+        ]
     if "run_all_projection" in r:
         lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])
-    lines += ["", "No GPU figures yet: no GPU was available to this project's sessions. Targets: ViT "
-              "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.", ""]
+    lines += [
+        "",
+        "No GPU figures yet: no GPU was available to this project's sessions. Targets: ViT "
+        "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -379,14 +486,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--full-scale-memory", type=int, default=0, metavar="SONGS",
-                        help="only the full-scale memory run, with this many songs (1802 = DEAM)")
-    parser.add_argument("--only", choices=["extraction", "reload", "vit", "gan", "predict"],
-                        help="run one stage and merge it into an existing --out")
-    parser.add_argument("--checkpoint", default=None,
-                        help="predict stage: a demo run's best_vit_model.pth (default: the demo architecture, untrained)")
-    parser.add_argument("--projection", action="store_true",
-                        help="only the Run All projection, from the extraction figures already in --out")
+    parser.add_argument(
+        "--full-scale-memory",
+        type=int,
+        default=0,
+        metavar="SONGS",
+        help="only the full-scale memory run, with this many songs (1802 = DEAM)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["extraction", "reload", "vit", "gan", "predict"],
+        help="run one stage and merge it into an existing --out",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="predict stage: a demo run's best_vit_model.pth (default: the demo architecture, untrained)",
+    )
+    parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="only the Run All projection, from the extraction figures already in --out",
+    )
     args = parser.parse_args(argv)
     if args.projection:
         previous = json.loads(args.out.read_text())
@@ -399,9 +520,17 @@ def main(argv=None) -> int:
     sizes = SIZES["quick" if args.quick else "default"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env = describe_environment()
-    results = {"mode": "quick" if args.quick else "default", "sizes": sizes,
-               "machine": {"platform": platform.platform(), "cpu": env["machine"], "gpus": env["gpus"],
-                           "torch": env["torch"], "device": device}}
+    results = {
+        "mode": "quick" if args.quick else "default",
+        "sizes": sizes,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": env["machine"],
+            "gpus": env["gpus"],
+            "torch": env["torch"],
+            "device": device,
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.full_scale_memory:  # merged into an existing results file
@@ -412,9 +541,13 @@ def main(argv=None) -> int:
             args.out.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
             write_markdown(previous, args.out.with_name("RESULTS.md"))
             return 0
-        stages = (("extraction", lambda: bench_extraction(work, sizes)), ("reload", lambda: bench_reload(work, sizes)),
-                  ("vit", lambda: bench_vit(work, sizes, device)), ("gan", lambda: bench_gan(sizes, device)),
-                  ("predict", lambda: bench_predict(work, sizes, device, args.checkpoint)))
+        stages = (
+            ("extraction", lambda: bench_extraction(work, sizes)),
+            ("reload", lambda: bench_reload(work, sizes)),
+            ("vit", lambda: bench_vit(work, sizes, device)),
+            ("gan", lambda: bench_gan(sizes, device)),
+            ("predict", lambda: bench_predict(work, sizes, device, args.checkpoint)),
+        )
         if args.only:  # one stage, merged into the existing results
             previous = json.loads(args.out.read_text()) if args.out.exists() else results
             previous[args.only] = {**dict(stages)[args.only](), "machine": results["machine"]}
@@ -426,11 +559,17 @@ def main(argv=None) -> int:
             return 0
         for name, fn in stages:
             results[name] = fn()
-            print(f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in results[name].items()))
+            print(
+                f"{name}: "
+                + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in results[name].items())
+            )
     results["gan_projection"] = bench_gan_projection(quick=args.quick)
-    print("gan_projection: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in results["gan_projection"].items()))
+    print(
+        "gan_projection: "
+        + ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in results["gan_projection"].items()
+        )
+    )
     results["run_all_projection"] = bench_projection(results["extraction"])
     print("\n".join(projection_markdown(results["run_all_projection"])))
     results["memory"] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -56,8 +56,13 @@ ALLREDUCE_EXPOSED = (0.7, 0.2)  # share of the all-reduce not hidden behind the 
 GRADIENT_BYTES_PER_PARAMETER = 2  # fp16 compression hook
 KAGGLE_CPU_CORES = 4
 DEAM_SONGS = 1802
-VIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-           "patch_size": 16}
+VIT_B16 = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "patch_size": 16,
+}
 # Resume state per epoch (fp32 weights + AdamW's two moments) and the best weights when the
 # epoch improves, written to Kaggle's /kaggle/working disk; assumed 0.5 GB/s with fsync.
 CHECKPOINT_GB_PER_S = 0.5
@@ -106,9 +111,17 @@ def gan_flops(cfg, batch: int = 2) -> dict:
     with torch.no_grad():
         sample = count_flops(lambda: gen(torch.randn(1, arch.z_dim), y[:1]))
     scale = cfg.gan_batch_size / batch
-    return {"d_step_flops": int(d * scale), "g_step_flops": int(g * scale), "step_flops": int((d + g) * scale),
-            "sample_flops": sample, "batch": cfg.gan_batch_size, "counted_batch": batch, "crop_frames": crop,
-            "generator_parameters": G.count_parameters(gen), "discriminator_parameters": G.count_parameters(disc)}
+    return {
+        "d_step_flops": int(d * scale),
+        "g_step_flops": int(g * scale),
+        "step_flops": int((d + g) * scale),
+        "sample_flops": sample,
+        "batch": cfg.gan_batch_size,
+        "counted_batch": batch,
+        "crop_frames": crop,
+        "generator_parameters": G.count_parameters(gen),
+        "discriminator_parameters": G.count_parameters(disc),
+    }
 
 
 def preset_counts(cfg, songs: int = DEAM_SONGS) -> dict:
@@ -133,13 +146,21 @@ def preset_counts(cfg, songs: int = DEAM_SONGS) -> dict:
     gan_steps = cfg.gan_steps
     gan_checks = gan_steps // cfg.gan_eval_every  # each generates 2 samples per validation song
     return {
-        "songs": songs, "train_songs": n_train, "val_songs": n_val, "test_songs": n_test,
-        "vit_trainings": vits, "extra_arms": arms, "vit_steps_per_epoch": steps_per_epoch,
-        "vit_epochs": cfg.vit_epochs, "vit_steps_total": vits * cfg.vit_epochs * steps_per_epoch,
+        "songs": songs,
+        "train_songs": n_train,
+        "val_songs": n_val,
+        "test_songs": n_test,
+        "vit_trainings": vits,
+        "extra_arms": arms,
+        "vit_steps_per_epoch": steps_per_epoch,
+        "vit_epochs": cfg.vit_epochs,
+        "vit_steps_total": vits * cfg.vit_epochs * steps_per_epoch,
         # per ViT: a validation pass per epoch and one of the kept checkpoint, the test pass; + the judge,
         # + the predict() example
         "eval_images_total": vits * ((cfg.vit_epochs + 1) * n_val + n_test) * crops + judged + crops,
-        "eval_crops": crops, "gan_steps": gan_steps, "gan_batch": gan_batch,
+        "eval_crops": crops,
+        "gan_steps": gan_steps,
+        "gan_batch": gan_batch,
         "gan_samples": cfg.num_synthetic + gan_checks * 2 * n_val,
         "image_height": getattr(cfg, "image_height", getattr(cfg, "image_size", 224)),
         "image_width": getattr(cfg, "image_width", getattr(cfg, "image_size", 224)),
@@ -153,8 +174,13 @@ def allreduce_seconds(parameters: int, gpus: int, gb_per_s: float) -> float:
     return 2 * (gpus - 1) / gpus * parameters * GRADIENT_BYTES_PER_PARAMETER / (gb_per_s * 1e9)
 
 
-def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_efficiency: float = 1.0,
-            worker_startup_s: float = 5.0, songs: int = DEAM_SONGS) -> dict:
+def project(
+    cfg,
+    extraction_songs_per_s_per_core: float,
+    extraction_parallel_efficiency: float = 1.0,
+    worker_startup_s: float = 5.0,
+    songs: int = DEAM_SONGS,
+) -> dict:
     """Minutes per card at the MFU range (low MFU -> "high" minutes), and where they go."""
     counts = preset_counts(cfg, songs)
     vit = vit_flops(cfg.vit_batch_size, counts["image_height"], counts["image_width"])
@@ -165,8 +191,9 @@ def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_eff
         "gan_training": counts["gan_steps"] * gan["step_flops"],
         "gan_sampling": counts["gan_samples"] * gan["sample_flops"],
     }
-    extraction_s = worker_startup_s + songs / (extraction_songs_per_s_per_core * KAGGLE_CPU_CORES
-                                               * extraction_parallel_efficiency)
+    extraction_s = worker_startup_s + songs / (
+        extraction_songs_per_s_per_core * KAGGLE_CPU_CORES * extraction_parallel_efficiency
+    )
     checkpoint_bytes = counts["vit_trainings"] * cfg.vit_epochs * vit["parameters"] * 4 * (3 + 1)
     io_s = checkpoint_bytes / 1e9 / CHECKPOINT_GB_PER_S
     cards = {}
@@ -178,23 +205,34 @@ def project(cfg, extraction_songs_per_s_per_core: float, extraction_parallel_eff
             vit_rate = peak * MFU["vit"][i] * gpus
             gan_rate = peak * MFU["gan"][i]
             allreduce_s = allreduce_seconds(vit["parameters"], gpus, ALLREDUCE_GB_PER_S[i]) * ALLREDUCE_EXPOSED[i]
-            parts = {"extraction": extraction_s,
-                     "vit_training": flops["vit_training"] / vit_rate + counts["vit_steps_total"] * allreduce_s,
-                     "vit_evaluation": flops["vit_evaluation"] / vit_rate,
-                     "gan_training": flops["gan_training"] / gan_rate, "gan_sampling": flops["gan_sampling"] / gan_rate,
-                     "checkpoint_io": io_s}
+            parts = {
+                "extraction": extraction_s,
+                "vit_training": flops["vit_training"] / vit_rate + counts["vit_steps_total"] * allreduce_s,
+                "vit_evaluation": flops["vit_evaluation"] / vit_rate,
+                "gan_training": flops["gan_training"] / gan_rate,
+                "gan_sampling": flops["gan_sampling"] / gan_rate,
+                "checkpoint_io": io_s,
+            }
             row[f"{bound}_minutes"] = sum(parts.values()) / 60
             row[f"{bound}_minutes_by_stage"] = {k: v / 60 for k, v in parts.items()}
         cards[name] = row
     return {
         "label": "PROJECTION from FLOP counts and an assumed MFU range, not a measurement",
-        "counts": counts, "vit": vit, "gan": gan, "flops": flops, "mfu": {k: list(v) for k, v in MFU.items()},
-        "allreduce_gb_per_s": list(ALLREDUCE_GB_PER_S), "allreduce_exposed": list(ALLREDUCE_EXPOSED),
-        "allreduce_ms_per_step_t4x2": [round(1000 * allreduce_seconds(vit["parameters"], 2, b) * e, 1)
-                                       for b, e in zip(ALLREDUCE_GB_PER_S, ALLREDUCE_EXPOSED)],
+        "counts": counts,
+        "vit": vit,
+        "gan": gan,
+        "flops": flops,
+        "mfu": {k: list(v) for k, v in MFU.items()},
+        "allreduce_gb_per_s": list(ALLREDUCE_GB_PER_S),
+        "allreduce_exposed": list(ALLREDUCE_EXPOSED),
+        "allreduce_ms_per_step_t4x2": [
+            round(1000 * allreduce_seconds(vit["parameters"], 2, b) * e, 1)
+            for b, e in zip(ALLREDUCE_GB_PER_S, ALLREDUCE_EXPOSED)
+        ],
         "kaggle_cpu_cores": KAGGLE_CPU_CORES,
         "extraction_songs_per_s_per_core": extraction_songs_per_s_per_core,
-        "extraction_parallel_efficiency": extraction_parallel_efficiency, "checkpoint_gb_per_s": CHECKPOINT_GB_PER_S,
+        "extraction_parallel_efficiency": extraction_parallel_efficiency,
+        "checkpoint_gb_per_s": CHECKPOINT_GB_PER_S,
         "cards": cards,
     }
 
@@ -206,15 +244,17 @@ def markdown(p: dict) -> list[str]:
         f"**Projection, not a measurement** (no GPU has run it yet): FLOPs from `FlopCounterMode`, times the steps "
         f"of the `kaggle` preset on DEAM ({c['songs']} songs: {c['train_songs']} train / {c['val_songs']} val / "
         f"{c['test_songs']} test), divided by each card's peak at an assumed MFU of "
-        f"{p['mfu']['vit'][0]:.0%}-{p['mfu']['vit'][1]:.0%} (ViT) and {p['mfu']['gan'][0]:.0%}-{p['mfu']['gan'][1]:.0%} "
+        f"{p['mfu']['vit'][0]:.0%}-{p['mfu']['vit'][1]:.0%} (ViT) and "
+        f"{p['mfu']['gan'][0]:.0%}-{p['mfu']['gan'][1]:.0%} "
         f"(GAN). T4 x2: the ViT with DistributedDataParallel, each GPU half of every batch, plus the exposed "
         f"part of an fp16 gradient all-reduce over PCIe ({p['allreduce_ms_per_step_t4x2'][1]}-"
         f"{p['allreduce_ms_per_step_t4x2'][0]} ms per step); the GAN on one GPU. Why these figures: "
         "`benchmarks/projection.py`.",
         "",
-        f"- ViT-B/16 ({v['parameters'] / 1e6:.1f} M parameters): {v['train_step_flops'] / 1e12:.2f} TFLOP per training "
-        f"step at batch {v['batch']} (forward + backward), {v['forward_flops_per_image'] / 1e9:.1f} GFLOP per evaluated "
-        f"image; {c['vit_trainings']} ViT trainings (real-only, synthetic-trained + {c['extra_arms']} arm(s), same steps) "
+        f"- ViT-B/16 ({v['parameters'] / 1e6:.1f} M parameters): {v['train_step_flops'] / 1e12:.2f} TFLOP per "
+        f"training step at batch {v['batch']} (forward + backward), {v['forward_flops_per_image'] / 1e9:.1f} GFLOP "
+        f"per evaluated image; {c['vit_trainings']} ViT trainings (real-only, synthetic-trained + "
+        f"{c['extra_arms']} arm(s), same steps) "
         f"x {c['vit_epochs']} "
         f"epochs x {c['vit_steps_per_epoch']} steps = {c['vit_steps_total']} steps; {c['eval_images_total']} evaluated "
         f"images ({c['eval_crops']} window(s) per song).",
@@ -236,9 +276,11 @@ def markdown(p: dict) -> list[str]:
         def span(*keys, lo=lo, hi=hi):
             return f"{sum(lo[k] for k in keys):.1f}-{sum(hi[k] for k in keys):.1f}"
 
-        lines.append(f"| {name} | {r['peak_tflops']:g} | {r['precision']} | {span('extraction')} | "
-                     f"{span('gan_training', 'gan_sampling')} | {span('vit_training', 'vit_evaluation')} | "
-                     f"{span('checkpoint_io')} | **{r['optimistic_minutes']:.0f}-{r['pessimistic_minutes']:.0f}** |")
+        lines.append(
+            f"| {name} | {r['peak_tflops']:g} | {r['precision']} | {span('extraction')} | "
+            f"{span('gan_training', 'gan_sampling')} | {span('vit_training', 'vit_evaluation')} | "
+            f"{span('checkpoint_io')} | **{r['optimistic_minutes']:.0f}-{r['pessimistic_minutes']:.0f}** |"
+        )
     return lines
 
 
@@ -246,8 +288,9 @@ def markdown(p: dict) -> list[str]:
 # the kaggle preset with these overrides, projected the same way. Fields a Config lacks are skipped.
 SCENARIOS = {
     "kaggle preset as is": {},
-    "+ arm vit_no_augment": {"arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False,
-                                                         "test_crops": 1}}},
+    "+ arm vit_no_augment": {
+        "arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}}
+    },
     "gate closes both dimensions": {"use_synthetic": False},
     "ViT 6 epochs": {"vit_epochs": 6},
     "GAN 1500 steps": {"gan_steps": 1500},
@@ -262,16 +305,22 @@ def scenarios(cfg, **kwargs) -> dict:
     out = {}
     for name, overrides in SCENARIOS.items():
         p = project(dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in known}), **kwargs)
-        out[name] = {"overrides": {k: v for k, v in overrides.items() if k in known},
-                     **{card: [round(r["optimistic_minutes"], 1), round(r["pessimistic_minutes"], 1)]
-                        for card, r in p["cards"].items()}}
+        out[name] = {
+            "overrides": {k: v for k, v in overrides.items() if k in known},
+            **{
+                card: [round(r["optimistic_minutes"], 1), round(r["pessimistic_minutes"], 1)]
+                for card, r in p["cards"].items()
+            },
+        }
     return out
 
 
 def scenario_markdown(rows: dict) -> list[str]:
     cards = list(CARDS)
-    lines = ["| defaults | " + " | ".join(f"{c}, minutes" for c in cards) + " |",
-             "| --- | " + " | ".join("---" for _ in cards) + " |"]
+    lines = [
+        "| defaults | " + " | ".join(f"{c}, minutes" for c in cards) + " |",
+        "| --- | " + " | ".join("---" for _ in cards) + " |",
+    ]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c][0]:.0f}-{r[c][1]:.0f}" for c in cards) + " |")
     return lines

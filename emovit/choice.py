@@ -86,16 +86,28 @@ class Judgement:
 
     def table(self) -> pd.DataFrame:
         mask = dict(zip(DIMENSIONS, SYNTHETIC_DIMS[self.dims]))
-        return pd.DataFrame([{
-            "dimension": dim, "judge CCC on synthetic": round(self.synthetic_ccc[dim], 3),
-            "judge CCC on real validation": round(self.val_ccc[dim], 3),
-            "ratio": round(self.synthetic_ccc[dim] / self.val_ccc[dim], 2) if self.val_ccc[dim] else float("nan"),
-            f"passes (>= {self.ratio:g}x)": self.passed[dim],
-            "synthetic labels used": bool(mask[dim])} for dim in DIMENSIONS])
+        return pd.DataFrame(
+            [
+                {
+                    "dimension": dim,
+                    "judge CCC on synthetic": round(self.synthetic_ccc[dim], 3),
+                    "judge CCC on real validation": round(self.val_ccc[dim], 3),
+                    "ratio": round(self.synthetic_ccc[dim] / self.val_ccc[dim], 2)
+                    if self.val_ccc[dim]
+                    else float("nan"),
+                    f"passes (>= {self.ratio:g}x)": self.passed[dim],
+                    "synthetic labels used": bool(mask[dim]),
+                }
+                for dim in DIMENSIONS
+            ]
+        )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "rule": f"pass when judge CCC on synthetic >= {self.ratio:g} x judge CCC on real "
-                                         "validation songs, and the latter > 0"}
+        return {
+            **asdict(self),
+            "rule": f"pass when judge CCC on synthetic >= {self.ratio:g} x judge CCC on real "
+            "validation songs, and the latter > 0",
+        }
 
 
 def gate(synthetic_ccc: dict, val_ccc: dict, ratio: float) -> dict[str, bool]:
@@ -106,8 +118,9 @@ def gate(synthetic_ccc: dict, val_ccc: dict, ratio: float) -> dict[str, bool]:
 
 def dims_of(passed: dict[str, bool]) -> str:
     """The ``synthetic_dims`` value of a per-dimension gate."""
-    return {(True, True): "both", (True, False): "valence", (False, True): "arousal",
-            (False, False): "none"}[(passed["valence"], passed["arousal"])]
+    return {(True, True): "both", (True, False): "valence", (False, True): "arousal", (False, False): "none"}[
+        (passed["valence"], passed["arousal"])
+    ]
 
 
 def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
@@ -120,15 +133,18 @@ def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     it is "none".
     """
     if cfg.synthetic_dims != "auto" and cfg.synthetic_dims not in SYNTHETIC_DIMS:
-        raise ValueError(f"synthetic_dims must be 'auto' or one of {sorted(SYNTHETIC_DIMS)}, got {cfg.synthetic_dims!r}")
+        raise ValueError(
+            f"synthetic_dims must be 'auto' or one of {sorted(SYNTHETIC_DIMS)}, got {cfg.synthetic_dims!r}"
+        )
     state = load_best(judge.best_path, judge.run.key)
     model = model_from_config_dict(state["vit_config"])
     model.load_state_dict(state["state_dict"])
     model.to(device)
     pre = DevicePreprocessor.from_dict(state["preprocess"]).to(device)
     n = len(synthetic.labels)
-    part = Part(synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32), 1.0,
-                np.full(n, synthetic.mels.shape[2]))
+    part = Part(
+        synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32), 1.0, np.full(n, synthetic.mels.shape[2])
+    )
     pred, labels = predict_dataset(model, pre, MelDataset([part], synthetic.mels.shape[2], "centre"), cfg, device)
     on_synthetic = {dim: ccc(labels[:, d], pred[:, d]) for d, dim in enumerate(DIMENSIONS)}
     on_val = val_ccc(judge)
@@ -136,9 +152,13 @@ def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     forced = cfg.synthetic_dims != "auto" or not cfg.use_synthetic
     dims = ("none" if not cfg.use_synthetic else cfg.synthetic_dims) if forced else dims_of(passed)
     result = Judgement(on_synthetic, on_val, passed, cfg.synthetic_gate_ratio, dims, forced, n, judge.name)
-    LOG.info("judge: CCC on synthetic %s vs real validation %s -> synthetic labels used: %s%s",
-             {d: round(v, 3) for d, v in on_synthetic.items()}, {d: round(v, 3) for d, v in on_val.items()},
-             result.dims, " (forced by synthetic_dims)" if forced else "")
+    LOG.info(
+        "judge: CCC on synthetic %s vs real validation %s -> synthetic labels used: %s%s",
+        {d: round(v, 3) for d, v in on_synthetic.items()},
+        {d: round(v, 3) for d, v in on_val.items()},
+        result.dims,
+        " (forced by synthetic_dims)" if forced else "",
+    )
     return result
 
 
@@ -156,14 +176,22 @@ class Choice:
     def table(self) -> pd.DataFrame:
         rows = []
         for dim in DIMENSIONS:
-            rows.append({"dimension": dim, **{f"val CCC {k}": round(v, 3) for k, v in self.val_ccc[dim].items()},
-                         "P(synthetic-trained better)": self.prob_better.get(dim), "delivered from": self.sources[dim]})
+            rows.append(
+                {
+                    "dimension": dim,
+                    **{f"val CCC {k}": round(v, 3) for k, v in self.val_ccc[dim].items()},
+                    "P(synthetic-trained better)": self.prob_better.get(dim),
+                    "delivered from": self.sources[dim],
+                }
+            )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
-        rule = (f"per dimension, the synthetic-trained model when it beats the real-only model's validation CCC on "
-                f"at least {self.confidence:g} of paired bootstrap resamples of the validation songs, else the "
-                "real-only model")
+        rule = (
+            f"per dimension, the synthetic-trained model when it beats the real-only model's validation CCC on "
+            f"at least {self.confidence:g} of paired bootstrap resamples of the validation songs, else the "
+            "real-only model"
+        )
         return {**asdict(self), "rule": rule if self.deliver == "auto" else f"forced by deliver={self.deliver!r}"}
 
 
@@ -179,8 +207,14 @@ def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
     ref = val_ccc(real_only)
     if synthetic_trained is None:
         note = "no synthetic-trained model in this run: the real-only model is delivered"
-        return Choice({d: real_only.name for d in DIMENSIONS}, {d: {real_only.name: ref[d]} for d in DIMENSIONS},
-                      {}, cfg.deliver, cfg.deliver_confidence, note)
+        return Choice(
+            {d: real_only.name for d in DIMENSIONS},
+            {d: {real_only.name: ref[d]} for d in DIMENSIONS},
+            {},
+            cfg.deliver,
+            cfg.deliver_confidence,
+            note,
+        )
     syn = val_ccc(synthetic_trained)
     better = prob_better(synthetic_trained.val_predictions, real_only.val_predictions, seed=cfg.seed)
     sources = {}
@@ -206,8 +240,10 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
     for other in states[1:]:
         for field in ("vit_config", "preprocess", "mel_params", "test_crops"):
             if field == "preprocess":
-                same = all(other[field][k] == states[0][field][k] for k in ("mel_mean", "mel_std", "image_mean",
-                                                                             "image_std", "height", "width"))
+                same = all(
+                    other[field][k] == states[0][field][k]
+                    for k in ("mel_mean", "mel_std", "image_mean", "image_std", "height", "width")
+                )
             else:
                 same = other[field] == states[0][field]
             if not same:
@@ -215,12 +251,20 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
     sources = [names.index(choice.sources[d]) for d in DIMENSIONS]
     combined = {f"members.{i}.{k}": v for i, s in enumerate(states) for k, v in s["state_dict"].items()}
     key = hash_json({"members": [s["key"] for s in states], "sources": sources})
-    state = {**{k: states[0][k] for k in ("vit_config", "preprocess", "mel_params", "test_crops", "config")},
-             "format": DELIVERED_FORMAT, "state_dict": combined, "members": names, "sources": sources, "key": key,
-             "member_keys": [s["key"] for s in states], "epochs": [s["epoch"] for s in states],
-             "choice": choice.to_dict()}
+    state = {
+        **{k: states[0][k] for k in ("vit_config", "preprocess", "mel_params", "test_crops", "config")},
+        "format": DELIVERED_FORMAT,
+        "state_dict": combined,
+        "members": names,
+        "sources": sources,
+        "key": key,
+        "member_keys": [s["key"] for s in states],
+        "epochs": [s["epoch"] for s in states],
+        "choice": choice.to_dict(),
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
     def routed(attribute: str) -> pd.DataFrame:  # the sources' columns of one prediction frame
         frames = {n: getattr(outcomes[n], attribute) for n in names}
         base = frames[names[0]]
@@ -231,15 +275,22 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
         return prediction_frame(base["song_id"], base[[f"{d}_true" for d in DIMENSIONS]].to_numpy(), pred)
 
     predictions = routed("predictions")
-    LOG.info("delivered: valence from %s, arousal from %s -> %s", choice.sources["valence"],
-             choice.sources["arousal"], path)
-    return Outcome(DELIVERED, predictions, score(predictions, n_boot, seed), 0.0, None, path,
-                   description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}",
-                   val_predictions=routed("val_predictions"))
+    LOG.info(
+        "delivered: valence from %s, arousal from %s -> %s", choice.sources["valence"], choice.sources["arousal"], path
+    )
+    return Outcome(
+        DELIVERED,
+        predictions,
+        score(predictions, n_boot, seed),
+        0.0,
+        None,
+        path,
+        description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}",
+        val_predictions=routed("val_predictions"),
+    )
 
 
 def delivered_sources(path: str) -> dict[str, str]:
     """{dim: member model name} of a delivered checkpoint."""
     state = load_checkpoint(path)
     return {d: state["members"][state["sources"][i]] for i, d in enumerate(DIMENSIONS)}
-

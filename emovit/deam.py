@@ -131,9 +131,7 @@ def read_annotations(path: str) -> pd.DataFrame:
     """
     raw = pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
     raw.columns = [normalize_column(c) for c in raw.columns]
-    out = pd.DataFrame(
-        {c: pd.to_numeric(raw[c].str.strip(), errors="coerce") for c in REQUIRED_COLUMNS}
-    )
+    out = pd.DataFrame({c: pd.to_numeric(raw[c].str.strip(), errors="coerce") for c in REQUIRED_COLUMNS})
     out["source"] = path
     return out
 
@@ -193,7 +191,9 @@ def discover(root: str) -> tuple[pd.DataFrame, DataReport]:
 
     if not report.annotation_files:
         raise FileNotFoundError(
-            _missing_message(root, f"no static annotation CSV (with song_id, valence_mean, arousal_mean) among {len(csvs)} CSV files")
+            _missing_message(
+                root, f"no static annotation CSV (with song_id, valence_mean, arousal_mean) among {len(csvs)} CSV files"
+            )
         )
     if not audio:
         raise FileNotFoundError(_missing_message(root, "no audio files named <song_id>.mp3 or <song_id>.wav"))
@@ -211,7 +211,9 @@ def discover(root: str) -> tuple[pd.DataFrame, DataReport]:
     songs = labels[labels["song_id"].isin(audio)].copy()
     if songs.empty:
         raise FileNotFoundError(
-            _missing_message(root, f"{len(annotated)} annotated songs and {len(audio)} audio files, but no song id has both")
+            _missing_message(
+                root, f"{len(annotated)} annotated songs and {len(audio)} audio files, but no song id has both"
+            )
         )
     songs["audio_path"] = [audio[s][0] for s in songs["song_id"]]
     songs["valence"] = to_unit_scale(songs["valence_mean"].astype(float))
@@ -220,7 +222,11 @@ def discover(root: str) -> tuple[pd.DataFrame, DataReport]:
     report.with_audio = len(songs)
     LOG.info(
         "DEAM under %s: %d annotated songs, %d with audio, %d annotated but no audio, %d audio but no annotation",
-        root, report.annotated, report.with_audio, report.annotated_no_audio, report.audio_no_annotation,
+        root,
+        report.annotated,
+        report.with_audio,
+        report.annotated_no_audio,
+        report.audio_no_annotation,
     )
     return songs, report
 

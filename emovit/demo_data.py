@@ -94,7 +94,7 @@ def synthesize(valence: float, arousal: float, seconds: float, sample_rate: int,
     burst = (rng.normal(0, 1, burst_len) * np.exp(-np.arange(burst_len) / (0.015 * sample_rate))).astype(np.float32)
     drums = np.zeros(n + burst_len, dtype=np.float32)
     for onset in (onsets * sample_rate).astype(int):
-        drums[onset:onset + burst_len] += burst
+        drums[onset : onset + burst_len] += burst
     y = gain * (0.7 * tones + (0.15 + 0.35 * a01) * drums[:n])
     y += rng.normal(0, 1e-3, n)  # a little noise floor
     return np.clip(y, -0.99, 0.99).astype(np.float32)
@@ -105,7 +105,9 @@ def _tone(freq: np.ndarray | float, n: int, sample_rate: int, kind: str) -> np.n
     ph = np.cumsum(np.broadcast_to(np.asarray(freq, np.float64), (n,)) / sample_rate) % 1.0
     if kind == "sine":
         return np.sin(2 * np.pi * ph).astype(np.float32)
-    return ((np.sin(2 * np.pi * ph) + 0.3 * np.sin(4 * np.pi * ph) + 0.1 * np.sin(6 * np.pi * ph)) / 1.4).astype(np.float32)
+    return ((np.sin(2 * np.pi * ph) + 0.3 * np.sin(4 * np.pi * ph) + 0.1 * np.sin(6 * np.pi * ph)) / 1.4).astype(
+        np.float32
+    )
 
 
 def synthesize_band(valence: float, arousal: float, seconds: float, sample_rate: int, seed: int) -> np.ndarray:
@@ -145,19 +147,23 @@ def synthesize_band(valence: float, arousal: float, seconds: float, sample_rate:
     drums = np.zeros(n + sample_rate, np.float32)
     k_len, s_len, h_len = int(0.25 * sample_rate), int(0.18 * sample_rate), int(0.05 * sample_rate)
     kt = np.arange(k_len) / sample_rate
-    kick = (np.sin(2 * np.pi * np.cumsum(50 + 100 * np.exp(-kt / 0.03)) / sample_rate) * np.exp(-kt / 0.12)).astype(np.float32)
+    kick = (np.sin(2 * np.pi * np.cumsum(50 + 100 * np.exp(-kt / 0.03)) / sample_rate) * np.exp(-kt / 0.12)).astype(
+        np.float32
+    )
     snare = (rng.normal(0, 1, s_len) * np.exp(-np.arange(s_len) / (0.05 * sample_rate))).astype(np.float32)
-    hat = np.diff(rng.normal(0, 1, h_len + 1)).astype(np.float32) * np.exp(-np.arange(h_len) / (0.01 * sample_rate)).astype(np.float32)
+    hat = np.diff(rng.normal(0, 1, h_len + 1)).astype(np.float32) * np.exp(
+        -np.arange(h_len) / (0.01 * sample_rate)
+    ).astype(np.float32)
     hats_per_beat = 2 if a01 < 0.55 else 4
     for i, onset in enumerate(np.arange(0, seconds, beat)):
         s = int(onset * sample_rate)
         if i % 2 == 0:
-            drums[s:s + k_len] += kick
+            drums[s : s + k_len] += kick
         else:
-            drums[s:s + s_len] += 0.8 * drive * snare
+            drums[s : s + s_len] += 0.8 * drive * snare
         for j in range(hats_per_beat):
             h = s + int(j * beat / hats_per_beat * sample_rate)
-            drums[h:h + h_len] += 0.3 * drive * hat
+            drums[h : h + h_len] += 0.3 * drive * hat
     drums = drums[:n]
 
     left = 0.5 * pads + 0.6 * bass + 0.7 * drive * drums
@@ -184,8 +190,9 @@ def annotation_table(ids: np.ndarray, valence: np.ndarray, arousal: np.ndarray, 
     v = np.clip(np.round(5 + 4 * valence + rng.normal(0, 0.6, len(ids)), 1), 1, 9)
     a = np.clip(np.round(5 + 4 * arousal + rng.normal(0, 0.6, len(ids)), 1), 1, 9)
     std = np.round(rng.uniform(0.5, 1.8, size=(len(ids), 2)), 2)
-    return pd.DataFrame({"song_id": ids, "valence_mean": v, "valence_std": std[:, 0],
-                         "arousal_mean": a, "arousal_std": std[:, 1]})
+    return pd.DataFrame(
+        {"song_id": ids, "valence_mean": v, "valence_std": std[:, 0], "arousal_mean": a, "arousal_std": std[:, 1]}
+    )
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:
@@ -207,20 +214,54 @@ def write_annotations(root: str, table: pd.DataFrame) -> None:
     late = table[table["song_id"] > 2000]
     cols = ["song_id", "valence_mean", "valence_std", "arousal_mean", "arousal_std"]
     atomic_write_text(os.path.join(folder, FILE_1_2000), _csv_text(cols, early[cols].values.tolist()))
-    header = ["song_id", "valence_mean", "valence_std", "valence_ max_mean", "valence_max_std",
-              "valence_min_mean", "valence_min_std", "arousal_mean", "arousal_std", "arousal_max_mean",
-              "arousal_max_std", "arousal_min_mean", "arousal_min_std"]
+    header = [
+        "song_id",
+        "valence_mean",
+        "valence_std",
+        "valence_ max_mean",
+        "valence_max_std",
+        "valence_min_mean",
+        "valence_min_std",
+        "arousal_mean",
+        "arousal_std",
+        "arousal_max_mean",
+        "arousal_max_std",
+        "arousal_min_mean",
+        "arousal_min_std",
+    ]
     rows = []
     for r in late.itertuples():
         vmax, vmin = min(r.valence_mean + 1.5, 9), max(r.valence_mean - 1.5, 1)
         amax, amin = min(r.arousal_mean + 1.5, 9), max(r.arousal_mean - 1.5, 1)
-        rows.append([r.song_id, r.valence_mean, r.valence_std, vmax, 1.0, vmin, 1.0,
-                     r.arousal_mean, r.arousal_std, amax, 1.0, amin, 1.0])
+        rows.append(
+            [
+                r.song_id,
+                r.valence_mean,
+                r.valence_std,
+                vmax,
+                1.0,
+                vmin,
+                1.0,
+                r.arousal_mean,
+                r.arousal_std,
+                amax,
+                1.0,
+                amin,
+                1.0,
+            ]
+        )
     atomic_write_text(os.path.join(folder, FILE_2000_2058), _csv_text(header, rows))
 
 
-def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed: int = 0,
-                   sample_rate: int = 44100, num_workers: int = 0, style: str = "demo") -> pd.DataFrame:
+def make_demo_deam(
+    root: str,
+    num_songs: int = 120,
+    seconds: float = 30.0,
+    seed: int = 0,
+    sample_rate: int = 44100,
+    num_workers: int = 0,
+    style: str = "demo",
+) -> pd.DataFrame:
     """Write a synthetic DEAM under ``root`` (skipped when the same one is already there).
 
     ``style``: "demo" (mono wavetable songs) or "band" (stereo drums + pads + bass); see the
@@ -244,8 +285,10 @@ def make_demo_deam(root: str, num_songs: int = 120, seconds: float = 30.0, seed:
                 return truth
     os.makedirs(audio_dir, exist_ok=True)
     write_annotations(root, annotation_table(ids, valence, arousal, seed))
-    tasks = [(p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i), style)
-             for p, v, a, i in zip(paths, valence, arousal, ids)]
+    tasks = [
+        (p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i), style)
+        for p, v, a, i in zip(paths, valence, arousal, ids)
+    ]
     bar = tqdm(total=len(tasks), desc="demo songs", unit="song")
     for _ in parallel_imap(_write_song, tasks, num_workers):
         bar.update(1)

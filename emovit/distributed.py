@@ -48,8 +48,9 @@ class Ranks:
 
 def ranks() -> Ranks:
     """This process's place, from the variables torchrun sets (one process without them)."""
-    return Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
+    return Ranks(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def init() -> tuple[Ranks, str]:

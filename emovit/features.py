@@ -47,8 +47,16 @@ from emovit.files import (
     parallel_imap,
 )
 
-PARAM_FIELDS = ("sample_rate", "clip_seconds", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin",
-                "max_clip_seconds")
+PARAM_FIELDS = (
+    "sample_rate",
+    "clip_seconds",
+    "clip_offset",
+    "n_fft",
+    "hop_length",
+    "n_mels",
+    "db_amin",
+    "max_clip_seconds",
+)
 # The fields that change what the store holds: its cache key (clip_seconds, the model's window, is not one).
 STORE_FIELDS = ("sample_rate", "clip_offset", "n_fft", "hop_length", "n_mels", "db_amin", "max_clip_seconds")
 STORE_VERSION = 3  # bump when the stored representation changes (3: clips independent of the window)
@@ -134,7 +142,7 @@ class FeatureStore:
         mels, frames = self.song_mels(song_ids), self.song_frames(song_ids)
         window = self.params.num_frames
         starts = [int(crop_starts(f, window, 1)[0]) for f in frames]
-        return np.stack([m[:, s:s + window] for m, s in zip(mels, starts)]) if len(mels) else mels[:, :, :window]
+        return np.stack([m[:, s : s + window] for m, s in zip(mels, starts)]) if len(mels) else mels[:, :, :window]
 
 
 def crop_starts(frames: int, window: int, count: int) -> np.ndarray:
@@ -152,8 +160,12 @@ def crop_starts(frames: int, window: int, count: int) -> np.ndarray:
 def log_mel(y: np.ndarray, params: MelParams) -> np.ndarray:
     """Mono waveform (num_samples,) -> log-mel (n_mels, T) float32 in dB re 1.0."""
     power = librosa.feature.melspectrogram(
-        y=y, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
-        n_mels=params.n_mels, power=2.0,
+        y=y,
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        power=2.0,
     )
     return librosa.power_to_db(power, ref=1.0, amin=params.db_amin, top_db=None).astype(np.float32)
 
@@ -178,14 +190,19 @@ def load_clip(path: str, params: MelParams) -> tuple[np.ndarray, str]:
     n_max = params.max_samples
     start = int(round(params.clip_offset * params.sample_rate))
     extra = params.hop_length / params.sample_rate  # read a little more to detect cropping
-    full, _ = librosa.load(path, sr=params.sample_rate, mono=True, offset=0.0,
-                           duration=params.clip_offset + n_max / params.sample_rate + extra)
+    full, _ = librosa.load(
+        path,
+        sr=params.sample_rate,
+        mono=True,
+        offset=0.0,
+        duration=params.clip_offset + n_max / params.sample_rate + extra,
+    )
     if len(full) == 0:
         raise ValueError("no audio samples decoded")
     if not np.all(np.isfinite(full)):
         raise ValueError("decoded samples are not finite")
     if len(full) - start >= n_max:
-        y = full[start:start + n_max]
+        y = full[start : start + n_max]
         status = "cropped" if len(full) - start > n_max else "ok"
     elif start > 0:
         # Ends before offset + max clip: keep the clip that ends where decoding ends (not the
@@ -218,7 +235,7 @@ def extract_one(task: tuple[int, str, MelParams]) -> tuple[int, np.ndarray | Non
     except Exception as err:  # noqa: BLE001 -- any decoder failure is recorded, never fatal
         message = str(err).strip() or "no audio decoder could read the file"
         return row, None, "failed", f"{type(err).__name__}: {message}"[:300]
-    return row, mel[:, :params.max_frames].astype(np.float16), status, ""
+    return row, mel[:, : params.max_frames].astype(np.float16), status, ""
 
 
 def pad_frames(mel: np.ndarray, frames: int, floor: float) -> np.ndarray:
@@ -271,8 +288,14 @@ def extract_features(songs: pd.DataFrame, cfg: Config, num_workers: int | None =
     counts = {k: int((status == k).sum()) for k in ("ok", "padded", "cropped", "shifted", "failed")}
     _check_error_fraction(errors, len(songs), cfg.max_error_fraction)
     store = FeatureStore(
-        mels=mels, songs=ok.reset_index(drop=True), errors=errors, counts=counts,
-        cache_hit=cache_hit, path=path, seconds=time.perf_counter() - start, params=params,
+        mels=mels,
+        songs=ok.reset_index(drop=True),
+        errors=errors,
+        counts=counts,
+        cache_hit=cache_hit,
+        path=path,
+        seconds=time.perf_counter() - start,
+        params=params,
     )
     LOG.info("features: %s in %.1f s", counts, store.seconds)
     return store
@@ -289,16 +312,20 @@ def _extract_to(path: str, songs: pd.DataFrame, params: MelParams, num_workers: 
     errors = []
     LOG.info("features: extracting %d songs with %d process(es)", n, workers)
     with atomic_path(path) as tmp:
-        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                          shape=(n, params.n_mels, params.max_frames))
+        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, params.n_mels, params.max_frames))
         bar = tqdm(total=n, desc="log-mel", unit="song")
         floor = 10 * np.log10(params.db_amin)  # silence, in the store's dB
         _collect(parallel_imap(extract_one, tasks, workers), store, songs, status, frames, errors, bar, floor)
         bar.close()
         store.flush()
         del store
-    return {"status": status, "frames": frames, "errors": errors, "params": params.__dict__,
-            "song_ids": songs["song_id"].tolist()}
+    return {
+        "status": status,
+        "frames": frames,
+        "errors": errors,
+        "params": params.__dict__,
+        "song_ids": songs["song_id"].tolist(),
+    }
 
 
 def _collect(results, store, songs, status, frames, errors, bar, floor: float) -> None:

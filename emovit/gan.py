@@ -122,8 +122,9 @@ class Generator(nn.Module):
         self.arch = arch
         widths = generator_widths(arch.channels)
         cond_dim = arch.embed_dim + arch.z_dim
-        self.embed = nn.Sequential(nn.Linear(arch.label_dim, arch.embed_dim), nn.ReLU(),
-                                   nn.Linear(arch.embed_dim, arch.embed_dim))
+        self.embed = nn.Sequential(
+            nn.Linear(arch.label_dim, arch.embed_dim), nn.ReLU(), nn.Linear(arch.embed_dim, arch.embed_dim)
+        )
         self.const = nn.Parameter(torch.randn(1, widths[0], arch.rows0, 1))  # per-row identity, extended in time
         self.global_proj = nn.Linear(cond_dim, widths[0] * arch.rows0)
         self.inp = nn.Conv2d(widths[0] + arch.noise_dim, widths[0], 3, padding=1)
@@ -138,8 +139,9 @@ class Generator(nn.Module):
     def noise_shape(self, batch: int, frames: int | None = None) -> tuple[int, int, int, int]:
         return (batch, self.arch.noise_dim, self.arch.rows0, self.arch.columns0(frames))
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None,
-                frames: int | None = None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None, frames: int | None = None
+    ) -> torch.Tensor:
         frames = frames or self.arch.frames
         if noise is None:
             noise = torch.randn(self.noise_shape(len(z), frames), device=z.device, dtype=z.dtype)
@@ -153,7 +155,7 @@ class Generator(nn.Module):
             x = x + self.band_level(c)[:, None, :, None]
         mid, half = (self.arch.out_high + self.arch.out_low) / 2, (self.arch.out_high - self.arch.out_low) / 2
         start = self.arch.margin * 2**UPSAMPLINGS  # the margins' frames are dropped with their zero-padded edges
-        return (mid + half * torch.tanh(x))[..., start:start + frames]
+        return (mid + half * torch.tanh(x))[..., start : start + frames]
 
 
 class DBlock(nn.Module):
@@ -199,12 +201,18 @@ class Discriminator(nn.Module):
             # (1-Lipschitz) MLP to score without this rescaling (docs/experiments.md, section 1.3)
             self.register_buffer("stats_shift", torch.zeros(2 * arch.n_mels))
             self.register_buffer("stats_scale", torch.ones(2 * arch.n_mels))
-            self.stats = nn.Sequential(spectral_norm(nn.Linear(2 * arch.n_mels, widths[-1])), nn.LeakyReLU(0.2),
-                                       spectral_norm(nn.Linear(widths[-1], widths[-1])))
+            self.stats = nn.Sequential(
+                spectral_norm(nn.Linear(2 * arch.n_mels, widths[-1])),
+                nn.LeakyReLU(0.2),
+                spectral_norm(nn.Linear(widths[-1], widths[-1])),
+            )
             self.features_dim += widths[-1]
         self.linear = spectral_norm(nn.Linear(self.features_dim, 1))
-        self.embed = nn.Sequential(spectral_norm(nn.Linear(arch.label_dim, arch.embed_dim)), nn.ReLU(),
-                                   spectral_norm(nn.Linear(arch.embed_dim, self.features_dim)))
+        self.embed = nn.Sequential(
+            spectral_norm(nn.Linear(arch.label_dim, arch.embed_dim)),
+            nn.ReLU(),
+            spectral_norm(nn.Linear(arch.embed_dim, self.features_dim)),
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, W) -> phi (B, features_dim) float32 (pooling outside autocast)."""

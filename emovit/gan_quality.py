@@ -35,7 +35,7 @@ def centre_crop(mels: np.ndarray, frames: int) -> np.ndarray:
     """(N, n_mels, T) -> (N, n_mels, min(T, frames)): the centre ``frames`` of each row, so whole
     stored clips compare like with like with generated windows of ``frames``."""
     start = max(0, (mels.shape[2] - frames) // 2)
-    return mels[:, :, start:start + frames]
+    return mels[:, :, start : start + frames]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,9 +58,15 @@ def mean_pairwise_distance(x: np.ndarray, max_items: int = 500, seed: int = 0) -
     return float(np.sqrt(d2[iu]).mean())
 
 
-def gan_quality(real_train: np.ndarray, train_labels: np.ndarray, real_val: np.ndarray,
-                val_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
-                seed: int = 0) -> dict:
+def gan_quality(
+    real_train: np.ndarray,
+    train_labels: np.ndarray,
+    real_val: np.ndarray,
+    val_labels: np.ndarray,
+    synthetic: np.ndarray,
+    synthetic_labels: np.ndarray,
+    seed: int = 0,
+) -> dict:
     """Every measure as {"value": synthetic, "reference": real-data value} per dimension.
 
     Args:
@@ -76,23 +82,35 @@ def gan_quality(real_train: np.ndarray, train_labels: np.ndarray, real_val: np.n
     on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
     out: dict = {"n_real_train": len(f_train), "n_real_val": len(f_val), "n_synthetic": len(f_syn)}
     for d, dim in enumerate(DIMENSIONS):
-        out[f"label_fidelity_{dim}"] = {"value": ccc(synthetic_labels[:, d], on_syn[:, d]),
-                                        "reference": ccc(val_labels[:, d], on_val[:, d])}
-        out[f"train_synthetic_test_real_{dim}"] = {"value": ccc(val_labels[:, d], syn_on_val[:, d]),
-                                                   "reference": ccc(val_labels[:, d], on_val[:, d])}
+        out[f"label_fidelity_{dim}"] = {
+            "value": ccc(synthetic_labels[:, d], on_syn[:, d]),
+            "reference": ccc(val_labels[:, d], on_val[:, d]),
+        }
+        out[f"train_synthetic_test_real_{dim}"] = {
+            "value": ccc(val_labels[:, d], syn_on_val[:, d]),
+            "reference": ccc(val_labels[:, d], on_val[:, d]),
+        }
     rng = np.random.default_rng(seed)
     subset = f_syn[rng.choice(len(f_syn), min(len(f_val), len(f_syn)), replace=False)]
-    out["frechet_distance"] = {"value": frechet_distance(f_train, subset), "reference": frechet_distance(f_train, f_val)}
+    out["frechet_distance"] = {
+        "value": frechet_distance(f_train, subset),
+        "reference": frechet_distance(f_train, f_val),
+    }
     scaler = StandardScaler().fit(f_train)
-    out["diversity"] = {"value": mean_pairwise_distance(scaler.transform(f_syn), seed=seed),
-                        "reference": mean_pairwise_distance(scaler.transform(f_train), seed=seed)}
+    out["diversity"] = {
+        "value": mean_pairwise_distance(scaler.transform(f_syn), seed=seed),
+        "reference": mean_pairwise_distance(scaler.transform(f_train), seed=seed),
+    }
     return out
 
 
 READS = {
-    "label_fidelity": "CCC of the real-trained probe on synthetic samples vs their conditioning labels; near the reference = labels carried",
-    "train_synthetic_test_real": "CCC on real validation songs of a probe trained on synthetic samples only; near the reference = useful training data",
-    "frechet_distance": "lower is closer to the real training distribution; the reference is real train vs real validation",
+    "label_fidelity": "CCC of the real-trained probe on synthetic samples vs their conditioning labels; "
+    "near the reference = labels carried",
+    "train_synthetic_test_real": "CCC on real validation songs of a probe trained on synthetic samples only; "
+    "near the reference = useful training data",
+    "frechet_distance": "lower is closer to the real training distribution; "
+    "the reference is real train vs real validation",
     "diversity": "mean pairwise feature distance; far below the reference = mode collapse",
 }
 
@@ -103,8 +121,14 @@ def quality_table(quality: dict) -> pd.DataFrame:
     for name, v in quality.items():
         if isinstance(v, dict) and "value" in v:
             base = next(k for k in READS if name.startswith(k))
-            rows.append({"measure": name, "synthetic": round(v["value"], 3), "real reference": round(v["reference"], 3),
-                         "how to read": READS[base]})
+            rows.append(
+                {
+                    "measure": name,
+                    "synthetic": round(v["value"], 3),
+                    "real reference": round(v["reference"], 3),
+                    "how to read": READS[base],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -115,14 +139,25 @@ def assess_gan(gan, synthetic, store, split, output_dir: str, seed: int = 0) -> 
     """
     labels = store.songs.set_index("song_id")[["valence", "arousal"]]
     train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")
-    quality = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(), store.centre_windows(val_ids),
-                          labels.loc[val_ids].to_numpy(), synthetic.mels, synthetic.labels, seed=seed)
+    quality = gan_quality(
+        store.centre_windows(train_ids),
+        labels.loc[train_ids].to_numpy(),
+        store.centre_windows(val_ids),
+        labels.loc[val_ids].to_numpy(),
+        synthetic.mels,
+        synthetic.labels,
+        seed=seed,
+    )
     quality["training"] = {
-        "steps_completed": gan.steps_completed, "best_step": gan.best_step, "skipped_steps": gan.skipped_steps,
+        "steps_completed": gan.steps_completed,
+        "best_step": gan.best_step,
+        "skipped_steps": gan.skipped_steps,
         # passes over the training songs' crops, for readers used to epochs
         "epochs_completed": round(gan.steps_completed * gan.batch_size / max(len(train_ids), 1), 1),
-        "diverged": gan.diverged, "reused_checkpoint": gan.reused,
-        "train_seconds": gan.seconds, "trained_seconds": gan.trained_seconds,  # this run; the run that trained it
+        "diverged": gan.diverged,
+        "reused_checkpoint": gan.reused,
+        "train_seconds": gan.seconds,
+        "trained_seconds": gan.trained_seconds,  # this run; the run that trained it
         "generator_parameters": count_parameters(gan.generator),
         "discriminator_parameters": count_parameters(gan.discriminator),
     }

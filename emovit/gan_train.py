@@ -56,9 +56,25 @@ from emovit.probe import band_stats, fit_probe
 from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 
-GAN_FIELDS = ("gan_steps", "gan_batch_size", "gan_lr_g", "gan_lr_d", "gan_z_dim", "gan_channels",
-              "gan_crop_frames", "gan_diffaugment", "gan_d_band_stats", "gan_mode_seeking", "gan_ema_decay",
-              "gan_eval_every", "gan_margin", "gan_band_condition", "gan_aux_weight", "mixed_precision", "seed")
+GAN_FIELDS = (
+    "gan_steps",
+    "gan_batch_size",
+    "gan_lr_g",
+    "gan_lr_d",
+    "gan_z_dim",
+    "gan_channels",
+    "gan_crop_frames",
+    "gan_diffaugment",
+    "gan_d_band_stats",
+    "gan_mode_seeking",
+    "gan_ema_decay",
+    "gan_eval_every",
+    "gan_margin",
+    "gan_band_condition",
+    "gan_aux_weight",
+    "mixed_precision",
+    "seed",
+)
 CHECKPOINT_VERSION = 2  # 1: the dense-layer generator trained in epochs (stale)
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
@@ -86,22 +102,36 @@ class GanResult:
     trained_seconds: float = 0.0  # training seconds of the run that trained it
 
 
-def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0,
-                     out_high: float = 4.0) -> G.GanArch:
+def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0, out_high: float = 4.0) -> G.GanArch:
     """The GAN architecture of ``cfg`` (output range: the standardized training data's min and max)."""
-    return G.GanArch(n_mels=n_mels or cfg.n_mels, frames=cfg.num_frames, z_dim=cfg.gan_z_dim,
-                     channels=cfg.gan_channels, out_low=out_low, out_high=out_high, d_band_stats=cfg.gan_d_band_stats,
-                     margin=cfg.gan_margin, band_condition=cfg.gan_band_condition)
+    return G.GanArch(
+        n_mels=n_mels or cfg.n_mels,
+        frames=cfg.num_frames,
+        z_dim=cfg.gan_z_dim,
+        channels=cfg.gan_channels,
+        out_low=out_low,
+        out_high=out_high,
+        d_band_stats=cfg.gan_d_band_stats,
+        margin=cfg.gan_margin,
+        band_condition=cfg.gan_band_condition,
+    )
 
 
-def gan_key(cfg: Config, arch: G.GanArch, feature_path: str, song_ids, labels: np.ndarray,
-            standardizer: Standardizer) -> str:
+def gan_key(
+    cfg: Config, arch: G.GanArch, feature_path: str, song_ids, labels: np.ndarray, standardizer: Standardizer
+) -> str:
     """Hash of everything the trained GAN depends on: settings, arch, features, songs, label values."""
-    return hash_json({
-        "version": CHECKPOINT_VERSION, "gan": {k: getattr(cfg, k) for k in GAN_FIELDS}, "arch": arch.to_dict(),
-        "features": os.path.basename(feature_path), "songs": [int(s) for s in song_ids],
-        "labels": np.round(np.asarray(labels, np.float64), 6).tolist(), "standardizer": standardizer.to_dict(),
-    })
+    return hash_json(
+        {
+            "version": CHECKPOINT_VERSION,
+            "gan": {k: getattr(cfg, k) for k in GAN_FIELDS},
+            "arch": arch.to_dict(),
+            "features": os.path.basename(feature_path),
+            "songs": [int(s) for s in song_ids],
+            "labels": np.round(np.asarray(labels, np.float64), 6).tolist(),
+            "standardizer": standardizer.to_dict(),
+        }
+    )
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -135,8 +165,7 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32)
     x = torch.from_numpy(np.ascontiguousarray(store.song_mels(song_ids)))  # (N, n_mels, T_store) float16 dB
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
-    arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3),
-                            out_high=round(float(x.max()), 3))
+    arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
     folder = workspace.entry(cfg, "gan", key)  # the checkpoints' home, shared by every run of these settings
     g_path, d_path = os.path.join(folder, "generator.pth"), os.path.join(folder, "discriminator.pth")
@@ -177,7 +206,9 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device, aux=aux)
     result.seconds = result.trained_seconds = time.perf_counter() - start
     result.weights_digest = weights_digest(result.generator)
-    params = sum(p.numel() for m in (result.generator, result.train_generator, result.discriminator) for p in m.parameters())
+    params = sum(
+        p.numel() for m in (result.generator, result.train_generator, result.discriminator) for p in m.parameters()
+    )
     workspace.ensure_free(folder, 4 * params, "the GAN checkpoints")
     save_gan(result, cfg, g_path, d_path)
     _export(cfg, folder, g_path, d_path)
@@ -192,6 +223,7 @@ def _export(cfg: Config, folder: str, *paths: str) -> None:
 
 
 # ---- monitoring on validation songs ----------------------------------------------------------
+
 
 @dataclass
 class Monitor:
@@ -234,8 +266,10 @@ class Monitor:
 
 # ---- training --------------------------------------------------------------------------------
 
-def random_crops(x: torch.Tensor, idx: torch.Tensor, frames: np.ndarray, length: int,
-                 rng: torch.Generator) -> torch.Tensor:
+
+def random_crops(
+    x: torch.Tensor, idx: torch.Tensor, frames: np.ndarray, length: int, rng: torch.Generator
+) -> torch.Tensor:
     """(B, 1, n_mels, length) float32 windows of songs ``x[idx]`` at random valid offsets.
 
     Songs with fewer valid frames than ``length`` start at 0 (their padding is included).
@@ -244,7 +278,7 @@ def random_crops(x: torch.Tensor, idx: torch.Tensor, frames: np.ndarray, length:
     for i in idx.tolist():
         span = int(frames[i]) - length
         start = int(torch.randint(0, span + 1, (1,), generator=rng)) if span > 0 else 0
-        out.append(x[i, :, :, start:start + length])
+        out.append(x[i, :, :, start : start + length])
     return torch.stack(out).float()
 
 
@@ -260,8 +294,17 @@ def discriminator_step(gen, disc, real, labels, cfg: Config, autocast, aug_rng) 
     return d_loss, d_real, d_fake, fake
 
 
-def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, aug_rng,
-                        real: torch.Tensor | None = None, aux: G.BandProbe | None = None) -> torch.Tensor:
+def generator_step_loss(
+    gen,
+    disc,
+    labels,
+    frames: int,
+    cfg: Config,
+    autocast,
+    aug_rng,
+    real: torch.Tensor | None = None,
+    aux: G.BandProbe | None = None,
+) -> torch.Tensor:
     """Hinge G loss; with ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with
     different z, and the term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) -
     band stats(fake_b)| / |z_a - z_b| up to the same ratio measured between real crops of two
@@ -270,7 +313,7 @@ def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, a
     half = len(labels) // 2
     seek = cfg.gan_mode_seeking > 0 and half > 0 and real is not None
     if seek:
-        labels = torch.cat([labels[:half], labels[:half], labels[2 * half:]])
+        labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
     with autocast():
         fake = gen(z, labels, frames=frames)
         loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
@@ -278,9 +321,9 @@ def generator_step_loss(gen, disc, labels, frames: int, cfg: Config, autocast, a
         loss = loss + cfg.gan_aux_weight * F.mse_loss(aux(fake), labels.float())
     if seek:
         s_fake, s_real = G.band_moments(fake.float()), G.band_moments(real.float())
-        dz = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
-        ratio = (s_fake[:half] - s_fake[half:2 * half]).abs().mean(dim=1) / dz
-        target = ((s_real[:half] - s_real[half:2 * half]).abs().mean(dim=1) / dz).mean().detach()
+        dz = (z[:half] - z[half : 2 * half]).abs().mean(dim=1)
+        ratio = (s_fake[:half] - s_fake[half : 2 * half]).abs().mean(dim=1) / dz
+        target = ((s_real[:half] - s_real[half : 2 * half]).abs().mean(dim=1) / dz).mean().detach()
         loss = loss + cfg.gan_mode_seeking * F.relu(target - ratio.mean())
     return loss
 
@@ -304,8 +347,15 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 @torch.no_grad()
-def standing_bn_stats(gen: G.Generator, labels: np.ndarray, device: str, frames: int, batches: int = 8,
-                      batch_size: int = 32, seed: int = 0) -> None:
+def standing_bn_stats(
+    gen: G.Generator,
+    labels: np.ndarray,
+    device: str,
+    frames: int,
+    batches: int = 8,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
     """Recompute the (EMA) generator's BatchNorm statistics from its own forward passes
     (BigGAN's "standing statistics"): EMA weights do not match running stats gathered by
     the training weights."""
@@ -318,8 +368,12 @@ def standing_bn_stats(gen: G.Generator, labels: np.ndarray, device: str, frames:
     cpu = torch.Generator().manual_seed(seed)
     for _ in range(batches):
         y = torch.from_numpy(np.asarray(labels)[rng.integers(0, len(labels), batch_size)]).to(device)
-        gen(torch.randn(batch_size, gen.arch.z_dim, generator=cpu).to(device), y,
-            noise=torch.randn(gen.noise_shape(batch_size, frames), generator=cpu).to(device), frames=frames)
+        gen(
+            torch.randn(batch_size, gen.arch.z_dim, generator=cpu).to(device),
+            y,
+            noise=torch.randn(gen.noise_shape(batch_size, frames), generator=cpu).to(device),
+            frames=frames,
+        )
     for m in gen.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 0.1
@@ -327,8 +381,12 @@ def standing_bn_stats(gen: G.Generator, labels: np.ndarray, device: str, frames:
 
 
 def _snapshot(result: GanResult, gen, disc, ema, step: int) -> dict:
-    return {"gen": copy.deepcopy(gen.state_dict()), "disc": copy.deepcopy(disc.state_dict()),
-            "ema": copy.deepcopy(ema.state_dict()), "step": step}
+    return {
+        "gen": copy.deepcopy(gen.state_dict()),
+        "disc": copy.deepcopy(disc.state_dict()),
+        "ema": copy.deepcopy(ema.state_dict()),
+        "step": step,
+    }
 
 
 def _crop_length(cfg: Config, stored_frames: int) -> int:
@@ -338,8 +396,16 @@ def _crop_length(cfg: Config, stored_frames: int) -> int:
     return crop - (crop % 2**G.UPSAMPLINGS if crop >= 2**G.UPSAMPLINGS else 0)
 
 
-def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None, cfg: Config, device: str,
-           aux: G.BandProbe | None = None) -> None:
+def _train(
+    result: GanResult,
+    x,
+    y,
+    frames: np.ndarray,
+    monitor: Monitor | None,
+    cfg: Config,
+    device: str,
+    aux: G.BandProbe | None = None,
+) -> None:
     """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place. ``aux``: a
     frozen regressor whose squared error on the fakes' labels joins G's loss (``gan_aux_weight``)."""
     gen, disc = result.generator, result.discriminator
@@ -386,18 +452,32 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
                 scaler_g.step(opt_g)
                 scaler_g.update()
                 update_ema(ema, gen, ema_decay(step, cfg.gan_ema_decay))
-                sums += [float(d_loss.detach()), float(g_loss.detach()), float(d_real.detach().mean()), float(d_fake.detach().mean())]
+                sums += [
+                    float(d_loss.detach()),
+                    float(g_loss.detach()),
+                    float(d_real.detach().mean()),
+                    float(d_fake.detach().mean()),
+                ]
                 count += 1
         if skipped > cfg.max_skipped_steps:
             for model, key in ((gen, "gen"), (disc, "disc"), (ema, "ema")):
                 model.load_state_dict(last_good[key])
             result.diverged = {"step": step, "skipped_steps": skipped, "restored_step": last_good["step"]}
-            LOG.warning("GAN: %d steps with a non-finite loss (limit max_skipped_steps=%d); restored the weights "
-                        "of step %d and stopped GAN training", skipped, cfg.max_skipped_steps, last_good["step"])
+            LOG.warning(
+                "GAN: %d steps with a non-finite loss (limit max_skipped_steps=%d); restored the weights "
+                "of step %d and stopped GAN training",
+                skipped,
+                cfg.max_skipped_steps,
+                last_good["step"],
+            )
             break
         if step % cfg.gan_eval_every == 0 or step == cfg.gan_steps:
-            row = {"step": step, **dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), (sums / max(count, 1)).tolist())),
-                   "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
+            row = {
+                "step": step,
+                **dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), (sums / max(count, 1)).tolist())),
+                "skipped_steps": skipped,
+                "seconds": time.perf_counter() - t0,
+            }
             standing_bn_stats(ema, result.train_labels, device, crop, seed=cfg.seed)
             if monitor is not None:
                 row |= monitor.evaluate(ema, result.standardizer, device, seed=cfg.seed)
@@ -407,8 +487,13 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
                 best, best_score = last_good, score
             row = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
             result.history.append(row)
-            bar.set_postfix({k: f"{row[k]:.2f}" for k in ("d_loss", "g_loss", "fidelity_valence", "fidelity_arousal",
-                                                             "frechet") if k in row})
+            bar.set_postfix(
+                {
+                    k: f"{row[k]:.2f}"
+                    for k in ("d_loss", "g_loss", "fidelity_valence", "fidelity_arousal", "frechet")
+                    if k in row
+                }
+            )
             sums, count = np.zeros(4), 0
         result.steps_completed = step
     bar.close()
@@ -424,6 +509,7 @@ def _train(result: GanResult, x, y, frames: np.ndarray, monitor: Monitor | None,
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
+
 class StaleCheckpoint(Exception):
     """A generator.pth from another checkpoint version or architecture: retrain, never load."""
 
@@ -436,20 +522,30 @@ def save_gan(result: GanResult, cfg: Config, g_path: str, d_path: str) -> None:
     history, the kept step and the weights digest.
     """
     common = {
-        "arch": result.arch.to_dict(), "key": result.key, "standardizer": result.standardizer.to_dict(),
+        "arch": result.arch.to_dict(),
+        "key": result.key,
+        "standardizer": result.standardizer.to_dict(),
         "train_labels": torch.from_numpy(np.asarray(result.train_labels, np.float32)),
-        "history": result.history, "diverged": result.diverged, "config": cfg.to_dict(),
-        "seconds": result.seconds, "version": CHECKPOINT_VERSION, "best_step": result.best_step,
-        "steps_completed": result.steps_completed, "skipped_steps": result.skipped_steps,
-        "weights_digest": result.weights_digest, "batch_size": result.batch_size,
+        "history": result.history,
+        "diverged": result.diverged,
+        "config": cfg.to_dict(),
+        "seconds": result.seconds,
+        "version": CHECKPOINT_VERSION,
+        "best_step": result.best_step,
+        "steps_completed": result.steps_completed,
+        "skipped_steps": result.skipped_steps,
+        "weights_digest": result.weights_digest,
+        "batch_size": result.batch_size,
     }
 
     def cpu(model):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     train_gen = result.train_generator or result.generator
-    files = ((g_path, {"state_dict": cpu(result.generator), "train_state_dict": cpu(train_gen)}),
-             (d_path, {"state_dict": cpu(result.discriminator)}))
+    files = (
+        (g_path, {"state_dict": cpu(result.generator), "train_state_dict": cpu(train_gen)}),
+        (d_path, {"state_dict": cpu(result.discriminator)}),
+    )
     for path, states in files:
         with atomic_path(path) as tmp:
             torch.save({**states, **common}, tmp)
@@ -467,8 +563,10 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     for path, ckpt in ((g_path, g_ckpt), (d_path, d_ckpt)):
         version, name = ckpt.get("version"), ckpt.get("arch", {}).get("name")
         if version != CHECKPOINT_VERSION or name != G.ARCH_NAME:
-            raise StaleCheckpoint(f"{path} is checkpoint version {version}, architecture {name!r} "
-                                  f"(this code: version {CHECKPOINT_VERSION}, {G.ARCH_NAME!r})")
+            raise StaleCheckpoint(
+                f"{path} is checkpoint version {version}, architecture {name!r} "
+                f"(this code: version {CHECKPOINT_VERSION}, {G.ARCH_NAME!r})"
+            )
     unknown = sorted(set(g_ckpt["arch"]) - {f.name for f in dataclasses.fields(G.GanArch)})
     if unknown:  # written by a development version under the same name: its shapes are not ours
         raise StaleCheckpoint(f"{g_path} has architecture settings this code does not know: {unknown}")
@@ -477,14 +575,27 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     gen.load_state_dict(g_ckpt["state_dict"])
     disc.load_state_dict(d_ckpt["state_dict"])
     result = GanResult(
-        gen.to(device).eval(), disc.to(device), arch, Standardizer(**g_ckpt["standardizer"]),
-        g_ckpt["train_labels"].numpy(), g_ckpt["key"], g_ckpt["history"], True, g_ckpt["diverged"],
-        g_ckpt["seconds"], g_ckpt["best_step"], g_ckpt["steps_completed"], g_ckpt["skipped_steps"],
-        weights_digest(gen), batch_size=g_ckpt["batch_size"])
+        gen.to(device).eval(),
+        disc.to(device),
+        arch,
+        Standardizer(**g_ckpt["standardizer"]),
+        g_ckpt["train_labels"].numpy(),
+        g_ckpt["key"],
+        g_ckpt["history"],
+        True,
+        g_ckpt["diverged"],
+        g_ckpt["seconds"],
+        g_ckpt["best_step"],
+        g_ckpt["steps_completed"],
+        g_ckpt["skipped_steps"],
+        weights_digest(gen),
+        batch_size=g_ckpt["batch_size"],
+    )
     return result
 
 
 # ---- sampling ------------------------------------------------------------------------------
+
 
 def sample_labels(train_labels: np.ndarray, n: int, jitter: float, seed: int) -> np.ndarray:
     """(n, 2) labels: training rows resampled, plus N(0, jitter), clipped to the training range."""
@@ -495,8 +606,15 @@ def sample_labels(train_labels: np.ndarray, n: int, jitter: float, seed: int) ->
 
 
 @torch.no_grad()
-def generate(gen: G.Generator, labels: np.ndarray, standardizer: Standardizer, device: str,
-             batch_size: int = 64, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+def generate(
+    gen: G.Generator,
+    labels: np.ndarray,
+    standardizer: Standardizer,
+    device: str,
+    batch_size: int = 64,
+    seed: int = 0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Spectrograms for ``labels`` (n, 2): (n, n_mels, gen.arch.frames) float16 in dB, like the real store.
 
     ``out`` may be a memmap to write into; same seed and labels give the same output.
@@ -506,11 +624,11 @@ def generate(gen: G.Generator, labels: np.ndarray, standardizer: Standardizer, d
     out = np.empty((n, gen.arch.n_mels, gen.arch.frames), np.float16) if out is None else out
     rng = torch.Generator(device="cpu").manual_seed(seed)
     for i in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", leave=False):
-        y = torch.from_numpy(np.asarray(labels[i:i + batch_size], np.float32)).to(device)
+        y = torch.from_numpy(np.asarray(labels[i : i + batch_size], np.float32)).to(device)
         z = torch.randn(len(y), gen.arch.z_dim, generator=rng).to(device)
         noise = torch.randn(gen.noise_shape(len(y)), generator=rng).to(device)
         x = standardizer.inverse(gen(z, y, noise=noise).float()).squeeze(1)
-        out[i:i + len(y)] = x.clamp(-1000, 1000).to(torch.float16).cpu().numpy()
+        out[i : i + len(y)] = x.clamp(-1000, 1000).to(torch.float16).cpu().numpy()
     return out
 
 
@@ -536,10 +654,12 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
         labels = sample_labels(result.train_labels, cfg.num_synthetic, cfg.synthetic_label_jitter, cfg.seed)
         workspace.ensure_free(folder, len(labels) * result.arch.n_mels * result.arch.frames * 2, "the synthetic set")
         with atomic_path(mel_path) as tmp:
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                           shape=(len(labels), result.arch.n_mels, result.arch.frames))
-            generate(result.generator, labels, result.standardizer, device, cfg.gan_sample_batch_size,
-                     seed=cfg.seed, out=mm)
+            mm = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float16, shape=(len(labels), result.arch.n_mels, result.arch.frames)
+            )
+            generate(
+                result.generator, labels, result.standardizer, device, cfg.gan_sample_batch_size, seed=cfg.seed, out=mm
+            )
             mm.flush()
             del mm
         with atomic_path(label_path) as tmp:

@@ -23,8 +23,9 @@ def label_scatter(songs: pd.DataFrame, output_dir: str, name: str = "labels_scat
     return fig
 
 
-def example_spectrograms(mels: np.ndarray, labels: pd.DataFrame, params, output_dir: str,
-                         name: str = "example_spectrograms.png"):
+def example_spectrograms(
+    mels: np.ndarray, labels: pd.DataFrame, params, output_dir: str, name: str = "example_spectrograms.png"
+):
     """A few stored clips (k, n_mels, T) in dB, titled with their song id and labels; the
     model's first window (``clip_seconds``) is outlined."""
     k = len(mels)
@@ -32,8 +33,13 @@ def example_spectrograms(mels: np.ndarray, labels: pd.DataFrame, params, output_
     seconds = mels.shape[2] * params.hop_length / params.sample_rate
     for ax, mel, row in zip(axes[0], mels, labels.itertuples()):
         ax.axvspan(0, params.clip_seconds, ymin=0.01, ymax=0.99, fill=False, ec="white", lw=1, ls="--")
-        im = ax.imshow(np.asarray(mel, dtype=np.float32), origin="lower", aspect="auto",
-                       extent=[0, seconds, 0, mel.shape[0]], cmap="magma")
+        im = ax.imshow(
+            np.asarray(mel, dtype=np.float32),
+            origin="lower",
+            aspect="auto",
+            extent=[0, seconds, 0, mel.shape[0]],
+            cmap="magma",
+        )
         ax.set_title(f"song {row.song_id}: V={row.valence:+.2f} A={row.arousal:+.2f}")
         ax.set_xlabel("time (s)")
     axes[0][0].set_ylabel("mel band")
@@ -42,16 +48,24 @@ def example_spectrograms(mels: np.ndarray, labels: pd.DataFrame, params, output_
     return fig
 
 
-def split_distributions(songs: pd.DataFrame, split: pd.DataFrame, output_dir: str,
-                        name: str = "split_distributions.png"):
+def split_distributions(
+    songs: pd.DataFrame, split: pd.DataFrame, output_dir: str, name: str = "split_distributions.png"
+):
     """Histograms of valence and arousal per split (densities, so sizes do not matter)."""
     merged = songs.merge(split, on="song_id")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     bins = np.linspace(-1, 1, 21)
     for ax, dim in zip(axes, ("valence", "arousal")):
         for name_, group in merged.groupby("split"):
-            ax.hist(group[dim], bins=bins, density=True, histtype="step", lw=2,
-                    color=SPLIT_COLORS.get(name_), label=f"{name_} (n={len(group)})")
+            ax.hist(
+                group[dim],
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=2,
+                color=SPLIT_COLORS.get(name_),
+                label=f"{name_} (n={len(group)})",
+            )
         ax.set_xlabel(f"{dim} ([-1, 1])")
         ax.set_ylabel("density")
         ax.set_title(f"{dim.capitalize()} by split")
@@ -70,8 +84,9 @@ def _va_axes(ax) -> None:
     ax.set_aspect("equal")
 
 
-def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_training_curves.png",
-                        best_step: int | None = None):
+def gan_training_curves(
+    history: list[dict], output_dir: str, name: str = "gan_training_curves.png", best_step: int | None = None
+):
     """Per evaluation step: hinge losses; label fidelity on validation labels beside its real
     reference; Frechet distance to the validation songs beside real-vs-real. The kept step is marked."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), constrained_layout=True)
@@ -82,9 +97,16 @@ def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_t
     axes[0].set_title("Losses")
     if history and "fidelity_valence" in history[0]:
         for dim, color in (("valence", "tab:blue"), ("arousal", "tab:red")):
-            axes[1].plot(steps, [h[f"fidelity_{dim}"] for h in history], marker=".", color=color, label=f"{dim}: synthetic")
-            axes[1].axhline(history[0][f"fidelity_reference_{dim}"], color=color, ls="--", lw=1,
-                            label=f"{dim}: real validation songs")
+            axes[1].plot(
+                steps, [h[f"fidelity_{dim}"] for h in history], marker=".", color=color, label=f"{dim}: synthetic"
+            )
+            axes[1].axhline(
+                history[0][f"fidelity_reference_{dim}"],
+                color=color,
+                ls="--",
+                lw=1,
+                label=f"{dim}: real validation songs",
+            )
         axes[2].plot(steps, [h["frechet"] for h in history], marker=".", label="synthetic vs real validation")
         axes[2].axhline(history[0]["frechet_reference"], color="grey", ls="--", label="real train vs real validation")
         axes[2].set_yscale("log")
@@ -102,8 +124,14 @@ def gan_training_curves(history: list[dict], output_dir: str, name: str = "gan_t
     return fig
 
 
-def real_vs_synthetic(real: np.ndarray, synthetic: np.ndarray, labels: np.ndarray, song_ids, output_dir: str,
-                      name: str = "real_vs_synthetic.png"):
+def real_vs_synthetic(
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    labels: np.ndarray,
+    song_ids,
+    output_dir: str,
+    name: str = "real_vs_synthetic.png",
+):
     """Rows: real training spectrogram (left) beside one generated at the same (V, A) (right)."""
     k = len(real)
     fig, axes = plt.subplots(k, 2, figsize=(10, 2.6 * k), squeeze=False, constrained_layout=True)
@@ -122,8 +150,9 @@ def real_vs_synthetic(real: np.ndarray, synthetic: np.ndarray, labels: np.ndarra
     return fig
 
 
-def label_distributions(real: np.ndarray, synthetic: np.ndarray, output_dir: str,
-                        name: str = "gan_label_distributions.png"):
+def label_distributions(
+    real: np.ndarray, synthetic: np.ndarray, output_dir: str, name: str = "gan_label_distributions.png"
+):
     """Real training labels vs the labels the synthetic samples were conditioned on."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     axes[0].scatter(synthetic[:, 0], synthetic[:, 1], s=4, alpha=0.3, label=f"synthetic (n={len(synthetic)})")
@@ -143,8 +172,13 @@ def label_distributions(real: np.ndarray, synthetic: np.ndarray, output_dir: str
     return fig
 
 
-def vit_training_curves(history: list[dict], output_dir: str, best_epoch: int | None = None,
-                        name: str = "vit_training_curves.png", title: str = "ViT, real + synthetic"):
+def vit_training_curves(
+    history: list[dict],
+    output_dir: str,
+    best_epoch: int | None = None,
+    name: str = "vit_training_curves.png",
+    title: str = "ViT, real + synthetic",
+):
     """Train loss, validation loss and validation CCC per epoch of one model (``title``)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     epochs = [h["epoch"] for h in history]
@@ -166,7 +200,9 @@ def vit_training_curves(history: list[dict], output_dir: str, best_epoch: int | 
     return fig
 
 
-def prediction_scatter(predictions: pd.DataFrame, metrics: dict, output_dir: str, name: str = "test_predictions_scatter.png"):
+def prediction_scatter(
+    predictions: pd.DataFrame, metrics: dict, output_dir: str, name: str = "test_predictions_scatter.png"
+):
     """Predicted vs true per dimension on the test songs, identity line, CCC in the title."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, dim in zip(axes, ("valence", "arousal")):
@@ -198,8 +234,9 @@ def va_plane(predictions: pd.DataFrame, output_dir: str, name: str = "va_plane.p
     return fig
 
 
-def ablation_comparison(models: dict[str, dict], output_dir: str, labels: dict | None = None,
-                        name: str = "ablation_comparison.png"):
+def ablation_comparison(
+    models: dict[str, dict], output_dir: str, labels: dict | None = None, name: str = "ablation_comparison.png"
+):
     """Test CCC per dimension for each model, with 95% bootstrap intervals as error bars."""
     labels = labels or {}
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -209,8 +246,14 @@ def ablation_comparison(models: dict[str, dict], output_dir: str, labels: dict |
         values = np.array([m[d]["ccc"]["value"] for d in ("valence", "arousal")])
         low = values - np.array([m[d]["ccc"]["low"] for d in ("valence", "arousal")])
         high = np.array([m[d]["ccc"]["high"] for d in ("valence", "arousal")]) - values
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, yerr=[low, high], capsize=4,
-               label=labels.get(key, key))
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            values,
+            width,
+            yerr=[low, high],
+            capsize=4,
+            label=labels.get(key, key),
+        )
     ax.set_xticks(x, ["valence", "arousal"])
     ax.set_ylabel("test CCC (95% bootstrap interval)")
     ax.set_title("Does the GAN help? Same split, seed and optimizer steps")
@@ -241,8 +284,9 @@ def augmented_batch(images, labels: np.ndarray, output_dir: str, name: str = "au
     return fig
 
 
-def songs_va_plane(table: pd.DataFrame, output_dir: str, quadrants: dict, neutral_radius: float,
-                   name: str = "my_songs_va_plane.png"):
+def songs_va_plane(
+    table: pd.DataFrame, output_dir: str, quadrants: dict, neutral_radius: float, name: str = "my_songs_va_plane.png"
+):
     """Predicted songs (``emovit.predict`` songs table) on the valence-arousal plane, each named,
     with the quadrant names in the corners and the neutral disc of radius ``neutral_radius``.
 
@@ -251,15 +295,31 @@ def songs_va_plane(table: pd.DataFrame, output_dir: str, quadrants: dict, neutra
     ok = table[table["error"].fillna("") == ""]
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
     if neutral_radius > 0:
-        ax.add_patch(plt.Circle((0, 0), neutral_radius, color="grey", alpha=0.2, lw=0,
-                                label=f"neutral (within {neutral_radius:g} of the centre)"))
+        ax.add_patch(
+            plt.Circle(
+                (0, 0),
+                neutral_radius,
+                color="grey",
+                alpha=0.2,
+                lw=0,
+                label=f"neutral (within {neutral_radius:g} of the centre)",
+            )
+        )
     ax.scatter(ok["valence"], ok["arousal"], s=30, zorder=3, label="song (mean over its windows)")
     for row in ok.itertuples():
         label = row.file if len(row.file) <= 24 else row.file[:21] + "..."
         ax.annotate(label, (row.valence, row.arousal), xytext=(4, 4), textcoords="offset points", fontsize=7)
     for (pos_v, pos_a), words in quadrants.items():
-        ax.text(0.95 if pos_v else -0.95, 0.95 if pos_a else -0.95, words, ha="right" if pos_v else "left",
-                va="top" if pos_a else "bottom", fontsize=10, color="dimgrey", style="italic")
+        ax.text(
+            0.95 if pos_v else -0.95,
+            0.95 if pos_a else -0.95,
+            words,
+            ha="right" if pos_v else "left",
+            va="top" if pos_a else "bottom",
+            fontsize=10,
+            color="dimgrey",
+            style="italic",
+        )
     _va_axes(ax)
     ax.set_title(f"Your songs on the valence-arousal plane (n = {len(ok)})")
     ax.legend(loc="lower center", fontsize=7, bbox_to_anchor=(0.5, -0.22))
@@ -271,8 +331,9 @@ def emotion_curves(curves: pd.DataFrame, output_dir: str, max_songs: int = 4, na
     """Valence and arousal over time for the first ``max_songs`` songs of an ``emovit.predict``
     curves table: one panel per song, each window drawn at its centre, song means dashed."""
     paths = list(dict.fromkeys(curves["path"]))[:max_songs]
-    fig, axes = plt.subplots(len(paths), 1, figsize=(9, 2.4 * max(len(paths), 1)), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(paths), 1, figsize=(9, 2.4 * max(len(paths), 1)), squeeze=False, constrained_layout=True
+    )
     for ax, path in zip(axes[:, 0], paths):
         song = curves[curves["path"] == path]
         centre = (song["start_s"] + song["end_s"]) / 2

@@ -55,15 +55,46 @@ from emovit.files import LOG, atomic_write_csv, load_checkpoint, setup_logging
 from emovit.runtime import amp_dtype, pick_device
 from emovit.vit import DevicePreprocessor, regressor_from_checkpoint
 
-AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wma", ".aif",
-                    ".aiff", ".aifc", ".au", ".caf", ".w64")
+AUDIO_EXTENSIONS = (
+    ".mp3",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".mp4",
+    ".aac",
+    ".wma",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+)
 TAIL_TOLERANCE = 0.01  # a tail of at most this fraction of a window gets no window of its own
 NEUTRAL_RADIUS = 0.1  # [-1, 1] scale; see the module docstring
-QUADRANTS = {(True, True): "happy / excited", (False, True): "angry / tense",
-             (False, False): "sad / depressed", (True, False): "calm / relaxed"}
+QUADRANTS = {
+    (True, True): "happy / excited",
+    (False, True): "angry / tense",
+    (False, False): "sad / depressed",
+    (True, False): "calm / relaxed",
+}
 NEUTRAL = "neutral"
-SONG_COLUMNS = ["path", "file", "seconds", "windows", "padded", "valence", "arousal", "valence_1_9", "arousal_1_9",
-                "quadrant", "error"]
+SONG_COLUMNS = [
+    "path",
+    "file",
+    "seconds",
+    "windows",
+    "padded",
+    "valence",
+    "arousal",
+    "valence_1_9",
+    "arousal_1_9",
+    "quadrant",
+    "error",
+]
 CURVE_COLUMNS = ["path", "file", "window", "start_s", "end_s", "valence", "arousal", "valence_1_9", "arousal_1_9"]
 EMPTY_MESSAGES = {  # decoders that raise with no message
     "NoBackendError": "no audio decoder could read it (not audio, or a format such as m4a/aac that needs ffmpeg)",
@@ -116,19 +147,37 @@ class SongPrediction:
     def row(self, neutral_radius: float = NEUTRAL_RADIUS) -> dict:
         """One row of the songs table (``SONG_COLUMNS``)."""
         v, a = self.valence, self.arousal
-        return {"path": self.path, "file": os.path.basename(self.path), "seconds": self.seconds,
-                "windows": len(self.values), "padded": self.padded, "valence": v, "arousal": a,
-                "valence_1_9": float(to_rating_scale(v)), "arousal_1_9": float(to_rating_scale(a)),
-                "quadrant": quadrant(v, a, neutral_radius), "error": self.error}
+        return {
+            "path": self.path,
+            "file": os.path.basename(self.path),
+            "seconds": self.seconds,
+            "windows": len(self.values),
+            "padded": self.padded,
+            "valence": v,
+            "arousal": a,
+            "valence_1_9": float(to_rating_scale(v)),
+            "arousal_1_9": float(to_rating_scale(a)),
+            "quadrant": quadrant(v, a, neutral_radius),
+            "error": self.error,
+        }
 
     def curve(self) -> pd.DataFrame:
         """The per-window curve (``CURVE_COLUMNS``), one row per window."""
         v, a = self.values[:, 0].astype(float), self.values[:, 1].astype(float)
-        return pd.DataFrame({
-            "path": self.path, "file": os.path.basename(self.path), "window": np.arange(len(self.values)),
-            "start_s": self.starts, "end_s": np.minimum(self.starts + self.window_seconds, self.seconds),
-            "valence": v, "arousal": a, "valence_1_9": to_rating_scale(v), "arousal_1_9": to_rating_scale(a)},
-            columns=CURVE_COLUMNS)
+        return pd.DataFrame(
+            {
+                "path": self.path,
+                "file": os.path.basename(self.path),
+                "window": np.arange(len(self.values)),
+                "start_s": self.starts,
+                "end_s": np.minimum(self.starts + self.window_seconds, self.seconds),
+                "valence": v,
+                "arousal": a,
+                "valence_1_9": to_rating_scale(v),
+                "arousal_1_9": to_rating_scale(a),
+            },
+            columns=CURVE_COLUMNS,
+        )
 
 
 class Predictor:
@@ -205,19 +254,26 @@ class Predictor:
         out = np.empty((len(starts), 2), dtype=np.float32)
         kind = self.device.split(":")[0]
         for i in range(0, len(starts), self.batch_size):
-            batch = torch.stack([full[:, s:s + self.window_frames] for s in starts[i:i + self.batch_size]])
+            batch = torch.stack([full[:, s : s + self.window_frames] for s in starts[i : i + self.batch_size]])
             with torch.autocast(device_type=kind, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                out[i:i + len(batch)] = self.model(self.pre(batch)).float().cpu().numpy()
+                out[i : i + len(batch)] = self.model(self.pre(batch)).float().cpu().numpy()
         self._add(model=time.perf_counter() - t0)
         return starts * self.frame_seconds, out
 
     def predict_decoded(self, decoded: Decoded) -> SongPrediction:
         if decoded.mel is None:
-            return SongPrediction(decoded.path, decoded.seconds, np.zeros(0), np.zeros((0, 2), np.float32),
-                                  self.params.clip_seconds, error=decoded.error)
+            return SongPrediction(
+                decoded.path,
+                decoded.seconds,
+                np.zeros(0),
+                np.zeros((0, 2), np.float32),
+                self.params.clip_seconds,
+                error=decoded.error,
+            )
         starts, values = self.predict_mel(decoded.mel)
-        return SongPrediction(decoded.path, decoded.seconds, starts, values, self.params.clip_seconds,
-                              padded=decoded.padded)
+        return SongPrediction(
+            decoded.path, decoded.seconds, starts, values, self.params.clip_seconds, padded=decoded.padded
+        )
 
     def predict_file(self, path: str) -> SongPrediction:
         return self.predict_decoded(self.decode(path))
@@ -229,8 +285,9 @@ class Predictor:
         if song.error:
             raise ValueError(f"cannot predict {audio_path}: {song.error}")
         row = song.row()
-        return {k: row[k] for k in ("valence", "arousal", "valence_1_9", "arousal_1_9", "quadrant", "seconds",
-                                    "windows")}
+        return {
+            k: row[k] for k in ("valence", "arousal", "valence_1_9", "arousal_1_9", "quadrant", "seconds", "windows")
+        }
 
     def _add(self, **seconds: float) -> None:
         with self._lock:
@@ -271,13 +328,17 @@ def find_audio(folder_or_files: str | os.PathLike | Iterable) -> list[str]:
                 else:
                     ignored[ext or "(no extension)"] += 1
     if ignored:
-        LOG.info("predict: left out %d non-audio or hidden file(s) in the folder(s): %s", sum(ignored.values()),
-                 dict(ignored.most_common(8)))
+        LOG.info(
+            "predict: left out %d non-audio or hidden file(s) in the folder(s): %s",
+            sum(ignored.values()),
+            dict(ignored.most_common(8)),
+        )
     return found
 
 
-def predict_many(paths: list[str], predictor: Predictor, workers: int | None = None,
-                 progress: bool = True) -> list[SongPrediction]:
+def predict_many(
+    paths: list[str], predictor: Predictor, workers: int | None = None, progress: bool = True
+) -> list[SongPrediction]:
     """One ``SongPrediction`` per path, in order. ``workers`` threads decode the next files
     while the model runs (0 = decode in this thread). None: min(4, CPU cores) on a GPU, where
     the model waits for decoding; 1 on the CPU, where decoding and the model share the cores
@@ -294,8 +355,12 @@ def predict_many(paths: list[str], predictor: Predictor, workers: int | None = N
         bar.update(1)
     bar.close()
     failed = sum(bool(r.error) for r in results)
-    LOG.info("predict: %d file(s), %d could not be decoded, %.2f songs/s", len(results), failed,
-             len(results) / max(time.perf_counter() - start, 1e-9))
+    LOG.info(
+        "predict: %d file(s), %d could not be decoded, %.2f songs/s",
+        len(results),
+        failed,
+        len(results) / max(time.perf_counter() - start, 1e-9),
+    )
     return results
 
 
@@ -330,17 +395,27 @@ def curves_table(results: list[SongPrediction]) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
-def predict_folder(folder_or_files, checkpoint: str | Predictor, device: str = "cpu",
-                   hop_seconds: float | None = None, workers: int | None = None, progress: bool = True,
-                   neutral_radius: float = NEUTRAL_RADIUS, return_curves: bool = False):
+def predict_folder(
+    folder_or_files,
+    checkpoint: str | Predictor,
+    device: str = "cpu",
+    hop_seconds: float | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    neutral_radius: float = NEUTRAL_RADIUS,
+    return_curves: bool = False,
+):
     """Predict every audio file of a folder (recursively), a file, or a list of either.
 
     ``checkpoint``: a path or an already loaded ``Predictor`` (then ``device`` and
     ``hop_seconds`` are its own). Returns the songs table, or (songs, curves) with
     ``return_curves``. A file that cannot be decoded is a row with its reason in ``error``.
     """
-    predictor = (checkpoint if isinstance(checkpoint, Predictor)
-                 else Predictor(checkpoint, device=device, hop_seconds=hop_seconds))
+    predictor = (
+        checkpoint
+        if isinstance(checkpoint, Predictor)
+        else Predictor(checkpoint, device=device, hop_seconds=hop_seconds)
+    )
     paths = find_audio(folder_or_files)
     if not paths:
         LOG.warning("predict: no audio files in %s", folder_or_files)
@@ -349,8 +424,9 @@ def predict_folder(folder_or_files, checkpoint: str | Predictor, device: str = "
     return (table, curves_table(results)) if return_curves else table
 
 
-def write_tables(table: pd.DataFrame, curves: pd.DataFrame | None, csv_path: str | None,
-                 curves_path: str | None) -> list[str]:
+def write_tables(
+    table: pd.DataFrame, curves: pd.DataFrame | None, csv_path: str | None, curves_path: str | None
+) -> list[str]:
     """Write the songs table and the curves as CSV (atomically); returns the paths written."""
     written = []
     for frame, path in ((table, csv_path), (curves, curves_path)):
@@ -368,25 +444,42 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emovit.predict",
-        description="Valence, arousal and Russell quadrant of audio files (any length) from best_vit_model.pth.")
+        description="Valence, arousal and Russell quadrant of audio files (any length) from best_vit_model.pth.",
+    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="audio files and/or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="best_vit_model.pth written by the notebook")
     parser.add_argument("--csv", help="write one row per file here")
     parser.add_argument("--curves", help="write one row per window (the curves over time) here")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                        help="seconds between windows (default: half the checkpoint's window)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding threads (default: min(4, cores) on a GPU, 1 on the CPU)")
-    parser.add_argument("--neutral-radius", type=float, default=NEUTRAL_RADIUS,
-                        help=f"'neutral' within this distance of the centre, [-1, 1] scale (default {NEUTRAL_RADIUS})")
+    parser.add_argument(
+        "--hop",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between windows (default: half the checkpoint's window)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: min(4, cores) on a GPU, 1 on the CPU)"
+    )
+    parser.add_argument(
+        "--neutral-radius",
+        type=float,
+        default=NEUTRAL_RADIUS,
+        help=f"'neutral' within this distance of the centre, [-1, 1] scale (default {NEUTRAL_RADIUS})",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     predictor = Predictor(args.checkpoint, device=args.device or pick_device(), hop_seconds=args.hop)
-    LOG.info("predict: %s on %s, %.1f s windows every %.2f s", args.checkpoint, predictor.device,
-             predictor.params.clip_seconds, predictor.hop_seconds)
-    table, curves = predict_folder(args.paths, predictor, workers=args.workers, neutral_radius=args.neutral_radius,
-                                   return_curves=True)
+    LOG.info(
+        "predict: %s on %s, %.1f s windows every %.2f s",
+        args.checkpoint,
+        predictor.device,
+        predictor.params.clip_seconds,
+        predictor.hop_seconds,
+    )
+    table, curves = predict_folder(
+        args.paths, predictor, workers=args.workers, neutral_radius=args.neutral_radius, return_curves=True
+    )
     for path in write_tables(table, curves, args.csv, args.curves):
         LOG.info("predict: wrote %s", path)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):

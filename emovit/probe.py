@@ -24,11 +24,11 @@ def band_stats(mels: np.ndarray, frames=None, chunk: int = 256) -> np.ndarray:
     """
     out = []
     for i in range(0, len(mels), chunk):
-        block = np.asarray(mels[i:i + chunk], dtype=np.float32)
+        block = np.asarray(mels[i : i + chunk], dtype=np.float32)
         if frames is None:
             out.append(np.concatenate([block.mean(axis=2), block.std(axis=2)], axis=1))
             continue
-        valid = (np.arange(block.shape[2])[None, :] < np.asarray(frames[i:i + chunk])[:, None])[:, None, :]
+        valid = (np.arange(block.shape[2])[None, :] < np.asarray(frames[i : i + chunk])[:, None])[:, None, :]
         n = valid.sum(axis=2)
         mean = np.where(valid, block, 0).sum(axis=2) / n
         std = np.sqrt(np.where(valid, (block - mean[:, :, None]) ** 2, 0).sum(axis=2) / n)

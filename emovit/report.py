@@ -26,8 +26,16 @@ FULL_CHECKPOINT = "best_vit_model.pth"  # fp32, kept in the run folder
 HALF_CHECKPOINT = "best_vit_model_fp16.pth"  # in the zip
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # What `python -m emovit.predict` imports (lower bounds: the stack Kaggle's image has).
-PREDICT_REQUIREMENTS = ("torch>=2.1", "transformers>=4.57", "librosa>=0.10.2", "soundfile>=0.12.1", "numpy>=1.26",
-                        "pandas>=2.2", "tqdm>=4.66", "threadpoolctl>=3")
+PREDICT_REQUIREMENTS = (
+    "torch>=2.1",
+    "transformers>=4.57",
+    "librosa>=0.10.2",
+    "soundfile>=0.12.1",
+    "numpy>=1.26",
+    "pandas>=2.2",
+    "tqdm>=4.66",
+    "threadpoolctl>=3",
+)
 
 
 def output_files(output_dir: str, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -124,10 +132,16 @@ def skip_reasons(errors: pd.DataFrame, data_report) -> dict[str, int]:
     return dict(reasons)
 
 
-def run_summary(output_dir: str, results: pd.DataFrame, timings: dict, counts: dict, environment: dict,
-                cache_bytes: dict) -> dict:
+def run_summary(
+    output_dir: str, results: pd.DataFrame, timings: dict, counts: dict, environment: dict, cache_bytes: dict
+) -> dict:
     """Write run_summary.json: results table, stage seconds, counts, the card and stack, cache MB by kind."""
-    summary = {"results": results.to_dict(orient="records"), "timings_seconds": timings, "counts": counts,
-               "environment": environment, "cache_mb": {k: round(v / 1e6, 1) for k, v in cache_bytes.items()}}
+    summary = {
+        "results": results.to_dict(orient="records"),
+        "timings_seconds": timings,
+        "counts": counts,
+        "environment": environment,
+        "cache_mb": {k: round(v / 1e6, 1) for k, v in cache_bytes.items()},
+    }
     atomic_write_json(os.path.join(output_dir, "run_summary.json"), summary)
     return summary

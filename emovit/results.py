@@ -91,8 +91,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
         out[dim] = {}
         for name, fn in METRICS.items():
             diffs = np.array([fn(true[i, d], pa[i, d]) - fn(true[i, d], pb[i, d]) for i in idx])
-            out[dim][name] = {"value": fn(true[:, d], pa[:, d]) - fn(true[:, d], pb[:, d]),
-                              "low": float(np.percentile(diffs, 2.5)), "high": float(np.percentile(diffs, 97.5))}
+            out[dim][name] = {
+                "value": fn(true[:, d], pa[:, d]) - fn(true[:, d], pb[:, d]),
+                "low": float(np.percentile(diffs, 2.5)),
+                "high": float(np.percentile(diffs, 97.5)),
+            }
     return out
 
 

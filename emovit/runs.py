@@ -51,9 +51,19 @@ class Outcome:
     val_predictions: pd.DataFrame | None = None  # the kept checkpoint on the validation songs (the choice reads these)
 
 
-def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, pretrained, device: str,
-                 best_path: str | None = None, last_path: str | None = None,
-                 steps_per_epoch: int | None = None) -> Outcome:
+def fit_and_test(
+    name: str,
+    cfg: Config,
+    store,
+    split,
+    synthetic,
+    standardizer,
+    pretrained,
+    device: str,
+    best_path: str | None = None,
+    last_path: str | None = None,
+    steps_per_epoch: int | None = None,
+) -> Outcome:
     """Build, train (or resume), reload the best epoch and score it on the validation and test songs.
 
     Checkpoints go to ``best_path`` / ``last_path``, by default to the cache entry
@@ -74,14 +84,17 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
         best_path, last_path = (os.path.join(folder, f) for f in ("best_vit_model.pth", "last_vit_model.pth"))
     n = torchrun.processes(cfg)
     if n > 1 and not distributed.current().active:  # several GPUs: the training processes are torchrun's
-        run, outputs = _fit_with_torchrun(cfg, store, split, synthetic, standardizer, pretrained, key, best_path,
-                                          last_path, steps_per_epoch, n)
+        run, outputs = _fit_with_torchrun(
+            cfg, store, split, synthetic, standardizer, pretrained, key, best_path, last_path, steps_per_epoch, n
+        )
     else:
-        run = train_vit(model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path,
-                        steps_per_epoch=steps_per_epoch)
+        run = train_vit(
+            model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path, steps_per_epoch=steps_per_epoch
+        )
         model.load_state_dict(load_best(best_path, key)["state_dict"])
-        outputs = {name_: predict_dataset(model, pre, ds, cfg, device) for name_, ds in (("val", val_ds),
-                                                                                       ("test", test_ds))}
+        outputs = {
+            name_: predict_dataset(model, pre, ds, cfg, device) for name_, ds in (("val", val_ds), ("test", test_ds))
+        }
     if folder:
         workspace.prune(cfg, f"vit/{name}", in_use=folder)
     frames = {}
@@ -89,12 +102,21 @@ def fit_and_test(name: str, cfg: Config, store, split, synthetic, standardizer, 
         pred, true = outputs[split_name]
         frames[split_name] = prediction_frame(ds.song_ids, song_labels(store, ds.song_ids, check=true), pred)
     predictions = frames["test"]
-    return Outcome(name, predictions, score(predictions, cfg.n_bootstrap, cfg.seed), time.perf_counter() - start,
-                   run, best_path, len(train_ds), val_predictions=frames["val"])
+    return Outcome(
+        name,
+        predictions,
+        score(predictions, cfg.n_bootstrap, cfg.seed),
+        time.perf_counter() - start,
+        run,
+        best_path,
+        len(train_ds),
+        val_predictions=frames["val"],
+    )
 
 
-def _fit_with_torchrun(cfg, store, split, synthetic, standardizer, pretrained, key, best_path, last_path,
-                       steps_per_epoch, n) -> tuple[TrainResult, dict]:
+def _fit_with_torchrun(
+    cfg, store, split, synthetic, standardizer, pretrained, key, best_path, last_path, steps_per_epoch, n
+) -> tuple[TrainResult, dict]:
     """Train (or resume) on ``n`` torchrun processes unless a completed record and its predictions
     are there already; returns the training result and the {"val", "test"}: (pred, true) arrays
     rank 0 wrote."""
@@ -102,8 +124,19 @@ def _fit_with_torchrun(cfg, store, split, synthetic, standardizer, pretrained, k
     path = torchrun.predictions_path(best_path)
     saved = np.load(path) if os.path.exists(path) else None
     if done is None or os.path.exists(last_path) or saved is None or str(saved["key"]) != key:
-        job = torchrun.write_job(os.path.dirname(best_path), cfg, store, split, synthetic, standardizer, pretrained,
-                                 key, best_path, last_path, steps_per_epoch)
+        job = torchrun.write_job(
+            os.path.dirname(best_path),
+            cfg,
+            store,
+            split,
+            synthetic,
+            standardizer,
+            pretrained,
+            key,
+            best_path,
+            last_path,
+            steps_per_epoch,
+        )
         torchrun.launch(job, n)
         done, saved = finished_result(best_path, key), np.load(path)
     if done is None or str(saved["key"]) != key:
@@ -140,8 +173,17 @@ class Trainer:
         return run_steps_per_epoch(self.store, self.split, self.synthetic, self.cfg)
 
     def fit(self, name: str, **overrides) -> Outcome:
-        outcome = fit_and_test(name, replace(self.cfg, **overrides), self.store, self.split, self.synthetic,
-                               self.standardizer, self.pretrained, self.device, steps_per_epoch=self.steps_per_epoch)
+        outcome = fit_and_test(
+            name,
+            replace(self.cfg, **overrides),
+            self.store,
+            self.split,
+            self.synthetic,
+            self.standardizer,
+            self.pretrained,
+            self.device,
+            steps_per_epoch=self.steps_per_epoch,
+        )
         outcome.overrides = dict(overrides)
         return outcome
 
@@ -167,8 +209,13 @@ def ridge_baseline(cfg: Config, store, split) -> Outcome:
     probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())
     pred = probe.predict(song_features(store, test_ids))
     predictions = prediction_frame(test_ids, song_labels(store, test_ids), pred)
-    return Outcome("ridge_baseline", predictions, score(predictions, cfg.n_bootstrap, cfg.seed),
-                   time.perf_counter() - start, n_train=len(train_ids))
+    return Outcome(
+        "ridge_baseline",
+        predictions,
+        score(predictions, cfg.n_bootstrap, cfg.seed),
+        time.perf_counter() - start,
+        n_train=len(train_ids),
+    )
 
 
 def paired_differences(outcomes: dict[str, Outcome], n_boot: int, seed: int) -> dict:
@@ -189,9 +236,15 @@ def arm_table(outcomes: dict[str, Outcome]) -> pd.DataFrame:
     """What each model was: overrides, training examples, optimizer steps, best epoch, seconds."""
     rows = []
     for name, o in outcomes.items():
-        rows.append({"model": name, "overrides": o.description or ("" if not o.overrides else str(o.overrides)),
-                     "training examples": o.n_train,
-                     "optimizer steps": o.run.optimizer_steps if o.run else None,
-                     "steps per epoch": o.run.steps_per_epoch if o.run else None,
-                     "best epoch": o.run.best_epoch if o.run else None, "seconds": round(o.seconds, 1)})
+        rows.append(
+            {
+                "model": name,
+                "overrides": o.description or ("" if not o.overrides else str(o.overrides)),
+                "training examples": o.n_train,
+                "optimizer steps": o.run.optimizer_steps if o.run else None,
+                "steps per epoch": o.run.steps_per_epoch if o.run else None,
+                "best epoch": o.run.best_epoch if o.run else None,
+                "seconds": round(o.seconds, 1),
+            }
+        )
     return pd.DataFrame(rows)

@@ -87,7 +87,7 @@ def check_gpu() -> None:
 
 
 def pick_device() -> str:
-    """"cuda" when a usable GPU is visible, else "cpu"."""
+    """ "cuda" when a usable GPU is visible, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -102,8 +102,9 @@ def describe_environment(mixed_precision: bool = True) -> dict:
         "device": device,
         "gpu_count": torch.cuda.device_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "compute_capability": [".".join(map(str, torch.cuda.get_device_capability(i)))
-                               for i in range(torch.cuda.device_count())],
+        "compute_capability": [
+            ".".join(map(str, torch.cuda.get_device_capability(i))) for i in range(torch.cuda.device_count())
+        ],
         "precision": {torch.float16: "fp16 + GradScaler", torch.bfloat16: "bf16"}.get(dtype, "fp32"),
         "cuda": torch.version.cuda or "none",
         "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none",

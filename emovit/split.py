@@ -51,8 +51,9 @@ def split_songs(song_ids, val_fraction: float = 0.15, test_fraction: float = 0.1
     frame = pd.DataFrame({"song_id": ids, "split": names})
     for name in SPLITS:
         if not (frame["split"] == name).any():
-            raise ValueError(f"the {name} set is empty with {len(ids)} songs and seed {seed}; use more songs "
-                             "or larger fractions")
+            raise ValueError(
+                f"the {name} set is empty with {len(ids)} songs and seed {seed}; use more songs or larger fractions"
+            )
     assert_disjoint(frame)
     return frame
 
@@ -72,8 +73,10 @@ def read_split_file(path: str, song_ids) -> tuple[pd.DataFrame, dict]:
     assert_disjoint(listed[["song_id", "split"]])
     have = {int(s) for s in song_ids}
     split = listed[listed["song_id"].isin(have)][["song_id", "split"]].sort_values("song_id").reset_index(drop=True)
-    counts = {"listed_without_data": int((~listed["song_id"].isin(have)).sum()),
-              "with_data_not_listed": len(have - set(listed["song_id"]))}
+    counts = {
+        "listed_without_data": int((~listed["song_id"].isin(have)).sum()),
+        "with_data_not_listed": len(have - set(listed["song_id"])),
+    }
     return split, counts
 
 
@@ -81,9 +84,16 @@ def split_table(split: pd.DataFrame, val_fraction: float, test_fraction: float) 
     """Songs per split: achieved count and fraction beside the target ones."""
     n = len(split)
     target = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    rows = [{"split": name, "songs": int((split["split"] == name).sum()), "target songs": round(target[name] * n, 1),
-             "fraction": round(float((split["split"] == name).mean()), 4), "target fraction": target[name]}
-            for name in SPLITS]
+    rows = [
+        {
+            "split": name,
+            "songs": int((split["split"] == name).sum()),
+            "target songs": round(target[name] * n, 1),
+            "fraction": round(float((split["split"] == name).mean()), 4),
+            "target fraction": target[name],
+        }
+        for name in SPLITS
+    ]
     return pd.DataFrame(rows)
 
 
@@ -131,8 +141,8 @@ class Standardizer:
         rows, frames = rows[order], frames[order]
         total, sq, count = 0.0, 0.0, 0
         for i in range(0, len(rows), chunk):
-            block = np.asarray(mels[rows[i:i + chunk]], dtype=np.float64)
-            valid = np.arange(block.shape[2])[None, None, :] < frames[i:i + chunk, None, None]
+            block = np.asarray(mels[rows[i : i + chunk]], dtype=np.float64)
+            valid = np.arange(block.shape[2])[None, None, :] < frames[i : i + chunk, None, None]
             total += np.where(valid, block, 0.0).sum()
             sq += np.where(valid, np.square(block), 0.0).sum()
             count += int(valid.sum()) * block.shape[1]

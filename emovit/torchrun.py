@@ -47,8 +47,19 @@ def predictions_path(best_path: str) -> str:
     return os.path.splitext(best_path)[0] + ".predictions.npz"
 
 
-def write_job(folder: str, cfg: Config, store, split: pd.DataFrame, synthetic, standardizer, pretrained, key: str,
-              best_path: str, last_path: str, steps_per_epoch: int) -> str:
+def write_job(
+    folder: str,
+    cfg: Config,
+    store,
+    split: pd.DataFrame,
+    synthetic,
+    standardizer,
+    pretrained,
+    key: str,
+    best_path: str,
+    last_path: str,
+    steps_per_epoch: int,
+) -> str:
     """Everything a training process needs, as files in ``folder``; returns the job's path."""
     songs, split_csv = os.path.join(folder, "job_songs.csv"), os.path.join(folder, "job_split.csv")
     store.songs.to_csv(songs, index=False)
@@ -57,11 +68,18 @@ def write_job(folder: str, cfg: Config, store, split: pd.DataFrame, synthetic, s
     if synthetic is not None:
         labels = os.path.join(folder, "job_synthetic_labels.npy")
         np.save(labels, np.asarray(synthetic.labels, np.float32))
-    job = {"config": cfg.to_dict(), "key": key, "best_path": best_path, "last_path": last_path,
-           "steps_per_epoch": steps_per_epoch, "store": {"path": store.path, "songs": songs,
-                                                          "params": dataclasses.asdict(store.params)},
-           "split": split_csv, "synthetic": None if synthetic is None else {"path": synthetic.path, "labels": labels},
-           "standardizer": standardizer.to_dict(), "pretrained": dataclasses.asdict(pretrained)}
+    job = {
+        "config": cfg.to_dict(),
+        "key": key,
+        "best_path": best_path,
+        "last_path": last_path,
+        "steps_per_epoch": steps_per_epoch,
+        "store": {"path": store.path, "songs": songs, "params": dataclasses.asdict(store.params)},
+        "split": split_csv,
+        "synthetic": None if synthetic is None else {"path": synthetic.path, "labels": labels},
+        "standardizer": standardizer.to_dict(),
+        "pretrained": dataclasses.asdict(pretrained),
+    }
     path = os.path.join(folder, "job.json")
     atomic_write_json(path, job)
     return path
@@ -69,8 +87,16 @@ def write_job(folder: str, cfg: Config, store, split: pd.DataFrame, synthetic, s
 
 def launch(job_path: str, n: int, extra_env: dict | None = None) -> None:
     """Run the job on ``n`` processes with torchrun, its output streamed here; raises on failure."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "emovit.torchrun", job_path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "emovit.torchrun",
+        job_path,
+    ]
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
     LOG.info("ViT: training on %d processes: %s", n, " ".join(cmd[2:]))
@@ -86,8 +112,16 @@ def launch(job_path: str, n: int, extra_env: dict | None = None) -> None:
 def _inputs(job: dict):
     s = job["store"]
     songs = pd.read_csv(s["songs"])
-    store = FeatureStore(np.load(s["path"], mmap_mode="r"), songs, pd.DataFrame(columns=["song_id", "path", "reason"]),
-                         {}, True, s["path"], 0.0, MelParams(**s["params"]))
+    store = FeatureStore(
+        np.load(s["path"], mmap_mode="r"),
+        songs,
+        pd.DataFrame(columns=["song_id", "path", "reason"]),
+        {},
+        True,
+        s["path"],
+        0.0,
+        MelParams(**s["params"]),
+    )
     synthetic = None
     if job["synthetic"]:
         path = job["synthetic"]["path"]
@@ -107,8 +141,19 @@ def run_job(job_path: str) -> None:
     pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
     train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)
     interrupt = int(os.environ.get("EMOVIT_INTERRUPT_AFTER_EPOCH", 0)) or None  # tests: a killed run
-    train_vit(model, pre, train_ds, val_ds, cfg, device, job["key"], job["best_path"], job["last_path"],
-              steps_per_epoch=job["steps_per_epoch"], interrupt_after_epoch=interrupt)
+    train_vit(
+        model,
+        pre,
+        train_ds,
+        val_ds,
+        cfg,
+        device,
+        job["key"],
+        job["best_path"],
+        job["last_path"],
+        steps_per_epoch=job["steps_per_epoch"],
+        interrupt_after_epoch=interrupt,
+    )
     state = torch.load(job["best_path"], map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     model.to(device)

@@ -111,8 +111,11 @@ def find_pretrained(cfg: Config) -> Pretrained:
     else:
         tried.append("no hub name (vit_model_name is empty)")
     if cfg.allow_random_vit:
-        LOG.warning("ViT: no pretrained weights (%s); using a SMALL RANDOMLY INITIALISED ViT as the "
-                    "preset allows -- numbers from it say nothing about the pretrained model", "; ".join(tried))
+        LOG.warning(
+            "ViT: no pretrained weights (%s); using a SMALL RANDOMLY INITIALISED ViT as the "
+            "preset allows -- numbers from it say nothing about the pretrained model",
+            "; ".join(tried),
+        )
         return Pretrained("random", "random init", *IN21K_DEFAULT)
     raise RuntimeError(
         "No ViT weights reachable. Tried: " + "; ".join(tried) + ".\nGive the run one of:\n"
@@ -133,15 +136,22 @@ def _found(source: str, location: str, cfg: Config) -> Pretrained:
 def check_image_shape(height: int, width: int) -> None:
     """Both sides must be positive multiples of the ViT's 16-pixel patch."""
     if height <= 0 or width <= 0 or height % 16 or width % 16:
-        raise ValueError(f"image_height and image_width must be positive multiples of 16 (the ViT patch), "
-                         f"got {height} x {width}")
+        raise ValueError(
+            f"image_height and image_width must be positive multiples of 16 (the ViT patch), got {height} x {width}"
+        )
 
 
 def random_vit_config(cfg: Config):
     check_image_shape(cfg.image_height, cfg.image_width)
-    return ViTConfig(hidden_size=cfg.random_vit_hidden, num_hidden_layers=cfg.random_vit_layers,
-                     num_attention_heads=cfg.random_vit_heads, intermediate_size=4 * cfg.random_vit_hidden,
-                     image_size=[cfg.image_height, cfg.image_width], patch_size=16, num_channels=3)
+    return ViTConfig(
+        hidden_size=cfg.random_vit_hidden,
+        num_hidden_layers=cfg.random_vit_layers,
+        num_attention_heads=cfg.random_vit_heads,
+        intermediate_size=4 * cfg.random_vit_hidden,
+        image_size=[cfg.image_height, cfg.image_width],
+        patch_size=16,
+        num_channels=3,
+    )
 
 
 class ViTRegressor(nn.Module):
@@ -189,7 +199,9 @@ def for_devices(model: ViTRegressor, device: str, dtype: torch.dtype | None) -> 
     if not str(device).startswith("cuda"):
         return nn.parallel.DistributedDataParallel(model)  # gloo on the CPU (tests)
     index = torch.device(device).index
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device() if index is None else index])
+    ddp = nn.parallel.DistributedDataParallel(
+        model, device_ids=[torch.cuda.current_device() if index is None else index]
+    )
     ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)  # half the all-reduce bytes over PCIe
     return ddp
 
@@ -241,8 +253,9 @@ def regressor_from_checkpoint(state: dict) -> nn.Module:
     """The trained model of a ``best_vit_model.pth`` state: a :class:`ViTRegressor`, or for a
     delivered checkpoint (``sources`` present) a :class:`RoutedRegressor` of its members."""
     if "sources" in state:
-        model = RoutedRegressor([model_from_config_dict(state["vit_config"]) for _ in state["members"]],
-                                state["sources"])
+        model = RoutedRegressor(
+            [model_from_config_dict(state["vit_config"]) for _ in state["members"]], state["sources"]
+        )
     else:
         model = model_from_config_dict(state["vit_config"])
     model.load_state_dict(state["state_dict"])
@@ -260,8 +273,9 @@ class SpecAugment(nn.Module):
     mean level (the input is standardized); identity in eval mode or without spans.
     """
 
-    def __init__(self, freq_masks: int = 2, freq_mask_max: int = 24, time_masks: int = 2,
-                 time_mask_max_fraction: float = 0.1):
+    def __init__(
+        self, freq_masks: int = 2, freq_mask_max: int = 24, time_masks: int = 2, time_mask_max_fraction: float = 0.1
+    ):
         super().__init__()
         self.freq_masks, self.freq_mask_max = freq_masks, freq_mask_max
         self.time_masks, self.time_mask_max_fraction = time_masks, time_mask_max_fraction
@@ -290,13 +304,17 @@ class SpecAugment(nn.Module):
         if not self.training or spans is None:
             return z
         spans = spans.to(z.device)
-        freq = self._hit(spans[:, :self.freq_masks], z.shape[1])[:, :, None]
-        time = self._hit(spans[:, self.freq_masks:], z.shape[2])[:, None, :]
+        freq = self._hit(spans[:, : self.freq_masks], z.shape[1])[:, :, None]
+        time = self._hit(spans[:, self.freq_masks :], z.shape[2])[:, None, :]
         return z.masked_fill(freq | time, 0.0)
 
     def to_dict(self) -> dict:
-        return {"freq_masks": self.freq_masks, "freq_mask_max": self.freq_mask_max, "time_masks": self.time_masks,
-                "time_mask_max_fraction": self.time_mask_max_fraction}
+        return {
+            "freq_masks": self.freq_masks,
+            "freq_mask_max": self.freq_mask_max,
+            "time_masks": self.time_masks,
+            "time_mask_max_fraction": self.time_mask_max_fraction,
+        }
 
 
 class DevicePreprocessor(nn.Module):
@@ -307,8 +325,16 @@ class DevicePreprocessor(nn.Module):
     ``eval()`` (validation, test, prediction) never masks.
     """
 
-    def __init__(self, mel_mean: float, mel_std: float, image_mean, image_std, size: int | tuple = 224,
-                 clip_std: float = 3.0, spec_augment: SpecAugment | None = None):
+    def __init__(
+        self,
+        mel_mean: float,
+        mel_std: float,
+        image_mean,
+        image_std,
+        size: int | tuple = 224,
+        clip_std: float = 3.0,
+        spec_augment: SpecAugment | None = None,
+    ):
         super().__init__()
         self.height, self.width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         check_image_shape(self.height, self.width)
@@ -321,10 +347,20 @@ class DevicePreprocessor(nn.Module):
     def from_config(cls, cfg: Config, standardizer, pretrained: Pretrained) -> DevicePreprocessor:
         """The run's preprocessor: training-song statistics, the weights' image statistics,
         ``image_height`` x ``image_width`` and SpecAugment when ``cfg.spec_augment``."""
-        augment = (SpecAugment(cfg.freq_masks, cfg.freq_mask_max, cfg.time_masks, cfg.time_mask_max_fraction)
-                   if cfg.spec_augment else None)
-        return cls(standardizer.mean, standardizer.std, pretrained.image_mean, pretrained.image_std,
-                   (cfg.image_height, cfg.image_width), cfg.pixel_clip_std, augment)
+        augment = (
+            SpecAugment(cfg.freq_masks, cfg.freq_mask_max, cfg.time_masks, cfg.time_mask_max_fraction)
+            if cfg.spec_augment
+            else None
+        )
+        return cls(
+            standardizer.mean,
+            standardizer.std,
+            pretrained.image_mean,
+            pretrained.image_std,
+            (cfg.image_height, cfg.image_width),
+            cfg.pixel_clip_std,
+            augment,
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> DevicePreprocessor:
@@ -343,12 +379,19 @@ class DevicePreprocessor(nn.Module):
         if self.spec_augment is not None:
             z = self.spec_augment(z, spans)  # identity unless in training mode with spans
         pixels = ((z + self.clip_std) / (2 * self.clip_std)).clamp(0, 1).unsqueeze(1)  # (B, 1, M, T) in [0, 1]
-        pixels = F.interpolate(pixels, size=(self.height, self.width), mode="bilinear", antialias=True,
-                               align_corners=False)
+        pixels = F.interpolate(
+            pixels, size=(self.height, self.width), mode="bilinear", antialias=True, align_corners=False
+        )
         return (pixels.expand(-1, 3, -1, -1) - self.image_mean) / self.image_std
 
     def to_dict(self) -> dict:
-        return {"mel_mean": self.mel_mean, "mel_std": self.mel_std, "image_mean": self.image_mean.flatten().tolist(),
-                "image_std": self.image_std.flatten().tolist(), "height": self.height, "width": self.width,
-                "clip_std": self.clip_std,
-                "spec_augment": self.spec_augment.to_dict() if self.spec_augment is not None else None}
+        return {
+            "mel_mean": self.mel_mean,
+            "mel_std": self.mel_std,
+            "image_mean": self.image_mean.flatten().tolist(),
+            "image_std": self.image_std.flatten().tolist(),
+            "height": self.height,
+            "width": self.width,
+            "clip_std": self.clip_std,
+            "spec_augment": self.spec_augment.to_dict() if self.spec_augment is not None else None,
+        }

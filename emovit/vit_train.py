@@ -49,17 +49,39 @@ from emovit.vit import for_devices
 LAYER_RE = re.compile(r"\.(?:encoder\.layer|layers)\.(\d+)\.")
 # Config fields that cannot change what a ViT learns or how it is scored on validation songs. Every
 # other field is part of the ViT's run key (a new field is in the key unless it is listed here).
-NOT_TRAINING_FIELDS = ("preset", "data_dir", "output_dir", "cache_dir", "cache_keep", "run_name", "max_songs",
-                       "num_workers",
-                       "max_error_fraction", "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir",
-                       "vit_local_dir", "vit_model_name", "loader_workers", "n_bootstrap", "arms", "demo_num_songs",
-                       "demo_song_seconds", "demo_style", "split_file", "predict_dir", "predict_hop_seconds",
-                       "synthetic_gate_ratio", "deliver", "deliver_confidence", "ddp_processes")
+NOT_TRAINING_FIELDS = (
+    "preset",
+    "data_dir",
+    "output_dir",
+    "cache_dir",
+    "cache_keep",
+    "run_name",
+    "max_songs",
+    "num_workers",
+    "max_error_fraction",
+    "retrain_bad_checkpoints",
+    "gan_sample_batch_size",
+    "pretrained_search_dir",
+    "vit_local_dir",
+    "vit_model_name",
+    "loader_workers",
+    "n_bootstrap",
+    "arms",
+    "demo_num_songs",
+    "demo_song_seconds",
+    "demo_style",
+    "split_file",
+    "predict_dir",
+    "predict_hop_seconds",
+    "synthetic_gate_ratio",
+    "deliver",
+    "deliver_confidence",
+    "ddp_processes",
+)
 # Fields that only shape the synthetic set and how it is used: left out of the run key of a model
 # trained without synthetic data (a GAN tweak must not retrain the real-only reference). The
 # synthetic set's size still reaches that key through the run's steps per epoch.
-SYNTHETIC_FIELDS = ("num_synthetic", "synthetic_label_jitter", "synthetic_weight", "synthetic_epochs",
-                    "synthetic_dims")
+SYNTHETIC_FIELDS = ("num_synthetic", "synthetic_label_jitter", "synthetic_weight", "synthetic_epochs", "synthetic_dims")
 CHECKPOINT_FORMAT = 2  # best_vit_model.pth: 2 = run key, image height/width, test crops
 
 
@@ -143,7 +165,7 @@ class MelDataset(Dataset):
         if part.path not in self._maps:
             self._maps[part.path] = np.load(part.path, mmap_mode="r")
         row = self._maps[part.path][part.rows[j]]  # (n_mels, T_store) memmap view
-        windows = np.stack([np.asarray(row[:, s:s + self.window], dtype=np.float16) for s in self.starts(i)])
+        windows = np.stack([np.asarray(row[:, s : s + self.window], dtype=np.float16) for s in self.starts(i)])
         if windows.shape[2] < self.window:  # a store narrower than one window (never from extract_features)
             raise ValueError(f"{part.path} row {part.rows[j]} has {windows.shape[2]} frames < window {self.window}")
         mel = torch.from_numpy(windows if self.mode == "crops" else windows[0])
@@ -178,8 +200,14 @@ class EpochSampler(Sampler):
 
 def real_part(store, song_ids, weight: float = 1.0) -> Part:
     songs = store.songs.set_index("song_id").loc[list(song_ids)]
-    return Part(store.path, songs["row"].to_numpy(), songs[["valence", "arousal"]].to_numpy(np.float32), weight,
-                songs["frames"].to_numpy(), [int(s) for s in song_ids])
+    return Part(
+        store.path,
+        songs["row"].to_numpy(),
+        songs[["valence", "arousal"]].to_numpy(np.float32),
+        weight,
+        songs["frames"].to_numpy(),
+        [int(s) for s in song_ids],
+    )
 
 
 # Which dimensions' synthetic labels a training run's loss uses -> (valence, arousal) mask on
@@ -190,8 +218,10 @@ SYNTHETIC_DIMS = {"both": (1.0, 1.0), "valence": (1.0, 0.0), "arousal": (0.0, 1.
 def synthetic_mask(dims: str) -> tuple[float, float]:
     """(valence, arousal) loss mask of synthetic rows for ``Config.synthetic_dims``."""
     if dims == "auto":
-        raise ValueError("synthetic_dims='auto' must be resolved by the judge (emovit.choice.judge_synthetic) "
-                         "before a training set is built")
+        raise ValueError(
+            "synthetic_dims='auto' must be resolved by the judge (emovit.choice.judge_synthetic) "
+            "before a training set is built"
+        )
     if dims not in SYNTHETIC_DIMS:
         raise ValueError(f"synthetic_dims must be 'auto' or one of {sorted(SYNTHETIC_DIMS)}, got {dims!r}")
     return SYNTHETIC_DIMS[dims]
@@ -217,18 +247,30 @@ def make_datasets(store, split, synthetic, cfg: Config, train_ids=None) -> tuple
     if uses_synthetic(cfg, synthetic):
         n = len(synthetic.labels)
         if synthetic.mels.shape[2] < window:
-            raise ValueError(f"synthetic spectrograms have {synthetic.mels.shape[2]} frames, fewer than the "
-                             f"model's window of {window}")
+            raise ValueError(
+                f"synthetic spectrograms have {synthetic.mels.shape[2]} frames, fewer than the "
+                f"model's window of {window}"
+            )
         weight = tuple(cfg.synthetic_weight * m for m in synthetic_mask(cfg.synthetic_dims))
-        parts.append(Part(synthetic.path, np.arange(n), np.asarray(synthetic.labels, np.float32),
-                          weight, np.full(n, synthetic.mels.shape[2])))
+        parts.append(
+            Part(
+                synthetic.path,
+                np.arange(n),
+                np.asarray(synthetic.labels, np.float32),
+                weight,
+                np.full(n, synthetic.mels.shape[2]),
+            )
+        )
     train = MelDataset(parts, window, "random" if cfg.random_crop else "centre", seed=cfg.seed)
-    val, test = (MelDataset([real_part(store, ids_of(split, name))], window, "crops", crops=cfg.test_crops)
-                 for name in ("val", "test"))
+    val, test = (
+        MelDataset([real_part(store, ids_of(split, name))], window, "crops", crops=cfg.test_crops)
+        for name in ("val", "test")
+    )
     return train, val, test
 
 
 # ---- loss ------------------------------------------------------------------------------
+
 
 def per_dimension(weight: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Loss weights as (B, 2): a (B,) weight applies to both dimensions."""
@@ -248,7 +290,7 @@ def weighted_ccc(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 
 
 def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """"mse", "ccc" (1 - mean CCC over valence and arousal) or "mse+ccc".
+    """ "mse", "ccc" (1 - mean CCC over valence and arousal) or "mse+ccc".
 
     pred, target (B, 2); weight (B,) or (B, 2) per dimension. Each dimension's terms are
     weighted means over its rows; a dimension whose weights are all 0 in this batch (every row
@@ -270,6 +312,7 @@ def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.T
 
 
 # ---- optimizer ---------------------------------------------------------------------------
+
 
 def param_groups(model, cfg: Config) -> list[dict]:
     """AdamW groups: layer-wise lr decay over the encoder, no weight decay on biases/norms."""
@@ -296,6 +339,7 @@ def param_groups(model, cfg: Config) -> list[dict]:
 
 # ---- training ----------------------------------------------------------------------------
 
+
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
@@ -313,6 +357,7 @@ class TrainResult:
 def training_settings(cfg: Config) -> dict:
     """Every Config field that can change what the ViT learns (all but NOT_TRAINING_FIELDS; without
     synthetic data, also without the GAN's and the synthetic set's fields)."""
+
     def counts(name: str) -> bool:
         if name in NOT_TRAINING_FIELDS:
             return False
@@ -323,17 +368,28 @@ def training_settings(cfg: Config) -> dict:
 
 def run_key(cfg: Config, data_key: str, pretrained_location: str, steps_per_epoch: int = 0) -> str:
     """Identity of one ViT training run: its settings, its data, its starting weights and length."""
-    return hash_json({"train": training_settings(cfg), "data": data_key, "weights": pretrained_location,
-                      "steps_per_epoch": steps_per_epoch})
+    return hash_json(
+        {
+            "train": training_settings(cfg),
+            "data": data_key,
+            "weights": pretrained_location,
+            "steps_per_epoch": steps_per_epoch,
+        }
+    )
 
 
 def data_key(store, split, synthetic) -> str:
     """Identity of the training and selection data: feature store, split, the labels of every
     split song, and the synthetic set (whose file name is tied to the generator's weights)."""
     labels = store.songs.set_index("song_id").loc[split["song_id"], ["valence", "arousal"]]
-    return hash_json({"features": os.path.basename(store.path), "split": split.to_dict(orient="list"),
-                      "labels": labels.round(6).to_numpy().tolist(),
-                      "synthetic": os.path.basename(synthetic.path) if synthetic is not None else None})
+    return hash_json(
+        {
+            "features": os.path.basename(store.path),
+            "split": split.to_dict(orient="list"),
+            "labels": labels.round(6).to_numpy().tolist(),
+            "synthetic": os.path.basename(synthetic.path) if synthetic is not None else None,
+        }
+    )
 
 
 class RankBatches(Sampler):
@@ -350,7 +406,7 @@ class RankBatches(Sampler):
     def __iter__(self):
         order = list(self.order)
         for k in range(0, len(order), self.batch):
-            yield order[k:k + self.batch][self.part]
+            yield order[k : k + self.batch][self.part]
 
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch)
@@ -381,12 +437,19 @@ def _loader(ds, cfg: Config, device: str, epoch: int | None = None, samples: int
         ds.epoch = epoch  # before the workers get their copy of the dataset
         real_only = 0 < cfg.synthetic_epochs < epoch
         order = EpochSampler(ds.n_real if real_only else len(ds), samples or len(ds), cfg.seed, epoch)
-        batches = RankBatches(order, cfg.vit_batch_size, distributed.rank_slice(cfg.vit_batch_size,
-                                                                                distributed.current()))
+        batches = RankBatches(
+            order, cfg.vit_batch_size, distributed.rank_slice(cfg.vit_batch_size, distributed.current())
+        )
     else:
         batches = EvalBatches(len(ds), cfg.vit_batch_size)
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=device.startswith("cuda"),
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+    return DataLoader(
+        ds,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -395,8 +458,7 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1009 + epoch) * 100_003 + step) % (2**63 - 1))
 
 
-def mixup(mel: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float, generator: torch.Generator,
-          part: slice):
+def mixup(mel: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float, generator: torch.Generator, part: slice):
     """Mix each item of the global batch with another one of it: lambda ~ Beta(alpha, alpha), one
     per step, partners a permutation -- both from ``generator``. mel (b, n_mels, T), y (b, 2), w
     (b, 2) are this rank's rows (``part`` of the global batch); the partners' rows are gathered
@@ -448,8 +510,19 @@ def augmented_examples(train_ds, pre, cfg: Config, device: str, count: int = 8, 
     return images, y.numpy()
 
 
-def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, best_path: str, last_path: str,
-              steps_per_epoch: int | None = None, interrupt_after_epoch: int | None = None) -> TrainResult:
+def train_vit(
+    model,
+    pre,
+    train_ds,
+    val_ds,
+    cfg: Config,
+    device: str,
+    key: str,
+    best_path: str,
+    last_path: str,
+    steps_per_epoch: int | None = None,
+    interrupt_after_epoch: int | None = None,
+) -> TrainResult:
     """Fine-tune ``model`` (unwrapped ViTRegressor) and keep the best epoch by mean val CCC.
 
     Writes ``best_path`` (best val CCC, for ``predict``; it carries ``key``) and ``last_path``
@@ -507,20 +580,26 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
         pre.train()
         loss_sum, n_steps = 0.0, 0
         loader = _loader(train_ds, cfg, device, epoch, samples=steps_per_epoch * cfg.vit_batch_size)
-        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0,
-                       disable=not ranks.main)
+        batches = tqdm(
+            loader, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2.0, disable=not ranks.main
+        )
         for step, (mel, y, w) in enumerate(batches):
             mel, y, w = (t.to(device, non_blocking=True) for t in (mel, y, w))
             gen = step_generator(cfg.seed, epoch, step)  # the global step's masks and mixup, any number of ranks
             spans = pre.sample_spans(cfg.vit_batch_size, mel.shape[1], mel.shape[2], gen)
             mel, y, w = mixup(mel, y, w, cfg.mixup_alpha, gen, part)
-            with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32,
-                                enabled=dtype is not None):
+            with torch.autocast(
+                device_type=device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
                 pred = net(pre(mel, spans[part] if spans is not None else None))
             # the global batch's loss on every rank (CCC is a statistic of the whole batch); gradients
             # flow back to each rank's own rows, and DDP's average of them is the one-process gradient
-            loss = loss_fn(cfg.vit_loss, distributed.gather_rows(pred.float()), distributed.gather_rows(y),
-                           distributed.gather_rows(w))
+            loss = loss_fn(
+                cfg.vit_loss,
+                distributed.gather_rows(pred.float()),
+                distributed.gather_rows(y),
+                distributed.gather_rows(w),
+            )
             if not torch.isfinite(loss):
                 result.skipped_steps += 1
                 LOG.warning("ViT: non-finite loss at epoch %d; step skipped (%d so far)", epoch, result.skipped_steps)
@@ -528,7 +607,8 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
                     raise RuntimeError(
                         f"ViT training stopped: {result.skipped_steps} steps had a non-finite loss (limit "
                         f"max_skipped_steps={cfg.max_skipped_steps}). Lower vit_lr or set mixed_precision=False. "
-                        f"{best_path} (best epoch {result.best_epoch}) is intact.")
+                        f"{best_path} (best epoch {result.best_epoch}) is intact."
+                    )
                 opt.zero_grad(set_to_none=True)
                 continue
             opt.zero_grad(set_to_none=True)
@@ -543,16 +623,26 @@ def train_vit(model, pre, train_ds, val_ds, cfg: Config, device: str, key: str, 
             batches.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
             if epoch == first_epoch and n_steps == min(10, steps_per_epoch):
                 rate = n_steps * cfg.vit_batch_size / (time.perf_counter() - t0)
-                LOG.info("ViT: ~%.0f images/s; ETA for %d epochs ~%.0f s", rate, len(epochs),
-                         steps_per_epoch * cfg.vit_batch_size * len(epochs) / rate)
+                LOG.info(
+                    "ViT: ~%.0f images/s; ETA for %d epochs ~%.0f s",
+                    rate,
+                    len(epochs),
+                    steps_per_epoch * cfg.vit_batch_size * len(epochs) / rate,
+                )
             if capped():
                 break
         pred, target = predict_dataset(model, pre, val_ds, cfg, device)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1),
-               "val_loss": float(loss_fn(cfg.vit_loss, torch.from_numpy(pred), torch.from_numpy(target),
-                                         torch.ones(len(pred)))),
-               "val_ccc_valence": ccc(target[:, 0], pred[:, 0]), "val_ccc_arousal": ccc(target[:, 1], pred[:, 1]),
-               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(n_steps, 1),
+            "val_loss": float(
+                loss_fn(cfg.vit_loss, torch.from_numpy(pred), torch.from_numpy(target), torch.ones(len(pred)))
+            ),
+            "val_ccc_valence": ccc(target[:, 0], pred[:, 0]),
+            "val_ccc_arousal": ccc(target[:, 1], pred[:, 1]),
+            "lr": sched.get_last_lr()[0],
+            "seconds": time.perf_counter() - t0,
+        }
         row["val_ccc_mean"] = (row["val_ccc_valence"] + row["val_ccc_arousal"]) / 2
         result.history.append(row)
         if row["val_ccc_mean"] > result.best_val_ccc:  # every rank decides alike: the same gathered predictions
@@ -622,8 +712,9 @@ def _resume_state(last_path: str, best_path: str, key: str, cfg: Config) -> dict
         return None
     best_key = checkpoint_key(best_path) if os.path.exists(best_path) else None
     if state["best_epoch"] and best_key != key:
-        LOG.warning("ViT: %s is not this run's best checkpoint (run key %s, found %s); starting fresh",
-                    best_path, key, best_key)
+        LOG.warning(
+            "ViT: %s is not this run's best checkpoint (run key %s, found %s); starting fresh", best_path, key, best_key
+        )
         return None
     return state
 
@@ -640,7 +731,8 @@ def load_best(path: str, key: str) -> dict:
         raise RuntimeError(
             f"{path} was written by another run (run key {state.get('key')!r}, this run {key!r}): its model may "
             "have trained on this run's test songs, so it is not scored. Delete it (or use another output_dir) "
-            "and run the training cell again.")
+            "and run the training cell again."
+        )
     return state
 
 
@@ -648,21 +740,38 @@ def save_best(model, pre, cfg: Config, path: str, epoch: int, row: dict, key: st
     """Everything ``predict`` needs, loadable with ``torch.load(weights_only=True)``."""
     state = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "vit_config": model.backbone.config.to_dict(), "preprocess": pre.to_dict(),
-        "mel_params": {k: getattr(cfg, k) for k in PARAM_FIELDS}, "test_crops": cfg.test_crops,
-        "config": cfg.to_dict(), "epoch": epoch, "val": row, "key": key, "format": CHECKPOINT_FORMAT,
+        "vit_config": model.backbone.config.to_dict(),
+        "preprocess": pre.to_dict(),
+        "mel_params": {k: getattr(cfg, k) for k in PARAM_FIELDS},
+        "test_crops": cfg.test_crops,
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "val": row,
+        "key": key,
+        "format": CHECKPOINT_FORMAT,
     }
     _atomic_save(state, path)
 
 
 def _save_last(path, model, opt, sched, scaler, result: TrainResult, epoch: int, bad_epochs: int, key: str) -> None:
-    _atomic_save({
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-        "history": result.history, "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": result.best_epoch,
-        "best_val_ccc": result.best_val_ccc, "stopped_early": result.stopped_early,
-        "skipped_steps": result.skipped_steps, "optimizer_steps": result.optimizer_steps, "key": key,
-    }, path)
+    _atomic_save(
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "history": result.history,
+            "epoch": epoch,
+            "bad_epochs": bad_epochs,
+            "best_epoch": result.best_epoch,
+            "best_val_ccc": result.best_val_ccc,
+            "stopped_early": result.stopped_early,
+            "skipped_steps": result.skipped_steps,
+            "optimizer_steps": result.optimizer_steps,
+            "key": key,
+        },
+        path,
+    )
 
 
 def _atomic_save(obj, path: str) -> None:

@@ -36,8 +36,19 @@ from emovit.files import LOG, atomic_write_csv, hash_json
 RUNS_FOLDER = "runs"
 RUNS_INDEX = "runs.csv"
 # Settings that cannot change any result: left out of the run id (and of runs.csv's "changed").
-NOT_RESULT_FIELDS = ("output_dir", "cache_dir", "cache_keep", "run_name", "num_workers", "loader_workers", "ddp_processes",
-                     "retrain_bad_checkpoints", "gan_sample_batch_size", "pretrained_search_dir", "vit_local_dir")
+NOT_RESULT_FIELDS = (
+    "output_dir",
+    "cache_dir",
+    "cache_keep",
+    "run_name",
+    "num_workers",
+    "loader_workers",
+    "ddp_processes",
+    "retrain_bad_checkpoints",
+    "gan_sample_batch_size",
+    "pretrained_search_dir",
+    "vit_local_dir",
+)
 FREE_MARGIN_BYTES = 200_000_000  # left free after a large write (logs, figures, the next small files)
 
 
@@ -88,11 +99,18 @@ def start_run(cfg: Config) -> tuple[Config, Run]:
 
 def update_index(run: Run, cfg: Config, status: str, metrics: dict | None = None) -> pd.DataFrame:
     """Insert or replace this run's row of runs.csv (atomically); returns the index."""
-    row = {"run_id": run.id, "run_name": cfg.run_name, "started_utc": run.started,
-           "finished_utc": _now() if status == "finished" else "", "status": status, "preset": cfg.preset,
-           "changed": json.dumps(changed_settings(cfg), sort_keys=True),
-           "valence_ccc": _ccc(metrics, "valence"), "arousal_ccc": _ccc(metrics, "arousal"),
-           "folder": os.path.relpath(run.folder, run.root)}
+    row = {
+        "run_id": run.id,
+        "run_name": cfg.run_name,
+        "started_utc": run.started,
+        "finished_utc": _now() if status == "finished" else "",
+        "status": status,
+        "preset": cfg.preset,
+        "changed": json.dumps(changed_settings(cfg), sort_keys=True),
+        "valence_ccc": _ccc(metrics, "valence"),
+        "arousal_ccc": _ccc(metrics, "arousal"),
+        "folder": os.path.relpath(run.folder, run.root),
+    }
     index = read_index(run.root)
     index = pd.concat([index[index["run_id"] != run.id], pd.DataFrame([row])], ignore_index=True)
     atomic_write_csv(run.index_path, index)
@@ -127,6 +145,7 @@ def _now() -> str:
 
 # ---- the cache ------------------------------------------------------------------------------
 
+
 def entry(cfg: Config, kind: str, name: str) -> str:
     """The folder of one cache entry, ``<cache>/<kind>/<name>`` (created); marks it as just used."""
     folder = os.path.join(cfg.cache_path, kind, name)
@@ -153,8 +172,13 @@ def prune(cfg: Config, kind: str, in_use: str | None = None) -> list[str]:
             shutil.rmtree(folder, ignore_errors=True)
             deleted.append(folder)
     if deleted:
-        LOG.info("cache: removed %d superseded %s entr%s (%s)", len(deleted), kind, "y" if len(deleted) == 1 else "ies",
-                 ", ".join(os.path.basename(d) for d in deleted))
+        LOG.info(
+            "cache: removed %d superseded %s entr%s (%s)",
+            len(deleted),
+            kind,
+            "y" if len(deleted) == 1 else "ies",
+            ", ".join(os.path.basename(d) for d in deleted),
+        )
     return deleted
 
 
@@ -186,4 +210,5 @@ def ensure_free(folder: str, nbytes: int, what: str) -> None:
             f"not enough disk space for {what}: it needs {nbytes / 1e9:.2f} GB in {folder}, and "
             f"{free / 1e9:.2f} GB are free (keeping {FREE_MARGIN_BYTES / 1e9:.1f} GB spare). Free space "
             "(delete old folders under runs/ or the cache), set cache_dir to a larger disk, or lower "
-            "cache_keep.")
+            "cache_keep."
+        )

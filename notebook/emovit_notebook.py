@@ -40,9 +40,9 @@ OVERRIDES = {
     # "max_songs": 200,  # a quick trial on the first 200 songs
     # "vit_epochs": 8,  # ViT epochs (early stopping may end sooner)
     # "vit_lr": 3e-5,  # learning rate of the top encoder layer
-    # "gan_steps": 2000,  # GAN training steps
+    # "gan_steps": 1750,  # GAN training steps
     # "num_synthetic": 3200,  # synthetic spectrograms the GAN generates
-    # "synthetic_dims": "auto",  # synthetic labels used: "auto" (the judge decides), "both", "valence", "arousal", "none"
+    # "synthetic_dims": "auto",  # synthetic labels used: "auto" (the judge decides), "both", "valence", "none", ...
     # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides per dimension), "synthetic", "real_only"
     # "arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}},  # extra ablations
     # "predict_dir": "/kaggle/input/my-songs",  # your own music, predicted at the end
@@ -130,14 +130,14 @@ from emovit.deam import discover
 from emovit.demo_data import make_demo_deam
 
 if cfg.preset == "demo":
-    make_demo_deam(cfg.data_dir, num_songs=cfg.demo_num_songs, seconds=cfg.demo_song_seconds, seed=cfg.seed,
-                   style=cfg.demo_style)
+    make_demo_deam(
+        cfg.data_dir, num_songs=cfg.demo_num_songs, seconds=cfg.demo_song_seconds, seed=cfg.seed, style=cfg.demo_style
+    )
 songs, data_report = discover(cfg.data_dir)
 if cfg.max_songs:
     songs = songs.head(cfg.max_songs)
 display(data_report.table())
-plots.label_scatter(songs, cfg.output_dir);
-
+plots.label_scatter(songs, cfg.output_dir)
 # %% [markdown]
 # ## Features
 # Each song's whole clip (DEAM: 45 s, up to `max_clip_seconds`) becomes one log-mel
@@ -158,8 +158,7 @@ display(pd.Series(store.counts, name="songs").to_frame())
 if len(store.errors):
     display(store.errors.groupby("reason").size().rename("files").to_frame())
 examples = store.songs.sample(3, random_state=cfg.seed).sort_values("song_id")
-plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store.params, cfg.output_dir);
-
+plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store.params, cfg.output_dir)
 # %% [markdown]
 # ## Split
 # Songs are split once, by song, into train / validation / test (`split.csv`). A song's split
@@ -183,8 +182,7 @@ save_split(split, cfg.output_dir)
 standardizer = fit_standardizer(store, split)
 display(split_table(split, cfg.val_fraction, cfg.test_fraction))
 print(f"standardization (training songs only): mean {standardizer.mean:.2f} dB, std {standardizer.std:.2f} dB")
-plots.split_distributions(store.songs, split, cfg.output_dir);
-
+plots.split_distributions(store.songs, split, cfg.output_dir)
 # %% [markdown]
 # ### How hard is the task? A linear probe
 # Before any deep model: ridge regression on the per-band mean and standard deviation of
@@ -253,23 +251,32 @@ from emovit.gan import count_parameters
 from emovit.gan_train import generate, synthesize, train_or_load_gan
 
 gan = train_or_load_gan(cfg, store, split, train_ids, standardizer, device)
-print(f"generator {count_parameters(gan.generator):,} parameters, discriminator "
-      f"{count_parameters(gan.discriminator):,}; " + ("reused the saved checkpoint" if gan.reused else
-      f"trained {gan.steps_completed} steps in {gan.seconds:.0f} s on {device}, kept step {gan.best_step}"))
+print(
+    f"generator {count_parameters(gan.generator):,} parameters, discriminator "
+    f"{count_parameters(gan.discriminator):,}; "
+    + (
+        "reused the saved checkpoint"
+        if gan.reused
+        else f"trained {gan.steps_completed} steps in {gan.seconds:.0f} s on {device}, kept step {gan.best_step}"
+    )
+)
 if gan.skipped_steps:
     print(f"{gan.skipped_steps} step(s) skipped on a non-finite loss")
 if gan.diverged:
     print(f"WARNING: GAN training stopped on non-finite losses: {gan.diverged} (last good weights kept)")
-plots.gan_training_curves(gan.history, cfg.output_dir, best_step=gan.best_step);
-
+plots.gan_training_curves(gan.history, cfg.output_dir, best_step=gan.best_step)
 # %%
 synthetic = synthesize(gan, cfg, device)
 shown = train_ids[:4]
 shown_labels = labels.loc[shown].to_numpy(np.float32)
-plots.real_vs_synthetic(store.centre_windows(shown), generate(gan.generator, shown_labels, gan.standardizer, device, seed=cfg.seed),
-                        shown_labels, shown, cfg.output_dir);
-plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
-
+plots.real_vs_synthetic(
+    store.centre_windows(shown),
+    generate(gan.generator, shown_labels, gan.standardizer, device, seed=cfg.seed),
+    shown_labels,
+    shown,
+    cfg.output_dir,
+)
+plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir)
 # %% [markdown]
 # ### What do the synthetic spectrograms carry?
 # Each measure is shown beside its value on real data, so it can be judged. **Label
@@ -302,8 +309,10 @@ from emovit.vit import DevicePreprocessor, build_model
 
 model = build_model(cfg, pretrained)
 pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
-print(f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for p in model.parameters()):,} "
-      f"parameters; image mean {pretrained.image_mean}, std {pretrained.image_std}")
+print(
+    f"ViT from {pretrained.source} ({pretrained.location}): {sum(p.numel() for p in model.parameters()):,} "
+    f"parameters; image mean {pretrained.image_mean}, std {pretrained.image_std}"
+)
 
 # %% [markdown]
 # ## Training
@@ -359,11 +368,17 @@ from emovit.runs import Trainer
 
 trainer = Trainer(cfg, store, split, synthetic, standardizer, pretrained, device)
 reference = trainer.fit("vit_real_only", use_synthetic=False)
-print(f"real only: {reference.n_train} songs, {trainer.steps_per_epoch} steps per epoch; best epoch "
-      f"{reference.run.best_epoch}, mean validation CCC {reference.run.best_val_ccc:.3f}")
-plots.vit_training_curves(reference.run.history, cfg.output_dir, reference.run.best_epoch,
-                          name="vit_real_only_training_curves.png", title="ViT, real songs only");
-
+print(
+    f"real only: {reference.n_train} songs, {trainer.steps_per_epoch} steps per epoch; best epoch "
+    f"{reference.run.best_epoch}, mean validation CCC {reference.run.best_val_ccc:.3f}"
+)
+plots.vit_training_curves(
+    reference.run.history,
+    cfg.output_dir,
+    reference.run.best_epoch,
+    name="vit_real_only_training_curves.png",
+    title="ViT, real songs only",
+)
 # %% [markdown]
 # ### The judge: does a ViT trained on real songs hear the labels in the synthetic set?
 # A dimension passes when the judge's CCC on the synthetic samples (against the labels they were
@@ -379,7 +394,10 @@ from emovit.choice import judge_synthetic
 
 judgement = judge_synthetic(reference, synthetic, cfg, device)
 display(judgement.table())
-print(f"synthetic labels used for training: {judgement.dims}" + (" (set by synthetic_dims / use_synthetic)" if judgement.forced else ""))
+print(
+    f"synthetic labels used for training: {judgement.dims}"
+    + (" (set by synthetic_dims / use_synthetic)" if judgement.forced else "")
+)
 
 # %% [markdown]
 # ### Training with the synthetic set
@@ -396,16 +414,17 @@ from emovit.vit_train import augmented_examples, make_datasets
 run_cfg = replace(cfg, synthetic_dims=judgement.dims)
 examples_ds, _, _ = make_datasets(store, split, synthetic, run_cfg)
 images, image_labels = augmented_examples(examples_ds, pre, run_cfg, device)
-plots.augmented_batch(images, image_labels, cfg.output_dir);
-
+plots.augmented_batch(images, image_labels, cfg.output_dir)
 # %%
 main = trainer.fit("vit_real_plus_synthetic", synthetic_dims=judgement.dims) if judgement.any else None
 if main is None:
     print("no synthetic-trained model: the gate closed every dimension (or use_synthetic is off)")
 else:
-    print(f"trained on {main.n_train} spectrograms ({len(train_ids)} real songs + {main.n_train - len(train_ids)} "
-          f"synthetic); best epoch {main.run.best_epoch}, mean validation CCC {main.run.best_val_ccc:.3f}")
-    plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch);
+    print(
+        f"trained on {main.n_train} spectrograms ({len(train_ids)} real songs + {main.n_train - len(train_ids)} "
+        f"synthetic); best epoch {main.run.best_epoch}, mean validation CCC {main.run.best_val_ccc:.3f}"
+    )
+    plots.vit_training_curves(main.run.history, cfg.output_dir, main.run.best_epoch)
 
 # %% [markdown]
 # ### The delivered model
@@ -440,21 +459,41 @@ if choice.note:
 # %%
 from emovit.results import MODEL_LABELS, metrics_table, prediction_table, write_results
 
-metrics = {"models": {k: o.metrics for k, o in outcomes.items()}, "gate": judgement.to_dict(), "choice": choice.to_dict(),
-           "protocol": {"split": cfg.split_file or "by song: hash of (seed, song id)", "n_train_real": len(train_ids),
-                        "n_train_synthetic": len(synthetic.labels) if main is not None else 0,
-                        "n_val": len(ids_of(split, "val")), "n_test": len(delivered.predictions),
-                        "test_crops": cfg.test_crops, "interval": "95% bootstrap percentile",
-                        "rmse_scale": "[-1, 1]", "ccc_moments": "population (1/N)"},
-           "vit": {"weights": pretrained.source, "steps_per_epoch": trainer.steps_per_epoch,
-                   **{k: {"best_epoch": o.run.best_epoch, "best_val_ccc": o.run.best_val_ccc,
-                          "optimizer_steps": o.run.optimizer_steps} for k, o in outcomes.items() if k != delivered.name}},
-           "environment": environment, "run_id": run.id}
+metrics = {
+    "models": {k: o.metrics for k, o in outcomes.items()},
+    "gate": judgement.to_dict(),
+    "choice": choice.to_dict(),
+    "protocol": {
+        "split": cfg.split_file or "by song: hash of (seed, song id)",
+        "n_train_real": len(train_ids),
+        "n_train_synthetic": len(synthetic.labels) if main is not None else 0,
+        "n_val": len(ids_of(split, "val")),
+        "n_test": len(delivered.predictions),
+        "test_crops": cfg.test_crops,
+        "interval": "95% bootstrap percentile",
+        "rmse_scale": "[-1, 1]",
+        "ccc_moments": "population (1/N)",
+    },
+    "vit": {
+        "weights": pretrained.source,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        **{
+            k: {
+                "best_epoch": o.run.best_epoch,
+                "best_val_ccc": o.run.best_val_ccc,
+                "optimizer_steps": o.run.optimizer_steps,
+            }
+            for k, o in outcomes.items()
+            if k != delivered.name
+        },
+    },
+    "environment": environment,
+    "run_id": run.id,
+}
 write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
 display(metrics_table({MODEL_LABELS.get(k, k): o.metrics for k, o in outcomes.items()}))
-plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir);
-plots.va_plane(delivered.predictions, cfg.output_dir);
-
+plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir)
+plots.va_plane(delivered.predictions, cfg.output_dir)
 # %% [markdown]
 # ## Does the GAN help? Ablation arms and a baseline
 # The table puts the delivered model first, then the synthetic-trained model (what the run
@@ -481,14 +520,14 @@ metrics["differences"] = paired_differences(outcomes, cfg.n_bootstrap, cfg.seed)
 write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
 for k, o in outcomes.items():
     if k != delivered.name:
-        atomic_write_csv(os.path.join(cfg.output_dir, f"predictions_{k}.csv"), prediction_table(o.predictions,
-                                                                                                 o.val_predictions))
+        atomic_write_csv(
+            os.path.join(cfg.output_dir, f"predictions_{k}.csv"), prediction_table(o.predictions, o.val_predictions)
+        )
 results = results_table(metrics["models"], metrics["differences"])
 display(arm_table(outcomes))
 with pd.option_context("display.width", 200, "display.max_columns", 10):
     display(results)
-plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
-
+plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS)
 # %% [markdown]
 # ## Your own music
 # `best_vit_model.pth` alone predicts any audio file of any length (mp3, wav, flac, ogg; m4a
@@ -518,13 +557,16 @@ else:
 predictor = Predictor(delivered.best_path, device, hop_seconds=cfg.predict_hop_seconds)
 print(f"{predictor.params.clip_seconds:g} s windows every {predictor.hop_seconds:.2f} s on {device}")
 my_predictions, my_curves = predict_folder(my_songs, predictor, return_curves=True)
-write_tables(my_predictions, my_curves, os.path.join(cfg.output_dir, "my_predictions.csv"),
-             os.path.join(cfg.output_dir, "my_curves.csv"))
+write_tables(
+    my_predictions,
+    my_curves,
+    os.path.join(cfg.output_dir, "my_predictions.csv"),
+    os.path.join(cfg.output_dir, "my_curves.csv"),
+)
 with pd.option_context("display.max_colwidth", 80):
     display(display_table(my_predictions))
-plots.songs_va_plane(my_predictions, cfg.output_dir, QUADRANTS, NEUTRAL_RADIUS);
-plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4);
-
+plots.songs_va_plane(my_predictions, cfg.output_dir, QUADRANTS, NEUTRAL_RADIUS)
+plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4)
 # %% [markdown]
 # ## Run summary
 # The results table, the time each stage took, what was found and skipped, the card and library
@@ -540,11 +582,20 @@ plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4);
 from emovit import workspace
 from emovit.report import file_table, run_summary, skip_reasons, write_zip
 
-timings = {"features": store.seconds, "gan_training": gan.seconds, "gan_sampling": synthetic.seconds,
-           **{k: o.seconds for k, o in outcomes.items()},
-           "total_run": time.perf_counter() - RUN_START}
-counts = {**data_report.to_dict(), "decoded": len(store.songs), "skipped_by_reason": skip_reasons(store.errors, data_report),
-          "per_split": split["split"].value_counts().to_dict(), "synthetic": len(synthetic.labels)}
+timings = {
+    "features": store.seconds,
+    "gan_training": gan.seconds,
+    "gan_sampling": synthetic.seconds,
+    **{k: o.seconds for k, o in outcomes.items()},
+    "total_run": time.perf_counter() - RUN_START,
+}
+counts = {
+    **data_report.to_dict(),
+    "decoded": len(store.songs),
+    "skipped_by_reason": skip_reasons(store.errors, data_report),
+    "per_split": split["split"].value_counts().to_dict(),
+    "synthetic": len(synthetic.labels),
+}
 cache_bytes = workspace.sizes(cfg.cache_path)
 summary = run_summary(cfg.output_dir, results, timings, counts, environment, cache_bytes)
 index = workspace.update_index(run, cfg, "finished", metrics)

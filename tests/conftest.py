@@ -16,9 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The sizes every small test run shares: 32 mel bands, a 2-layer ViT of width 32, a GAN of width 4,
 # batches of 4 on one process. Tests add what they are about (data folder, windows, steps).
-TINY = dict(n_mels=32, num_workers=1, random_vit_hidden=32, random_vit_layers=2, random_vit_heads=2, vit_batch_size=4,
-            early_stop_patience=10, n_bootstrap=50, gan_eval_every=1, gan_batch_size=4, gan_channels=4, gan_z_dim=8,
-            gan_sample_batch_size=4)
+TINY = dict(
+    n_mels=32,
+    num_workers=1,
+    random_vit_hidden=32,
+    random_vit_layers=2,
+    random_vit_heads=2,
+    vit_batch_size=4,
+    early_stop_patience=10,
+    n_bootstrap=50,
+    gan_eval_every=1,
+    gan_batch_size=4,
+    gan_channels=4,
+    gan_z_dim=8,
+    gan_sample_batch_size=4,
+)
 
 
 def tiny_config(**overrides):
@@ -74,7 +86,10 @@ def demo_run(demo_root, tmp_path_factory):
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     executed = out / "executed.ipynb"
     papermill.execute_notebook(
-        str(ROOT / "vit_with_gans_emotion_prediction.ipynb"), str(executed), kernel_name="python3", cwd=str(out),
+        str(ROOT / "vit_with_gans_emotion_prediction.ipynb"),
+        str(executed),
+        kernel_name="python3",
+        cwd=str(out),
         progress_bar=False,
         parameters={"PRESET": "demo", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out / "outputs")},
     )
@@ -98,19 +113,37 @@ def cue_feature_store(folder: Path, n: int = 60, n_mels: int = 32, frames: int =
     v, a = rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n)
     band = np.arange(n_mels)[None, :, None]
     level = -50 + 12 * a[:, None, None] * (1 + band / n_mels)
-    bump = 12 * (np.clip(v, 0, None)[:, None, None] * np.exp(-((band - 10) ** 2) / 8)
-                 + np.clip(-v, 0, None)[:, None, None] * np.exp(-((band - 22) ** 2) / 8))
+    bump = 12 * (
+        np.clip(v, 0, None)[:, None, None] * np.exp(-((band - 10) ** 2) / 8)
+        + np.clip(-v, 0, None)[:, None, None] * np.exp(-((band - 22) ** 2) / 8)
+    )
     beat = 6 * ((np.arange(frames)[None, None, :] % 8) < 2)
     mels = (level + bump + beat + rng.normal(0, 3, (n, n_mels, frames))).astype(np.float16)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"cue_{n}_{n_mels}_{frames}_{seed}.npy"
     np.save(path, mels)
-    songs = pd.DataFrame({"song_id": np.arange(1, n + 1), "audio_path": "", "valence": v.astype(np.float32),
-                          "arousal": a.astype(np.float32), "row": np.arange(n), "frames": frames})
+    songs = pd.DataFrame(
+        {
+            "song_id": np.arange(1, n + 1),
+            "audio_path": "",
+            "valence": v.astype(np.float32),
+            "arousal": a.astype(np.float32),
+            "row": np.arange(n),
+            "frames": frames,
+        }
+    )
     params = MelParams(22050, CUE_CLIP_SECONDS, 0.0, 2048, 512, n_mels, 1e-10, frames * 512 / 22050)
     assert params.num_frames == 64
-    return FeatureStore(np.load(path, mmap_mode="r"), songs, pd.DataFrame(columns=["song_id", "path", "reason"]),
-                        {"ok": n}, False, str(path), 0.0, params)
+    return FeatureStore(
+        np.load(path, mmap_mode="r"),
+        songs,
+        pd.DataFrame(columns=["song_id", "path", "reason"]),
+        {"ok": n},
+        False,
+        str(path),
+        0.0,
+        params,
+    )
 
 
 CUE_CLIP_SECONDS = 1.463  # 64 frames at 22,050 Hz, hop 512

@@ -21,8 +21,16 @@ from emovit.vit_train import MelDataset, make_datasets, mixup, predict_dataset, 
 @pytest.fixture
 def setup(small_demo, tmp_path):
     """12 demo songs of 6 s: 5 s clips (offset 1 s), 2 s windows -> crops have room to move."""
-    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=1.0,
-                      max_clip_seconds=5.0, random_vit_layers=1, vit_epochs=2, n_bootstrap=20)
+    cfg = tiny_config(
+        data_dir=str(small_demo),
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=2.0,
+        clip_offset=1.0,
+        max_clip_seconds=5.0,
+        random_vit_layers=1,
+        vit_epochs=2,
+        n_bootstrap=20,
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)
@@ -31,9 +39,13 @@ def setup(small_demo, tmp_path):
 
 def test_spec_augment_masks_in_training_mode_only():
     torch.manual_seed(0)
-    pre = DevicePreprocessor(-40.0, 10.0, *IN21K_DEFAULT, size=(64, 64),
-                             spec_augment=SpecAugment(freq_masks=1, freq_mask_max=8, time_masks=1,
-                                                      time_mask_max_fraction=0.25))
+    pre = DevicePreprocessor(
+        -40.0,
+        10.0,
+        *IN21K_DEFAULT,
+        size=(64, 64),
+        spec_augment=SpecAugment(freq_masks=1, freq_mask_max=8, time_masks=1, time_mask_max_fraction=0.25),
+    )
     plain = DevicePreprocessor(-40.0, 10.0, *IN21K_DEFAULT, size=(64, 64))
     mel = torch.randn(16, 32, 80) * 10 - 40
     pre.eval()
@@ -46,10 +58,13 @@ def test_spec_augment_masks_in_training_mode_only():
     assert spans.shape == (16, 2, 2)  # (items, 1 frequency + 1 time mask, (start, width))
     assert (spans[:, 0, 1] <= 8).all() and (spans[:, 1, 1] <= 20).all()
     assert torch.equal(spans, pre.sample_spans(16, 32, 80, torch.Generator().manual_seed(1)))  # the generator's
+    pre.eval()
+    torch.testing.assert_close(pre(mel, spans), plain(mel))  # eval: never masked, spans or not
+    pre.train()
     masked = augment(z, spans)
     hit = masked != z
     assert hit.any() and (masked[hit] == 0).all()  # masks set the mean level (0 after standardization)
-    for item in (masked == 0):  # contiguous bands / spans no wider than the maxima
+    for item in masked == 0:  # contiguous bands / spans no wider than the maxima
         full_rows = item.all(dim=1).sum().item()
         full_cols = item.all(dim=0).sum().item()
         assert full_rows <= 8 and full_cols <= 20
@@ -57,9 +72,9 @@ def test_spec_augment_masks_in_training_mode_only():
     for i in range(16):  # exactly the sampled bands and frames are masked
         (fs, fw), (ts, tw) = spans[i].tolist()
         rows = torch.zeros(32, dtype=torch.bool)
-        rows[fs:fs + fw] = True
+        rows[fs : fs + fw] = True
         cols = torch.zeros(80, dtype=torch.bool)
-        cols[ts:ts + tw] = True
+        cols[ts : ts + tw] = True
         assert torch.equal(masked[i] == 0, rows[:, None] | cols[None, :])
 
 
@@ -71,7 +86,7 @@ def test_dataset_items_are_never_masked_and_evaluation_never_augments(setup):
     mel, y, w = train[0]
     part = train.parts[0]
     start = train.starts(0)[0]
-    np.testing.assert_array_equal(mel.numpy(), np.asarray(store.mels[part.rows[0], :, start:start + train.window]))
+    np.testing.assert_array_equal(mel.numpy(), np.asarray(store.mels[part.rows[0], :, start : start + train.window]))
     found = find_pretrained(cfg)
     model = build_model(cfg, found)
     pre = DevicePreprocessor.from_config(cfg, std, found)
@@ -114,7 +129,7 @@ def test_test_time_averaging_equals_a_hand_average(setup):
         starts = crop_starts(songs.at[sid, "frames"], window, 3)
         assert len(set(starts.tolist())) == 3  # three different windows
         with torch.no_grad():
-            outs = [model(pre(torch.from_numpy(row[None, :, s:s + window]))) for s in starts]
+            outs = [model(pre(torch.from_numpy(row[None, :, s : s + window]))) for s in starts]
         np.testing.assert_allclose(pred[k], torch.cat(outs).mean(0).numpy(), atol=1e-5)
         np.testing.assert_allclose(true[k], songs.loc[sid, ["valence", "arousal"]].to_numpy(np.float32))
     one = make_datasets(store, split, None, replace(cfg, test_crops=1))[2]
@@ -165,8 +180,16 @@ def test_pretrained_224_backbone_takes_128_by_512(tmp_path, setup):
 
     cfg, _, _, _ = setup
     folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       image_size=224, patch_size=16)).save_pretrained(folder)
+    ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=224,
+            patch_size=16,
+        )
+    ).save_pretrained(folder)
     cfg = replace(cfg, vit_local_dir=str(folder), allow_random_vit=False, image_height=128, image_width=512)
     model = build_model(cfg, find_pretrained(cfg))
     assert model(torch.zeros(2, 3, 128, 512)).shape == (2, 2)

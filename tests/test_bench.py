@@ -15,16 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_benchmark_produces_every_figure(tmp_path):
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     results = json.loads(out.read_text())
     expected = {
         "extraction": ["songs_per_s_1_process", "songs_per_s_bare_librosa", "overhead_ratio_vs_bare"],
         "reload": ["open_seconds", "read_all_seconds"],
         "vit": ["images_per_s_real_loader", "images_per_s_premade_tensors", "ratio"],
         "gan": ["train_steps_per_s_demo_arch_batch16", "samples_per_s_full_arch_128x1292"],
-        "predict": ["songs_per_s_sequential", "songs_per_s_2_decode_threads", "decode_seconds_per_song",
-                    "log_mel_seconds_per_song", "model_seconds_per_song"],
+        "predict": [
+            "songs_per_s_sequential",
+            "songs_per_s_2_decode_threads",
+            "decode_seconds_per_song",
+            "log_mel_seconds_per_song",
+            "model_seconds_per_song",
+        ],
         "memory": ["peak_rss_mb"],
     }
     for section, keys in expected.items():

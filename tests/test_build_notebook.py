@@ -23,8 +23,9 @@ def _copy_project(tmp_path: Path) -> Path:
 
 
 def _check(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.build_notebook", "--check"], cwd=root,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.build_notebook", "--check"], cwd=root, capture_output=True, text=True
+    )
 
 
 def test_committed_notebook_is_fresh():
@@ -62,7 +63,11 @@ def test_module_used_before_its_cell_is_an_error(tmp_path):
     root = _copy_project(tmp_path)
     script = root / "notebook" / "emovit_notebook.py"
     text = script.read_text()
-    script.write_text(text.replace("# %%\nimport pandas as pd", "# %%\nfrom emovit.features import extract_features\nimport pandas as pd", 1))
+    script.write_text(
+        text.replace(
+            "# %%\nimport pandas as pd", "# %%\nfrom emovit.features import extract_features\nimport pandas as pd", 1
+        )
+    )
     with pytest.raises(build_notebook.BuildError, match=r"imports emovit\.\['features'\] before"):
         build_notebook.build(root, script)
 

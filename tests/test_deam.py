@@ -50,10 +50,15 @@ def test_real_deam_folder(real_deam):
 
 # ---- fabricated layouts ---------------------------------------------------------------
 
+
 def _labels(n=30, seed=0):
     rng = np.random.default_rng(seed)
-    ids = np.sort(np.concatenate([rng.choice(np.arange(2, 2001), n - 5, replace=False), [2001, 2010, 2020, 2030, 2058]]))
-    return pd.DataFrame({"song_id": ids, "v": np.round(rng.uniform(1.5, 8.5, n), 1), "a": np.round(rng.uniform(1.5, 8.5, n), 1)})
+    ids = np.sort(
+        np.concatenate([rng.choice(np.arange(2, 2001), n - 5, replace=False), [2001, 2010, 2020, 2030, 2058]])
+    )
+    return pd.DataFrame(
+        {"song_id": ids, "v": np.round(rng.uniform(1.5, 8.5, n), 1), "a": np.round(rng.uniform(1.5, 8.5, n), 1)}
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -78,9 +83,11 @@ def _file2(lab, trim=False):
         head = "song_id, valence_mean, valence_std, arousal_mean, arousal_std"
         rows = [f"{s},{v:g},0.9,{a:g},0.8" for s, v, a in late.itertuples(index=False)]
     else:
-        head = ("song_id, valence_mean, valence_std, valence_ max_mean, valence_max_std, valence_min_mean, "
-                "valence_min_std, arousal_mean, arousal_std, arousal_max_mean, arousal_max_std, "
-                "arousal_min_mean, arousal_min_std")
+        head = (
+            "song_id, valence_mean, valence_std, valence_ max_mean, valence_max_std, valence_min_mean, "
+            "valence_min_std, arousal_mean, arousal_std, arousal_max_mean, arousal_max_std, "
+            "arousal_min_mean, arousal_min_std"
+        )
         rows = [f"{s},{v:g},0.9,9,1,1,1,{a:g},0.8,9,1,1,1" for s, v, a in late.itertuples(index=False)]
     return "\r\n".join([head, *rows]) + "\r\n"
 
@@ -144,8 +151,10 @@ def test_flat_folder_with_wav_and_padded_file(tmp_path):
 
 
 def test_invalid_and_conflicting_rows_are_reported(tmp_path):
-    text = ("song_id, valence_mean, valence_std, arousal_mean, arousal_std\r\n"
-            "2,3.1,1,3,1\r\n3,,1,4,1\r\n4,9.5,1,4,1\r\n5,5,1,5,1\r\n")
+    text = (
+        "song_id, valence_mean, valence_std, arousal_mean, arousal_std\r\n"
+        "2,3.1,1,3,1\r\n3,,1,4,1\r\n4,9.5,1,4,1\r\n5,5,1,5,1\r\n"
+    )
     _write(tmp_path / "a" / F1, text)
     _write(tmp_path / "b" / F1, text.replace("5,5,1,5,1", "5,6,1,5,1"))
     _audio(tmp_path / "audio", [2, 3, 4, 5])

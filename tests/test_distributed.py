@@ -48,9 +48,22 @@ def ddp_runs(cue_store, tmp_path_factory):
     in this process, on 2 gloo ranks through the notebook's torchrun launcher, and on 2 ranks killed
     after epoch 1 and launched again."""
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = tiny_config(output_dir=str(tmp / "out"), clip_seconds=CUE_CLIP_SECONDS, clip_offset=0.0, vit_epochs=2,
-                      vit_batch_size=8, num_workers=0, image_height=32, image_width=64, random_vit_layers=1,
-                      head_dropout=0.0, mixup_alpha=0.4, vit_loss="mse+ccc", vit_lr=1e-3, head_lr=3e-3)
+    cfg = tiny_config(
+        output_dir=str(tmp / "out"),
+        clip_seconds=CUE_CLIP_SECONDS,
+        clip_offset=0.0,
+        vit_epochs=2,
+        vit_batch_size=8,
+        num_workers=0,
+        image_height=32,
+        image_width=64,
+        random_vit_layers=1,
+        head_dropout=0.0,
+        mixup_alpha=0.4,
+        vit_loss="mse+ccc",
+        vit_lr=1e-3,
+        head_lr=3e-3,
+    )
     split = split_songs(cue_store.songs.song_id, 0.2, 0.2, seed=0)
     std = Standardizer.fit(cue_store.mels, cue_store.songs.set_index("song_id").loc[ids_of(split, "train"), "row"])
     steps = -(-len(ids_of(split, "train")) // 8)
@@ -110,7 +123,17 @@ def test_a_run_killed_after_an_epoch_resumes_to_the_same_result(ddp_runs):
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, atol=1e-6, rtol=0, msg=name)
     assert [h["val_ccc_mean"] for h in killed.run.history] == pytest.approx(
-        [h["val_ccc_mean"] for h in two.run.history], abs=1e-6)
+        [h["val_ccc_mean"] for h in two.run.history], abs=1e-6
+    )
     files = sorted(os.listdir(os.path.dirname(two.best_path)))
-    assert files == sorted(["best_vit_model.pth", "best_vit_model.predictions.npz", "best_vit_model.result.json",
-                            "job.json", "job_songs.csv", "job_split.csv", "last_vit_model.pth"])  # rank 0's, once each
+    assert files == sorted(
+        [
+            "best_vit_model.pth",
+            "best_vit_model.predictions.npz",
+            "best_vit_model.result.json",
+            "job.json",
+            "job_songs.csv",
+            "job_split.csv",
+            "last_vit_model.pth",
+        ]
+    )  # rank 0's, once each

@@ -19,8 +19,9 @@ def _wav(path, y, sr=22050):
 
 
 def _songs(paths):
-    return pd.DataFrame({"song_id": range(1, len(paths) + 1), "audio_path": [str(p) for p in paths],
-                         "valence": 0.0, "arousal": 0.0})
+    return pd.DataFrame(
+        {"song_id": range(1, len(paths) + 1), "audio_path": [str(p) for p in paths], "valence": 0.0, "arousal": 0.0}
+    )
 
 
 def test_real_clips_keep_the_whole_45_s(real_deam, tmp_path):
@@ -36,7 +37,7 @@ def test_real_clips_keep_the_whole_45_s(real_deam, tmp_path):
     assert -100.0 <= mels.min() and mels.max() < 60.0  # dB re 1.0, floor 10*log10(1e-10)
     assert len(store.errors) == 0
     assert store.centre_windows(songs.song_id[:2]).shape == (2, 128, 1292)
-    np.testing.assert_array_equal(store.centre_windows([songs.song_id[0]])[0], mels[0, :, 323:323 + 1292])
+    np.testing.assert_array_equal(store.centre_windows([songs.song_id[0]])[0], mels[0, :, 323 : 323 + 1292])
 
 
 def test_fixed_reference_keeps_loudness():
@@ -57,7 +58,7 @@ def test_silence_short_and_long_files(tmp_path):
     mel = log_mel(y, params)
     assert status == "cropped" and np.isfinite(mel).all() and mel.min() == pytest.approx(-100.0)
     y, status = load_window(short, params)
-    assert status == "padded" and len(y) == params.num_samples and (y[22050 // 2 + 10:] == 0).all()
+    assert status == "padded" and len(y) == params.num_samples and (y[22050 // 2 + 10 :] == 0).all()
     y, status = load_window(long, params)
     assert status == "cropped" and len(y) == params.num_samples
 
@@ -100,16 +101,19 @@ def test_the_store_does_not_depend_on_the_window_and_pads_short_songs_with_silen
     """A new clip_seconds reuses the store (windows are cut from whole stored clips); a song shorter
     than the window is stored as itself, read with silence (the dB floor) after it, counted padded."""
     rng = np.random.default_rng(0)
-    paths = [_wav(tmp_path / "1.wav", 0.1 * rng.normal(size=22050)),  # 1 s
-             _wav(tmp_path / "2.wav", 0.1 * rng.normal(size=22050 * 5))]  # 5 s
-    cfg = make_config("demo", output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
-                      max_clip_seconds=4.0, num_workers=1)
+    paths = [
+        _wav(tmp_path / "1.wav", 0.1 * rng.normal(size=22050)),  # 1 s
+        _wav(tmp_path / "2.wav", 0.1 * rng.normal(size=22050 * 5)),
+    ]  # 5 s
+    cfg = make_config(
+        "demo", output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0, max_clip_seconds=4.0, num_workers=1
+    )
     store = extract_features(_songs(paths), cfg)
     assert store.counts == {"ok": 0, "padded": 1, "cropped": 1, "shifted": 0, "failed": 0}
     frames = store.songs["frames"].tolist()
     assert frames == [1 + 22050 // 512, store.params.max_frames]
     row = np.asarray(store.mels[0], np.float32)
-    assert (row[:, frames[0]:] == np.float32(np.float16(10 * np.log10(cfg.db_amin)))).all()
+    assert (row[:, frames[0] :] == np.float32(np.float16(10 * np.log10(cfg.db_amin)))).all()
     wider = extract_features(_songs(paths), replace(cfg, clip_seconds=3.0))
     assert wider.cache_hit and wider.path == store.path
 
@@ -129,8 +133,13 @@ def test_cache_hit_and_miss(small_cfg):
     np.testing.assert_array_equal(np.asarray(first.mels), np.asarray(again.mels))
     changed = extract_features(songs, replace(small_cfg, n_mels=16))
     assert not changed.cache_hit and changed.mels.shape[1] == 16
-    for training_setting in ({"random_crop": False}, {"spec_augment": False}, {"test_crops": 1},
-                             {"mixup_alpha": 0.4}, {"image_height": 128, "image_width": 512}):
+    for training_setting in (
+        {"random_crop": False},
+        {"spec_augment": False},
+        {"test_crops": 1},
+        {"mixup_alpha": 0.4},
+        {"image_height": 128, "image_width": 512},
+    ):
         # Crops and augmentation are training settings: the feature cache is reused.
         assert extract_features(songs, replace(small_cfg, **training_setting)).path == first.path
     assert extract_features(songs, replace(small_cfg, max_clip_seconds=4.5)).path != first.path
@@ -153,8 +162,14 @@ def test_corrupt_files_are_skipped_and_listed(small_cfg, tmp_path):
     shutil.copy(songs.audio_path[0], bad / "7001.mp3")
     (bad / "7002.mp3").write_bytes(b"")
     (bad / "7003.mp3").write_text("this is not audio")
-    extra = pd.DataFrame({"song_id": [7002, 7003], "audio_path": [str(bad / "7002.mp3"), str(bad / "7003.mp3")],
-                          "valence": 0.0, "arousal": 0.0})
+    extra = pd.DataFrame(
+        {
+            "song_id": [7002, 7003],
+            "audio_path": [str(bad / "7002.mp3"), str(bad / "7003.mp3")],
+            "valence": 0.0,
+            "arousal": 0.0,
+        }
+    )
     store = extract_features(pd.concat([songs, extra], ignore_index=True), small_cfg)
     assert store.counts["failed"] == 2 and len(store.songs) == len(songs)
     errors = pd.read_csv(os.path.join(small_cfg.output_dir, "errors.csv"))

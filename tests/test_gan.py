@@ -51,8 +51,8 @@ def test_band_statistics_branch_of_the_discriminator():
     assert G.count_parameters(disc) >= G.count_parameters(G.Generator(arch))
     x, y = torch.randn(2, 1, 32, 64), torch.rand(2, 2)
     assert disc.features(x).shape == (2, disc.features_dim) and disc(x, y).dtype == torch.float32
-    stats = disc.features(x)[:, plain.features_dim:]
-    swapped = disc.features(x.flip(3))[:, plain.features_dim:]  # time order does not change band moments
+    stats = disc.features(x)[:, plain.features_dim :]
+    swapped = disc.features(x.flip(3))[:, plain.features_dim :]  # time order does not change band moments
     assert torch.allclose(stats, swapped, atol=1e-5)
 
 
@@ -88,7 +88,7 @@ def test_mode_seeking_term_pushes_same_label_pairs_apart():
             disc(real, y)
     disc.eval()
     with torch.no_grad():
-        gen.global_proj.weight[:, arch.embed_dim:] = 0  # z enters through global_proj and the CBN affines
+        gen.global_proj.weight[:, arch.embed_dim :] = 0  # z enters through global_proj and the CBN affines
     noise = torch.zeros(gen.noise_shape(4, 64))
     fixed = lambda z, labels, frames: gen(z, labels, noise=noise, frames=frames)  # noqa: E731
     fixed.arch = arch
@@ -120,8 +120,8 @@ def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
     with torch.no_grad():
         long = gen(z, y, noise=noise, frames=(cols + 4) * 16)
         for k in (1, 3):
-            window = gen(z, y, noise=noise[..., k:k + cols + 2 * margin], frames=cols * 16)
-            expected = long[..., 16 * k:16 * (k + cols)]
+            window = gen(z, y, noise=noise[..., k : k + cols + 2 * margin], frames=cols * 16)
+            expected = long[..., 16 * k : 16 * (k + cols)]
             if margin:
                 torch.testing.assert_close(window, expected, rtol=0, atol=1e-5)
             else:  # the artifact: the window's first frames differ from the same frames inside a longer sample
@@ -177,7 +177,9 @@ def test_diff_augment_policies():
     assert ((cut == 0).all(dim=2).sum(dim=2) == 32 // 4).all()  # one band of W/4 frames per sample
     shifted = G.diff_augment(x, "level", rng) - x
     assert shifted.abs().max() <= 0.1 + 1e-6
-    torch.testing.assert_close(shifted, shifted[:, :, :1, :1].expand_as(shifted), atol=1e-5, rtol=0)  # one offset per sample
+    torch.testing.assert_close(
+        shifted, shifted[:, :, :1, :1].expand_as(shifted), atol=1e-5, rtol=0
+    )  # one offset per sample
     with pytest.raises(ValueError, match="unknown DiffAugment"):
         G.diff_augment(x, "flip", rng)
 
@@ -215,8 +217,11 @@ def test_discriminator_step_builds_no_generator_graph():
     gen, disc = G.Generator(arch), G.Discriminator(arch)
     cfg = make_config("demo", gan_diffaugment="")
     real, y = torch.randn(4, 1, 32, 64), torch.rand(4, 2)
-    step_bytes, (loss, _, _, fake) = _saved_bytes(lambda: gan_train.discriminator_step(
-        gen, disc, real, y, cfg, lambda: torch.autocast("cpu", enabled=False), None))
+    step_bytes, (loss, _, _, fake) = _saved_bytes(
+        lambda: gan_train.discriminator_step(
+            gen, disc, real, y, cfg, lambda: torch.autocast("cpu", enabled=False), None
+        )
+    )
     assert fake.grad_fn is None and not fake.requires_grad and loss.requires_grad
     d_only, _ = _saved_bytes(lambda: (disc(real, y), disc(fake, y)))
     g_graph, _ = _saved_bytes(lambda: gen(torch.randn(4, 8), y, frames=64))
@@ -247,8 +252,16 @@ def test_random_crops_stay_inside_each_songs_valid_frames():
 
 @pytest.fixture
 def tiny_setup(small_demo, tmp_path):
-    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
-                      gan_steps=4, gan_eval_every=2, gan_crop_frames=32, num_synthetic=10)
+    cfg = tiny_config(
+        data_dir=str(small_demo),
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=2.0,
+        clip_offset=0.0,
+        gan_steps=4,
+        gan_eval_every=2,
+        gan_crop_frames=32,
+        num_synthetic=10,
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.2, seed=7)  # 7 / 3 / 2 songs: 3 validation songs to monitor
@@ -294,8 +307,11 @@ def test_band_normalization_is_fitted_on_training_song_crops_only(tiny_setup, mo
     cfg, store, split, train, std = tiny_setup
     seen = []
     original = G.Discriminator.set_band_normalization
-    monkeypatch.setattr(G.Discriminator, "set_band_normalization",
-                        lambda self, real: (seen.append(real.clone()), original(self, real))[1])
+    monkeypatch.setattr(
+        G.Discriminator,
+        "set_band_normalization",
+        lambda self, real: (seen.append(real.clone()), original(self, real))[1],
+    )
     result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
     assert len(seen) == 1 and seen[0].shape[1:3] == (1, 32)
     songs = std(torch.from_numpy(np.ascontiguousarray(store.song_mels(train))).float()).to(torch.float16).float()
@@ -315,12 +331,17 @@ def test_ema_weights_load_with_weights_only(tiny_setup):
     ckpt = torch.load(os.path.join(cfg.output_dir, "generator.pth"), weights_only=True)
     gen = G.Generator(G.GanArch(**ckpt["arch"]))
     gen.load_state_dict(ckpt["state_dict"])  # the EMA generator: what samples
-    differs = [not torch.equal(ckpt["state_dict"][k], ckpt["train_state_dict"][k])
-               for k in ckpt["state_dict"] if ckpt["state_dict"][k].is_floating_point()]
+    differs = [
+        not torch.equal(ckpt["state_dict"][k], ckpt["train_state_dict"][k])
+        for k in ckpt["state_dict"]
+        if ckpt["state_dict"][k].is_floating_point()
+    ]
     assert any(differs)  # EMA weights are not the training weights
     labels = gan_train.sample_labels(result.train_labels, 4, 0.05, seed=0)
-    np.testing.assert_array_equal(gan_train.generate(gen, labels, std, "cpu", seed=1),
-                                  gan_train.generate(result.generator, labels, std, "cpu", seed=1))
+    np.testing.assert_array_equal(
+        gan_train.generate(gen, labels, std, "cpu", seed=1),
+        gan_train.generate(result.generator, labels, std, "cpu", seed=1),
+    )
 
 
 def _checkpoint_folder(cfg, result) -> str:
@@ -337,11 +358,27 @@ def test_old_architecture_checkpoint_is_stale_and_retrained(tiny_setup):
     before any state dict is loaded, and the GAN is trained again."""
     cfg, store, split, train, std = tiny_setup
     folder = _checkpoint_folder(cfg, gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu"))
-    old_arch = {"n_mels": 32, "frames": cfg.num_frames, "z_dim": 8, "channels": 4, "label_dim": 2,
-                "out_low": -4.0, "out_high": 4.0}
-    old = {"state_dict": {"fc.weight": torch.zeros(128 * 2 * 6, 72), "fc.bias": torch.zeros(128 * 2 * 6)},
-           "arch": old_arch, "key": "old", "standardizer": std.to_dict(), "train_labels": torch.zeros(3, 2),
-           "history": [], "diverged": None, "config": {}, "seconds": 1.0, "version": 1}
+    old_arch = {
+        "n_mels": 32,
+        "frames": cfg.num_frames,
+        "z_dim": 8,
+        "channels": 4,
+        "label_dim": 2,
+        "out_low": -4.0,
+        "out_high": 4.0,
+    }
+    old = {
+        "state_dict": {"fc.weight": torch.zeros(128 * 2 * 6, 72), "fc.bias": torch.zeros(128 * 2 * 6)},
+        "arch": old_arch,
+        "key": "old",
+        "standardizer": std.to_dict(),
+        "train_labels": torch.zeros(3, 2),
+        "history": [],
+        "diverged": None,
+        "config": {},
+        "seconds": 1.0,
+        "version": 1,
+    }
     for name in ("generator.pth", "discriminator.pth"):
         torch.save(old, os.path.join(folder, name))
     with pytest.raises(gan_train.StaleCheckpoint, match="version 1"):
@@ -378,8 +415,10 @@ def test_key_covers_label_values_and_synthetic_cache_covers_weights(tiny_setup):
     store.songs = relabelled
     second = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
     assert not second.reused and second.key != first.key
-    assert gan_train.train_or_load_gan(cfg, store, split, train, Standardizer(std.mean + 1, std.std), "cpu").key \
-        != second.key  # the standardizer is in the key too
+    assert (
+        gan_train.train_or_load_gan(cfg, store, split, train, Standardizer(std.mean + 1, std.std), "cpu").key
+        != second.key
+    )  # the standardizer is in the key too
     # Same key, other weights (e.g. a replaced generator.pth): a new synthetic file, not the old one.
     a = gan_train.synthesize(second, cfg, "cpu")
     with torch.no_grad():
@@ -453,6 +492,7 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
 
 # ---- learning test --------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store):
     """Learning test: 150 CPU steps (~10 s of one core) on 36 training songs whose labels set
@@ -468,8 +508,16 @@ def test_gan_learns_the_label_cues_and_uses_its_conditioning(tmp_path, cue_store
     from emovit.gan_quality import gan_quality
 
     store = cue_store
-    cfg = tiny_config(output_dir=str(tmp_path / "out"), clip_seconds=1.463, gan_steps=150, gan_eval_every=50,
-                      gan_batch_size=16, gan_crop_frames=32, num_workers=0, gan_sample_batch_size=64)
+    cfg = tiny_config(
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=1.463,
+        gan_steps=150,
+        gan_eval_every=50,
+        gan_batch_size=16,
+        gan_crop_frames=32,
+        num_workers=0,
+        gan_sample_batch_size=64,
+    )
     assert cfg.num_frames == 64
     split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
     train, val = ids_of(split, "train"), ids_of(split, "val")

@@ -17,9 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_dry_run_writes_the_report(tmp_path):
     out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry", "--out", str(out)], check=True,
-                   cwd=ROOT, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                                       "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [sys.executable, "-m", "tools.gpu_check", "--dry", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     report = json.loads(out.read_text())
     assert report["ok"] is True and report["card"]["name"].startswith("none")
     assert set(report["precisions"]) == {"fp16", "bf16"}

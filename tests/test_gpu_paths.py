@@ -36,8 +36,15 @@ from emovit.runtime import gpu_compatibility_problem, load_scaler_state, parse_a
 from emovit.split import Standardizer, ids_of, split_songs
 from emovit.vit import DevicePreprocessor, ViTRegressor, build_model, find_pretrained, for_devices
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224,
-            patch_size=16, num_channels=3)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=224,
+    patch_size=16,
+    num_channels=3,
+)
 
 
 def _tiny_regressor() -> ViTRegressor:
@@ -98,8 +105,9 @@ def test_scaler_state_across_amp_modes():
 
 @pytest.fixture
 def vit_setup(small_demo, tmp_path):
-    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
-                      vit_epochs=2)
+    cfg = tiny_config(
+        data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0, vit_epochs=2
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)
@@ -114,8 +122,10 @@ def _fresh(cfg, std):
 
 
 def _paths(cfg):
-    return {"best_path": os.path.join(cfg.output_dir, "best_vit_model.pth"),
-            "last_path": os.path.join(cfg.output_dir, "last_vit_model.pth")}
+    return {
+        "best_path": os.path.join(cfg.output_dir, "best_vit_model.pth"),
+        "last_path": os.path.join(cfg.output_dir, "last_vit_model.pth"),
+    }
 
 
 def test_resume_from_a_full_precision_run_into_an_fp16_run(vit_setup, monkeypatch):
@@ -193,21 +203,35 @@ def test_half_precision_checkpoint_trains_in_float32(tmp_path):
     scaler.unscale_(opt)  # raises "Attempting to unscale FP16 gradients" on fp16 parameters
 
 
-@pytest.mark.parametrize("name,parsed", [
-    ("sm_90a", ("sm", 90, "a")), ("sm_120f", ("sm", 120, "f")), ("compute_120a", ("compute", 120, "a")),
-    ("sm_75", ("sm", 75, "")), ("compute_90", ("compute", 90, "")), ("gfx90a", None),
-])
+@pytest.mark.parametrize(
+    "name,parsed",
+    [
+        ("sm_90a", ("sm", 90, "a")),
+        ("sm_120f", ("sm", 120, "f")),
+        ("compute_120a", ("compute", 120, "a")),
+        ("sm_75", ("sm", 75, "")),
+        ("compute_90", ("compute", 90, "")),
+        ("gfx90a", None),
+    ],
+)
 def test_parse_arch(name, parsed):
     assert parse_arch(name) == parsed
 
 
-@pytest.mark.parametrize("capability,arch,ok", [
-    ((9, 0), ["sm_80", "sm_90", "sm_90a", "sm_100", "sm_120f", "compute_120a"], True),  # H100
-    ((7, 5), ["sm_75", "sm_80", "sm_90a", "sm_120f", "compute_120a"], True),  # T4
-    ((6, 0), ["sm_75", "sm_80", "sm_90a", "sm_120f", "compute_120a"], False),  # P100: the message, not int() raising
-    ((12, 0), ["sm_90a", "sm_100a", "compute_100a"], False),  # arch-specific PTX does not JIT forward
-    ((12, 1), ["sm_90", "sm_120f"], True),  # family-specific SASS runs within the family
-])
+@pytest.mark.parametrize(
+    "capability,arch,ok",
+    [
+        ((9, 0), ["sm_80", "sm_90", "sm_90a", "sm_100", "sm_120f", "compute_120a"], True),  # H100
+        ((7, 5), ["sm_75", "sm_80", "sm_90a", "sm_120f", "compute_120a"], True),  # T4
+        (
+            (6, 0),
+            ["sm_75", "sm_80", "sm_90a", "sm_120f", "compute_120a"],
+            False,
+        ),  # P100: the message, not int() raising
+        ((12, 0), ["sm_90a", "sm_100a", "compute_100a"], False),  # arch-specific PTX does not JIT forward
+        ((12, 1), ["sm_90", "sm_120f"], True),  # family-specific SASS runs within the family
+    ],
+)
 def test_gpu_check_with_suffixed_arch_names(capability, arch, ok):
     problem = gpu_compatibility_problem(capability, arch, "gpu")
     assert (problem is None) == ok, problem
@@ -238,9 +262,14 @@ def test_atomic_writes_get_the_normal_file_mode_and_zip_members_keep_it(tmp_path
 def test_atomic_write_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(efiles.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")
-                                                                    if os.path.exists("/proc/self/fd") else fd)),
-                                                     real_fsync(fd))[1])
+    monkeypatch.setattr(
+        efiles.os,
+        "fsync",
+        lambda fd: (
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)),
+            real_fsync(fd),
+        )[1],
+    )
     monkeypatch.setattr(efiles.os, "replace", lambda a, b: (events.append(("replace", a)), real_replace(a, b))[1])
     target = tmp_path / "ckpt.pth"
     with efiles.atomic_path(str(target)) as tmp:

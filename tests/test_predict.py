@@ -54,11 +54,19 @@ def _tone(seconds: float, sr: int = SR, level: float = 0.1, channels: int = 1, s
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random tiny ViT saved exactly as emovit.vit_train.save_best saves the best epoch."""
     folder = tmp_path_factory.mktemp("tiny_ckpt")
-    cfg = tiny_config(output_dir=str(folder), clip_seconds=4.0, clip_offset=1.0, random_vit_layers=1, image_height=32,
-                      image_width=32, num_workers=0)
+    cfg = tiny_config(
+        output_dir=str(folder),
+        clip_seconds=4.0,
+        clip_offset=1.0,
+        random_vit_layers=1,
+        image_height=32,
+        image_width=32,
+        num_workers=0,
+    )
     model = build_model(cfg, find_pretrained(cfg))
-    pre = DevicePreprocessor(-40.0, 15.0, (0.5,) * 3, (0.5,) * 3, (cfg.image_height, cfg.image_width),
-                             cfg.pixel_clip_std)
+    pre = DevicePreprocessor(
+        -40.0, 15.0, (0.5,) * 3, (0.5,) * 3, (cfg.image_height, cfg.image_width), cfg.pixel_clip_std
+    )
     path = folder / "best_vit_model.pth"
     save_best(model, pre, cfg, str(path), epoch=1, row={"val_ccc_mean": 0.0}, key="tiny")
     return path
@@ -72,15 +80,25 @@ def tiny(tiny_ckpt) -> Predictor:
 
 # ---- quadrant -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("v,a,expected", [
-    (0.5, 0.5, "happy / excited"), (-0.5, 0.5, "angry / tense"), (-0.5, -0.5, "sad / depressed"),
-    (0.5, -0.5, "calm / relaxed"),
-    (0.0, 0.5, "happy / excited"), (0.5, 0.0, "happy / excited"),  # zero counts as positive
-    (-0.3, 0.0, "angry / tense"), (0.0, -0.3, "calm / relaxed"),
-    (0.05, -0.05, "neutral"), (0.07, 0.07, "neutral"),  # |(v, a)| = 0.099 < 0.1
-    (0.08, 0.08, "happy / excited"), (-0.1, 0.0, "angry / tense"),  # 0.113 and exactly 0.1: outside
-    (float("nan"), 0.2, ""),
-])
+
+@pytest.mark.parametrize(
+    "v,a,expected",
+    [
+        (0.5, 0.5, "happy / excited"),
+        (-0.5, 0.5, "angry / tense"),
+        (-0.5, -0.5, "sad / depressed"),
+        (0.5, -0.5, "calm / relaxed"),
+        (0.0, 0.5, "happy / excited"),
+        (0.5, 0.0, "happy / excited"),  # zero counts as positive
+        (-0.3, 0.0, "angry / tense"),
+        (0.0, -0.3, "calm / relaxed"),
+        (0.05, -0.05, "neutral"),
+        (0.07, 0.07, "neutral"),  # |(v, a)| = 0.099 < 0.1
+        (0.08, 0.08, "happy / excited"),
+        (-0.1, 0.0, "angry / tense"),  # 0.113 and exactly 0.1: outside
+        (float("nan"), 0.2, ""),
+    ],
+)
 def test_quadrant_mapping(v, a, expected):
     assert quadrant(v, a) == expected
 
@@ -93,6 +111,7 @@ def test_quadrant_neutral_radius_is_a_parameter():
 
 
 # ---- the checkpoint and the windows -----------------------------------------------------------
+
 
 def test_preprocessor_from_dict_round_trip():
     pre = DevicePreprocessor(-41.5, 13.25, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4), size=48, clip_std=2.5)
@@ -125,8 +144,9 @@ def test_window_starts_hand_computed(tiny):
         tiny.window_starts(172)
 
 
-@pytest.mark.parametrize("seconds,hop", [(4.0, 2.0), (5.0, 2.0), (11.3, 2.0), (20.0, 2.0), (20.0, 1.5),
-                                         (17.0, 4.0), (3.0, 2.0)])
+@pytest.mark.parametrize(
+    "seconds,hop", [(4.0, 2.0), (5.0, 2.0), (11.3, 2.0), (20.0, 2.0), (20.0, 1.5), (17.0, 4.0), (3.0, 2.0)]
+)
 def test_curve_length_matches_file_length_and_hop(tiny_ckpt, tmp_path, seconds, hop):
     path = tmp_path / "song.wav"
     sf.write(path, _tone(seconds, sr=44100), 44100)  # resampled to the checkpoint's 22,050 Hz
@@ -188,7 +208,7 @@ def test_each_window_is_the_model_on_that_slice_of_the_song(tiny, tmp_path):
     decoded = tiny.decode(str(path))
     song = tiny.predict_decoded(decoded)
     starts = tiny.window_starts(decoded.mel.shape[1])
-    windows = np.stack([decoded.mel[:, s:s + 173] for s in starts])
+    windows = np.stack([decoded.mel[:, s : s + 173] for s in starts])
     with torch.no_grad():
         expected = tiny.model(tiny.pre(torch.from_numpy(windows))).numpy()
     np.testing.assert_allclose(song.values, expected, atol=1e-6)
@@ -214,14 +234,14 @@ def test_a_steady_file_gives_a_flat_curve_and_a_changing_one_does_not(tiny, tmp_
 
 # ---- folders, bad files, the CLI -----------------------------------------------------------
 
+
 def _messy_folder(root: Path) -> Path:
     folder = root / "my songs"
     (folder / "album").mkdir(parents=True)
     sf.write(folder / "good.wav", _tone(9.0), SR)
     sf.write(folder / "album" / "stereo 48k.flac", _tone(6.0, sr=48000, channels=2, seed=1), 48000)
     sf.write(folder / "album" / "song.ogg", _tone(5.0, seed=2), SR, format="OGG", subtype="VORBIS")
-    sf.write(folder / "three seconds.mp3", _tone(3.0, sr=44100, seed=4), 44100, format="MP3",
-             subtype="MPEG_LAYER_III")
+    sf.write(folder / "three seconds.mp3", _tone(3.0, sr=44100, seed=4), 44100, format="MP3", subtype="MPEG_LAYER_III")
     (folder / "empty.mp3").write_bytes(b"")
     (folder / "not audio.mp3").write_text("this is a text file, not an mp3\n")
     (folder / "cover.jpg").write_bytes(b"\xff\xd8\xff")  # not an audio extension: left out
@@ -232,8 +252,14 @@ def _messy_folder(root: Path) -> Path:
 def test_find_audio_searches_folders_and_keeps_named_files(tmp_path):
     folder = _messy_folder(tmp_path)
     found = [os.path.relpath(p, folder) for p in find_audio(str(folder))]
-    assert found == ["empty.mp3", "good.wav", "not audio.mp3", "three seconds.mp3", "album/song.ogg",
-                     "album/stereo 48k.flac"]
+    assert found == [
+        "empty.mp3",
+        "good.wav",
+        "not audio.mp3",
+        "three seconds.mp3",
+        "album/song.ogg",
+        "album/stereo 48k.flac",
+    ]
     named = find_audio([str(folder / "cover.jpg"), str(tmp_path / "missing.wav")])
     assert named == [str(folder / "cover.jpg"), str(tmp_path / "missing.wav")]
 
@@ -242,8 +268,18 @@ def test_folder_with_bad_files_gives_every_file_a_row(tiny_ckpt, tmp_path):
     folder = _messy_folder(tmp_path)
     missing = str(tmp_path / "missing.wav")
     table = predict_folder([str(folder), missing], str(tiny_ckpt), progress=False).set_index("file")
-    assert len(table) == 7 and list(table.columns) == ["path", "seconds", "windows", "padded", "valence", "arousal",
-                                                       "valence_1_9", "arousal_1_9", "quadrant", "error"]
+    assert len(table) == 7 and list(table.columns) == [
+        "path",
+        "seconds",
+        "windows",
+        "padded",
+        "valence",
+        "arousal",
+        "valence_1_9",
+        "arousal_1_9",
+        "quadrant",
+        "error",
+    ]
     assert table.loc["empty.mp3", "error"] == "ValueError: empty file (0 bytes)"
     assert table.loc["not audio.mp3", "error"].startswith("NoBackendError: no audio decoder could read it")
     assert table.loc["missing.wav", "error"].startswith("FileNotFoundError")
@@ -280,8 +316,9 @@ def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python -m emovit.predict`` in a fresh process, offline, from a folder holding only the
     checkpoint (the package is found through PYTHONPATH)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "emovit.predict", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "emovit.predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _check_cli_outputs(run: subprocess.CompletedProcess, out: Path, n_files: int, bad: set[str]) -> pd.DataFrame:
@@ -303,8 +340,23 @@ def test_cli_in_a_fresh_process_with_only_the_checkpoint(tiny_ckpt, tmp_path):
     work = tmp_path / "fresh"
     work.mkdir()
     shutil.copy(tiny_ckpt, work / "model.pth")
-    run = _run_cli([str(folder), str(tmp_path / "missing.wav"), "--checkpoint", "model.pth", "--csv", "songs.csv",
-                    "--curves", "curves.csv", "--device", "cpu", "--hop", "1.0"], work)
+    run = _run_cli(
+        [
+            str(folder),
+            str(tmp_path / "missing.wav"),
+            "--checkpoint",
+            "model.pth",
+            "--csv",
+            "songs.csv",
+            "--curves",
+            "curves.csv",
+            "--device",
+            "cpu",
+            "--hop",
+            "1.0",
+        ],
+        work,
+    )
     table = _check_cli_outputs(run, work, 7, {"empty.mp3", "not audio.mp3", "missing.wav"})
     assert table.set_index("file").loc["good.wav", "windows"] == 1 + math.ceil((388 - 173 - 2) / 43)
 
@@ -329,6 +381,7 @@ def test_prediction_figures(tiny_ckpt, tmp_path):
 
 # ---- with the demo checkpoint (slow: the demo notebook run) -----------------------------------
 
+
 def _song(valence: float, arousal: float, seconds: float, seed: int) -> np.ndarray:
     return synthesize(valence, arousal, seconds, 44100, seed)
 
@@ -348,15 +401,15 @@ def test_notebook_section_writes_both_csvs_and_figures(demo_run):
         assert (outputs / name).stat().st_size > 10_000, name
     with zipfile.ZipFile(outputs.parents[1] / "vit_output.zip") as zf:
         assert {"my_predictions.csv", "my_curves.csv", "my_songs_va_plane.png", "my_emotion_curves.png"} <= set(
-            zf.namelist())
+            zf.namelist()
+        )
     cell = next(c for c in nb.cells if c.cell_type == "code" and "predict_folder(my_songs" in c.source)
     assert not any(o.get("output_type") == "error" for o in cell.outputs)
     assert sum("image/png" in o.get("data", {}) for o in cell.outputs) == 2
 
 
 @pytest.mark.slow
-def test_demo_model_flat_curve_for_a_steady_song_and_rising_arousal_when_it_gets_louder_and_faster(
-        demo_run, tmp_path):
+def test_demo_model_flat_curve_for_a_steady_song_and_rising_arousal_when_it_gets_louder_and_faster(demo_run, tmp_path):
     """Learning test on the demo checkpoint (10 s windows every 5 s).
 
     steady: 60 s of one demo song (valence 0.2, arousal -0.2: constant tempo, loudness and
@@ -394,8 +447,9 @@ def test_cli_with_the_demo_checkpoint_in_a_fresh_process(demo_run, tmp_path):
     work = tmp_path / "fresh"
     work.mkdir()
     shutil.copy(outputs / "best_vit_model.pth", work / "best_vit_model.pth")
-    run = _run_cli([str(folder), "--checkpoint", "best_vit_model.pth", "--csv", "songs.csv", "--curves",
-                    "curves.csv"], work)
+    run = _run_cli(
+        [str(folder), "--checkpoint", "best_vit_model.pth", "--csv", "songs.csv", "--curves", "curves.csv"], work
+    )
     table = _check_cli_outputs(run, work, 7, {"empty.mp3", "not audio.mp3"}).set_index("file")
     assert table.loc["three seconds.mp3", "padded"] and table.loc["three seconds.mp3", "windows"] == 1
     assert table.loc["demo song.mp3", "windows"] == 4  # 25 s: 0, 5, 10, 15 s (the last frame within tolerance)

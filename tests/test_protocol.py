@@ -36,9 +36,19 @@ def pipeline(tmp_path_factory):
     """24 demo songs of 6 s, 4 s windows from 5 s clips, features, a hash split and its standardizer."""
     root = tmp_path_factory.mktemp("protocol")
     make_demo_deam(str(root / "data"), num_songs=24, seconds=6.0, seed=5)
-    cfg = tiny_config(data_dir=str(root / "data"), output_dir=str(root / "out"), clip_seconds=4.0, clip_offset=1.0,
-                      max_clip_seconds=5.0, random_vit_layers=1, vit_epochs=3, gan_steps=2, num_synthetic=8,
-                      gan_sample_batch_size=4, arms={})
+    cfg = tiny_config(
+        data_dir=str(root / "data"),
+        output_dir=str(root / "out"),
+        clip_seconds=4.0,
+        clip_offset=1.0,
+        max_clip_seconds=5.0,
+        random_vit_layers=1,
+        vit_epochs=3,
+        gan_steps=2,
+        num_synthetic=8,
+        gan_sample_batch_size=4,
+        arms={},
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)  # 13 / 4 / 7 songs
@@ -52,11 +62,16 @@ def _labels(store, ids) -> np.ndarray:
 
 # ---- standardizer, probe, ridge: fitted on training songs only ----------------------------
 
+
 def test_notebook_standardizer_is_train_only(pipeline):
     cfg, store, split, standardizer = pipeline
     songs = store.songs.set_index("song_id")
-    values = np.concatenate([np.asarray(store.mels[songs.at[s, "row"], :, :songs.at[s, "frames"]], np.float64).ravel()
-                             for s in ids_of(split, "train")])
+    values = np.concatenate(
+        [
+            np.asarray(store.mels[songs.at[s, "row"], :, : songs.at[s, "frames"]], np.float64).ravel()
+            for s in ids_of(split, "train")
+        ]
+    )
     assert standardizer.mean == pytest.approx(values.mean(), abs=1e-9)
     assert standardizer.std == pytest.approx(values.std(), abs=1e-9)
     everyone = Standardizer.fit(store.mels, store.songs.row, store.songs.frames)
@@ -74,8 +89,9 @@ def test_ridge_baseline_and_validation_probe_are_fitted_on_training_songs(pipeli
     probe, val_ccc = validation_probe(store, split)
     np.testing.assert_allclose(probe[-1].coef_, train_only[-1].coef_, atol=1e-12)
     pred = train_only.predict(song_features(store, val_ids))
-    assert val_ccc == {d: round(ccc(_labels(store, val_ids)[:, i], pred[:, i]), 3)
-                       for i, d in enumerate(("valence", "arousal"))}
+    assert val_ccc == {
+        d: round(ccc(_labels(store, val_ids)[:, i], pred[:, i]), 3) for i, d in enumerate(("valence", "arousal"))
+    }
 
 
 def test_song_features_use_only_valid_frames():
@@ -90,6 +106,7 @@ def test_song_features_use_only_valid_frames():
 
 
 # ---- GAN and synthetic labels: the training songs' ---------------------------------------
+
 
 def test_gan_and_synthetic_labels_are_the_training_songs(pipeline, monkeypatch):
     cfg, store, split, standardizer = pipeline
@@ -124,6 +141,7 @@ def test_gan_checkpoint_is_chosen_on_validation_songs_only(pipeline):
 
 # ---- ViT: model selection sees only validation songs; rows carry their own labels --------
 
+
 def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
     cfg, store, split, standardizer = pipeline
     calls = []
@@ -136,9 +154,18 @@ def test_model_selection_sees_only_validation_songs(pipeline, monkeypatch):
     monkeypatch.setattr(vt, "predict_dataset", recorder)
     monkeypatch.setattr(runs, "predict_dataset", recorder)
     out = cfg.output_dir + "_selection"
-    outcome = runs.fit_and_test("main", replace(cfg, use_synthetic=False), store, split, None, standardizer,
-                                      find_pretrained(cfg), "cpu", best_path=os.path.join(out, "best.pth"),
-                                      last_path=os.path.join(out, "last.pth"))
+    outcome = runs.fit_and_test(
+        "main",
+        replace(cfg, use_synthetic=False),
+        store,
+        split,
+        None,
+        standardizer,
+        find_pretrained(cfg),
+        "cpu",
+        best_path=os.path.join(out, "best.pth"),
+        last_path=os.path.join(out, "last.pth"),
+    )
     assert len(calls) == cfg.vit_epochs + 2
     for ids, files in calls[:-1]:  # one validation pass per epoch and one of the kept checkpoint: real val songs
         assert ids == ids_of(split, "val") and files == [store.path]
@@ -172,8 +199,10 @@ def test_every_model_of_a_run_takes_the_same_optimizer_steps(pipeline):
     assert list(real_only.predictions.song_id) == list(main.predictions.song_id)
     ridge = runs.ridge_baseline(cfg, store, split)
     for other in (real_only, ridge):  # every model's frame carries the same true values: comparable
-        pd.testing.assert_frame_equal(other.predictions[["song_id", "valence_true", "arousal_true"]],
-                                      main.predictions[["song_id", "valence_true", "arousal_true"]])
+        pd.testing.assert_frame_equal(
+            other.predictions[["song_id", "valence_true", "arousal_true"]],
+            main.predictions[["song_id", "valence_true", "arousal_true"]],
+        )
         compare(main.predictions, other.predictions, n_boot=20, seed=0)
     table = runs.arm_table({"main": main, "vit_real_only": real_only, "no_augment": arm}).set_index("model")
     assert table.loc["vit_real_only", "optimizer steps"] == table.loc["main", "optimizer steps"]
@@ -216,8 +245,18 @@ def test_run_key_moves_with_every_training_setting():
     cfg = make_config("kaggle")
     base = vt.run_key(cfg, "data", "weights", 10)
     training = [f.name for f in dataclasses.fields(Config) if f.name not in vt.NOT_TRAINING_FIELDS]
-    assert {"mixed_precision", "random_vit_hidden", "random_vit_layers", "random_vit_heads", "image_height",
-            "spec_augment", "test_crops", "seed", "vit_lr", "use_synthetic"} <= set(training)
+    assert {
+        "mixed_precision",
+        "random_vit_hidden",
+        "random_vit_layers",
+        "random_vit_heads",
+        "image_height",
+        "spec_augment",
+        "test_crops",
+        "seed",
+        "vit_lr",
+        "use_synthetic",
+    } <= set(training)
     for name in training:
         changed = dataclasses.replace(cfg, **{name: _changed(getattr(cfg, name))})
         assert vt.run_key(changed, "data", "weights", 10) != base, name
@@ -233,8 +272,9 @@ def test_a_model_without_synthetic_data_keeps_its_key_when_the_gan_or_the_synthe
     synthetic-trained model's key moves with each of them."""
     real_only = make_config("kaggle", use_synthetic=False)
     base = vt.run_key(real_only, "data", "weights", 10)
-    synthetic_fields = [f.name for f in dataclasses.fields(Config)
-                        if f.name.startswith("gan_") or f.name in vt.SYNTHETIC_FIELDS]
+    synthetic_fields = [
+        f.name for f in dataclasses.fields(Config) if f.name.startswith("gan_") or f.name in vt.SYNTHETIC_FIELDS
+    ]
     assert {"gan_steps", "gan_channels", "num_synthetic", "synthetic_weight", "synthetic_dims"} <= set(synthetic_fields)
     for name in synthetic_fields:
         tweak = {name: _changed(getattr(real_only, name))}
@@ -261,6 +301,7 @@ def test_data_key_moves_with_the_split_and_the_labels(pipeline):
 
 
 # ---- the best checkpoint carries its run key ------------------------------------------------
+
 
 def test_best_file_of_another_run_is_never_scored(pipeline):
     """Run A finishes (its record says so, its resume state is gone); run B, on another split, is
@@ -293,6 +334,7 @@ def test_best_file_of_another_run_is_never_scored(pipeline):
 
 
 # ---- intervals: 95%, paired ------------------------------------------------------------------
+
 
 def test_intervals_are_95_percent_percentiles():
     rng = np.random.default_rng(3)

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _check(root: Path) -> subprocess.CompletedProcess:
     """The check as `python -m` runs it from ``root``: that folder's emovit is the one imported."""
-    return subprocess.run([sys.executable, "-m", "tools.readme_config", "--check"], cwd=root,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.readme_config", "--check"], cwd=root, capture_output=True, text=True
+    )
 
 
 def test_reference_lists_every_field():
@@ -30,6 +31,8 @@ def test_adding_a_field_without_the_readme_fails(tmp_path):
     shutil.copy(ROOT / "README.md", tmp_path)
     config = tmp_path / "emovit" / "config.py"
     text = config.read_text()
-    config.write_text(text.replace("    seed: int = 42  #", "    new_knob: int = 1  # a new field\n    seed: int = 42  #", 1))
+    config.write_text(
+        text.replace("    seed: int = 42  #", "    new_knob: int = 1  # a new field\n    seed: int = 42  #", 1)
+    )
     result = _check(tmp_path)
     assert result.returncode == 1 and "stale" in result.stderr

@@ -50,7 +50,11 @@ def build_corpus(root):
         (102, "zero-byte mp3", lambda p: p.write_bytes(b"")),
         (103, "truncated mp3 (first 40%)", _truncated),
         (104, "text file named .mp3", lambda p: p.write_text("this is a text file, not audio\n")),
-        (105, ".wav where an mp3 was expected", lambda p: sf.write(str(p.with_suffix(".wav")), _tone(10, 22050), 22050)),
+        (
+            105,
+            ".wav where an mp3 was expected",
+            lambda p: sf.write(str(p.with_suffix(".wav")), _tone(10, 22050), 22050),
+        ),
         (106, "stereo 44.1 kHz", lambda p: _mp3(p, _tone(10, 44100, channels=2), 44100)),
         (107, "stereo 48 kHz", lambda p: _mp3(p, _tone(10, 48000, channels=2), 48000)),
         (108, "5 s clip", lambda p: _mp3(p, _tone(5, 44100), 44100)),
@@ -61,7 +65,11 @@ def build_corpus(root):
         (113, "annotation without audio", None),
         (114, "annotation row with NaN", lambda p: _mp3(p, _tone(10, 44100), 44100)),
         (115, "annotation outside 1-9", lambda p: _mp3(p, _tone(10, 44100), 44100)),
-        (116, "stereo mp3 shorter than clip_offset (0.6 s < 1 s)", lambda p: _mp3(p, _tone(0.6, 44100, channels=2), 44100)),
+        (
+            116,
+            "stereo mp3 shorter than clip_offset (0.6 s < 1 s)",
+            lambda p: _mp3(p, _tone(0.6, 44100, channels=2), 44100),
+        ),
     ]
     cases = {}
     for song_id, case, write in writers:
@@ -70,11 +78,15 @@ def build_corpus(root):
         cases[song_id] = case
     rows = [f"{i},5.{i % 10},1,4.{i % 10},1" for i in (101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 113, 116)]
     rows += ["114,,1,5,1", "115,11.0,1,5,1"]
-    (root / "static_annotations_averaged_songs_1_2000.csv").write_bytes(("\r\n".join([HEADER, *rows]) + "\r\n").encode())
+    (root / "static_annotations_averaged_songs_1_2000.csv").write_bytes(
+        ("\r\n".join([HEADER, *rows]) + "\r\n").encode()
+    )
     # A second, fixed-width padded copy: 101 identical (merged), 105 with another value (conflict).
-    padded = ["  song_id,  valence_mean,  valence_std,  arousal_mean,  arousal_std",
-              f"{101:>9},{5.1:>14} ,{1:>12} ,{4.1:>13} ,{1:>11} ",
-              f"{105:>9},{8.0:>14} ,{1:>12} ,{8.0:>13} ,{1:>11} "]
+    padded = [
+        "  song_id,  valence_mean,  valence_std,  arousal_mean,  arousal_std",
+        f"{101:>9},{5.1:>14} ,{1:>12} ,{4.1:>13} ,{1:>11} ",
+        f"{105:>9},{8.0:>14} ,{1:>12} ,{8.0:>13} ,{1:>11} ",
+    ]
     (root / "copy").mkdir()
     (root / "copy" / "static_annotations_averaged_songs_1_2000.csv").write_text("\n".join(padded) + "\n")
     cases[0] = "duplicate ids across two annotation files, fixed-width padded layout"
@@ -85,8 +97,14 @@ def corpus_table(tmp_path):
     """Run discovery and extraction on the corpus; one row per case with what happened."""
     root = tmp_path / "corpus"
     cases = build_corpus(root)
-    cfg = tiny_config(data_dir=str(root), output_dir=str(tmp_path / "out"), clip_seconds=6.0, clip_offset=1.0,
-                      max_clip_seconds=8.0, num_workers=2)
+    cfg = tiny_config(
+        data_dir=str(root),
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=6.0,
+        clip_offset=1.0,
+        max_clip_seconds=8.0,
+        num_workers=2,
+    )
     songs, report = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     with open(store.path.replace(".npy", ".json")) as f:
@@ -97,8 +115,10 @@ def corpus_table(tmp_path):
     rows = []
     for sid, case in cases.items():
         if sid == 0:
-            what = (f"{report.duplicate_annotation_rows} identical row merged, "
-                    f"{report.conflicting_annotation_rows} conflicting row (first file kept)")
+            what = (
+                f"{report.duplicate_annotation_rows} identical row merged, "
+                f"{report.conflicting_annotation_rows} conflicting row (first file kept)"
+            )
         elif sid in errors:
             what = f"skipped: {errors[sid]}"
         elif sid in meta_status:
@@ -149,6 +169,7 @@ def test_bad_input_corpus(tmp_path):
 
 # ---- interruption -----------------------------------------------------------------------
 
+
 def test_feature_extraction_interrupted_then_rerun(small_demo, tmp_path, monkeypatch):
     cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "a"), clip_seconds=2.0, clip_offset=0.0)
     songs, _ = discover(cfg.data_dir)
@@ -177,8 +198,9 @@ def test_feature_extraction_interrupted_then_rerun(small_demo, tmp_path, monkeyp
 
 @pytest.fixture
 def gan_setup(small_demo, tmp_path):
-    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
-                      gan_steps=3)
+    cfg = tiny_config(
+        data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0, gan_steps=3
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.2, 0.2, seed=0)
@@ -191,7 +213,9 @@ def gan_setup(small_demo, tmp_path):
 def test_gan_interrupted_then_rerun_matches_uninterrupted(gan_setup, monkeypatch):
     """The GAN restarts its (short) training; seeded on the CPU it ends with the same weights."""
     cfg, store, split, train, std = gan_setup
-    full = gan_train.train_or_load_gan(replace(cfg, output_dir=cfg.output_dir + "_full"), store, split, train, std, "cpu")
+    full = gan_train.train_or_load_gan(
+        replace(cfg, output_dir=cfg.output_dir + "_full"), store, split, train, std, "cpu"
+    )
     real, calls = G.g_hinge_loss, {"n": 0}
 
     def dies(scores):
@@ -211,6 +235,7 @@ def test_gan_interrupted_then_rerun_matches_uninterrupted(gan_setup, monkeypatch
 
 
 # ---- corrupt checkpoints ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_corrupt_gan_checkpoint_names_the_file_or_retrains(gan_setup):

@@ -25,17 +25,31 @@ from emovit.vit import IMAGENET_1K, DevicePreprocessor, build_model, find_pretra
 from emovit.vit_train import loss_fn, make_datasets, param_groups, train_vit, weighted_ccc
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224,
-            patch_size=16, num_channels=3)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=224,
+    patch_size=16,
+    num_channels=3,
+)
 
 
 def _save_tiny_vit(folder: Path, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTModel:
     torch.manual_seed(0)
     model = ViTModel(ViTConfig(**TINY))
     model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "ViTImageProcessor", "image_mean": list(mean), "image_std": list(std),
-         "size": {"height": 224, "width": 224}}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "image_mean": list(mean),
+                "image_std": list(std),
+                "size": {"height": 224, "width": 224},
+            }
+        )
+    )
     return model
 
 
@@ -62,8 +76,12 @@ def test_local_dir_comes_first(tmp_path):
 
 def test_nothing_reachable_names_the_three_options(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = make_config("kaggle", pretrained_search_dir=str(tmp_path), vit_local_dir=str(tmp_path / "nope"),
-                      vit_model_name="google/vit-base-patch16-224-in21k-not-cached")
+    cfg = make_config(
+        "kaggle",
+        pretrained_search_dir=str(tmp_path),
+        vit_local_dir=str(tmp_path / "nope"),
+        vit_model_name="google/vit-base-patch16-224-in21k-not-cached",
+    )
     with pytest.raises(RuntimeError) as err:
         find_pretrained(cfg)
     msg = str(err.value)
@@ -72,13 +90,16 @@ def test_nothing_reachable_names_the_three_options(tmp_path, monkeypatch):
     assert random.source == "random"
 
 
-@pytest.mark.parametrize("capability,arch,ok", [
-    ((6, 0), ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "compute_90"], False),  # P100 on Kaggle's torch
-    ((7, 5), ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90"], True),  # T4
-    ((8, 9), ["sm_75", "sm_80", "sm_86", "sm_90"], True),  # L4 runs sm_86 kernels
-    ((10, 0), ["sm_80", "sm_90", "compute_90"], True),  # newer GPU JITs the PTX
-    ((6, 0), ["sm_60", "sm_70"], True),
-])
+@pytest.mark.parametrize(
+    "capability,arch,ok",
+    [
+        ((6, 0), ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "compute_90"], False),  # P100 on Kaggle's torch
+        ((7, 5), ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90"], True),  # T4
+        ((8, 9), ["sm_75", "sm_80", "sm_86", "sm_90"], True),  # L4 runs sm_86 kernels
+        ((10, 0), ["sm_80", "sm_90", "compute_90"], True),  # newer GPU JITs the PTX
+        ((6, 0), ["sm_60", "sm_70"], True),
+    ],
+)
 def test_gpu_compatibility_check(capability, arch, ok):
     problem = gpu_compatibility_problem(capability, arch, "Tesla P100" if capability == (6, 0) else "gpu")
     assert (problem is None) == ok
@@ -113,8 +134,9 @@ def test_weighted_ccc_and_losses():
 
 @pytest.fixture
 def vit_setup(small_demo, tmp_path):
-    cfg = tiny_config(data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0,
-                      vit_epochs=4)
+    cfg = tiny_config(
+        data_dir=str(small_demo), output_dir=str(tmp_path / "out"), clip_seconds=2.0, clip_offset=0.0, vit_epochs=4
+    )
     songs, _ = discover(cfg.data_dir)
     store = extract_features(songs, cfg)
     split = split_songs(store.songs.song_id, 0.25, 0.25, seed=0)
@@ -124,8 +146,10 @@ def vit_setup(small_demo, tmp_path):
 
 
 def _paths(cfg):
-    return {"best_path": os.path.join(cfg.output_dir, "best_vit_model.pth"),
-            "last_path": os.path.join(cfg.output_dir, "last_vit_model.pth")}
+    return {
+        "best_path": os.path.join(cfg.output_dir, "best_vit_model.pth"),
+        "last_path": os.path.join(cfg.output_dir, "last_vit_model.pth"),
+    }
 
 
 def _fresh(cfg, std):
@@ -208,10 +232,15 @@ def test_best_checkpoint_and_predict_in_a_fresh_process(vit_setup):
     state = torch.load(best_path, weights_only=True)
     assert {"state_dict", "vit_config", "preprocess", "mel_params", "config"} <= set(state)
     audio = store.songs.set_index("song_id").loc[ids_of(split, "test")[0], "audio_path"]
-    code = ("import json, sys; from emovit.predict import predict; "
-            f"print(json.dumps(predict({audio!r}, {best_path!r})))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code = f"import json, sys; from emovit.predict import predict; print(json.dumps(predict({audio!r}, {best_path!r})))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"valence", "arousal", "valence_1_9", "arousal_1_9"} <= set(result)  # predict() may add keys
     assert result["valence_1_9"] == pytest.approx(result["valence"] * 4 + 5)
@@ -230,7 +259,8 @@ def test_corrupt_resume_checkpoint_names_the_file_or_retrains(vit_setup):
         f.write(b"PK\x03\x04 truncated")
     with pytest.raises(RuntimeError, match=r"last_vit_model\.pth.*retrain_bad_checkpoints"):
         train_vit(*_fresh(cfg, std), train, val, cfg, "cpu", key="c", **paths)
-    result = train_vit(*_fresh(cfg, std), train, val, replace(cfg, retrain_bad_checkpoints=True), "cpu", key="c",
-                       **paths)
+    result = train_vit(
+        *_fresh(cfg, std), train, val, replace(cfg, retrain_bad_checkpoints=True), "cpu", key="c", **paths
+    )
     assert result.resumed_from == 0 and len(result.history) == 1
     assert not os.path.exists(paths["last_path"]) and result.key == "c"  # trained to completion

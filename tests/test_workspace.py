@@ -101,8 +101,16 @@ def test_a_full_disk_stops_with_the_message_and_leaves_no_partial_file(small_cfg
 def test_a_gan_tweak_keeps_the_real_only_model_and_retrains_the_synthetic_one(cue_store, tmp_path):
     """A new synthetic set of the same size (a GAN tweak): the real-only reference is reloaded as it
     was (its key leaves the GAN out), the synthetic-trained model trains again."""
-    cfg = tiny_config(output_dir=str(tmp_path / "out"), clip_seconds=1.463, clip_offset=0.0, vit_epochs=1,
-                      num_workers=0, image_height=32, image_width=64, random_vit_layers=1)
+    cfg = tiny_config(
+        output_dir=str(tmp_path / "out"),
+        clip_seconds=1.463,
+        clip_offset=0.0,
+        vit_epochs=1,
+        num_workers=0,
+        image_height=32,
+        image_width=64,
+        random_vit_layers=1,
+    )
     split = split_songs(cue_store.songs.song_id, 0.2, 0.2, seed=0)
     std = Standardizer.fit(cue_store.mels, cue_store.songs.set_index("song_id").loc[ids_of(split, "train"), "row"])
     rng = np.random.default_rng(0)
@@ -110,8 +118,9 @@ def test_a_gan_tweak_keeps_the_real_only_model_and_retrains_the_synthetic_one(cu
     def synthetic(name: str, gan_steps: int) -> tuple[SyntheticSet, object]:
         path = tmp_path / f"{name}.npy"
         np.save(path, rng.normal(-45, 5, (8, 32, 64)).astype(np.float16))
-        s = SyntheticSet(np.load(path, mmap_mode="r"), rng.uniform(-0.8, 0.8, (8, 2)).astype(np.float32), str(path),
-                         False, 0.0)
+        s = SyntheticSet(
+            np.load(path, mmap_mode="r"), rng.uniform(-0.8, 0.8, (8, 2)).astype(np.float32), str(path), False, 0.0
+        )
         return s, replace(cfg, gan_steps=gan_steps)
 
     fits = {}

@@ -84,8 +84,7 @@ def build(root: Path = ROOT, script: Path | None = None) -> str:
             source = cell.source
             if cell.cell_type == "code":
                 _check_imports(source, written, where=f"cell {index}")
-        new = (nbformat.v4.new_code_cell(source) if cell.cell_type == "code"
-               else nbformat.v4.new_markdown_cell(source))
+        new = nbformat.v4.new_code_cell(source) if cell.cell_type == "code" else nbformat.v4.new_markdown_cell(source)
         new["id"] = f"cell-{index:03d}"
         if tags:
             new.metadata["tags"] = list(tags)
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if current != text:
             print(
                 f"build_notebook: {NOTEBOOK.name} is stale (differs from a fresh build of "
-                f"{SCRIPT.relative_to(ROOT)} and {PACKAGE}/). Run `python tools/build_notebook.py` "
+                f"{SCRIPT.relative_to(ROOT)} and {PACKAGE}/). Run `python -m tools.build_notebook` "
                 "and commit the result.",
                 file=sys.stderr,
             )

@@ -5,9 +5,9 @@ Runs the notebook's own functions (no re-implementation) on the demo preset's si
 (n_mels 64, 10 s clips at offset 5 s, 120 songs of 30 s, 84 training songs) for one data
 generator style and seed, and prints / writes ``gan_quality.json`` plus the GAN's seconds.
 
-    OMP_NUM_THREADS=1 python tools/gan_experiment.py --style demo --seed 42
-    OMP_NUM_THREADS=1 python tools/gan_experiment.py --style band --seed 42 --set gan_steps=1500
-    OMP_NUM_THREADS=1 python tools/gan_experiment.py --style band --seed 7 --eval-songs 150
+    OMP_NUM_THREADS=1 python -m tools.gan_experiment --style demo --seed 42
+    OMP_NUM_THREADS=1 python -m tools.gan_experiment --style band --seed 42 --set gan_steps=1500
+    OMP_NUM_THREADS=1 python -m tools.gan_experiment --style band --seed 7 --eval-songs 150
 
 ``--eval-songs N`` also scores the GAN on N songs generated with seed + 1000 ("heldout" columns):
 the same generator, songs that nothing was trained or chosen on, and ten times the validation
@@ -43,11 +43,18 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "gan_experiment")
     parser.add_argument("--tag", default="", help="suffix of the output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--eval-songs", type=int, default=0,
-                        help="also score on N extra songs of the same generator (another seed), used for nothing else: "
-                             "the 14 validation songs make every CCC noisy")
-    parser.add_argument("--vit-judge", action="store_true",
-                        help="also judge the synthetic set with the real-only ViT (trained once per data set, cached)")
+    parser.add_argument(
+        "--eval-songs",
+        type=int,
+        default=0,
+        help="also score on N extra songs of the same generator (another seed), used for nothing else: "
+        "the 14 validation songs make every CCC noisy",
+    )
+    parser.add_argument(
+        "--vit-judge",
+        action="store_true",
+        help="also judge the synthetic set with the real-only ViT (trained once per data set, cached)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Config override")
     args = parser.parse_args(argv)
 
@@ -68,8 +75,15 @@ def main(argv=None) -> int:
     overrides = {k: _value(v) for k, v in overrides.items()}
     data = args.work / f"data_{args.style}_{args.seed}_{args.songs}"
     out = args.work / f"run_{args.style}_{args.seed}{'_' + args.tag if args.tag else ''}"
-    cfg = make_config("demo", data_dir=str(data), output_dir=str(out), seed=args.seed,
-                      cache_dir=str(args.work / "cache"), num_workers=1, **overrides)
+    cfg = make_config(
+        "demo",
+        data_dir=str(data),
+        output_dir=str(out),
+        seed=args.seed,
+        cache_dir=str(args.work / "cache"),
+        num_workers=1,
+        **overrides,
+    )
     style = {} if args.style == "demo" else {"style": args.style}
     make_demo_deam(str(data), num_songs=args.songs, seconds=cfg.demo_song_seconds, seed=args.seed, **style)
     songs, _ = discover(cfg.data_dir)
@@ -88,16 +102,23 @@ def main(argv=None) -> int:
         # Same generator and style, another seed: the same distribution, but songs no model and no
         # choice in this pipeline ever saw. Only the measures, never training or checkpoint choice.
         eval_data = args.work / f"data_{args.style}_{args.seed + 1000}_{args.eval_songs}"
-        make_demo_deam(str(eval_data), num_songs=args.eval_songs, seconds=cfg.demo_song_seconds, seed=args.seed + 1000,
-                       **style)
+        make_demo_deam(
+            str(eval_data), num_songs=args.eval_songs, seconds=cfg.demo_song_seconds, seed=args.seed + 1000, **style
+        )
         eval_songs, _ = discover(str(eval_data))
         eval_store = extract_features(eval_songs, cfg)
         eval_ids = list(eval_store.songs["song_id"])
         labels = store.songs.set_index("song_id")[["valence", "arousal"]]
         eval_labels = eval_store.songs.set_index("song_id").loc[eval_ids, ["valence", "arousal"]].to_numpy()
-        heldout = gan_quality(store.centre_windows(train_ids), labels.loc[train_ids].to_numpy(),
-                              eval_store.centre_windows(eval_ids), eval_labels, synthetic.mels, synthetic.labels,
-                              seed=cfg.seed)
+        heldout = gan_quality(
+            store.centre_windows(train_ids),
+            labels.loc[train_ids].to_numpy(),
+            eval_store.centre_windows(eval_ids),
+            eval_labels,
+            synthetic.mels,
+            synthetic.labels,
+            seed=cfg.seed,
+        )
     judge = None
     if args.vit_judge:  # the notebook's judge: a ViT trained on the real training songs only
         from emovit.choice import judge_synthetic
@@ -107,8 +128,11 @@ def main(argv=None) -> int:
         judge_cfg = replace(cfg, cache_dir=str(args.work / f"judge_{args.style}_{args.seed}"))
         trainer = Trainer(judge_cfg, store, split, synthetic, standardizer, find_pretrained(judge_cfg), "cpu")
         judgement = judge_synthetic(trainer.fit("vit_real_only", use_synthetic=False), synthetic, judge_cfg, "cpu")
-        judge = {"synthetic": judgement.synthetic_ccc, "val": judgement.val_ccc,
-                 "ratio": {d: judgement.synthetic_ccc[d] / judgement.val_ccc[d] for d in judgement.val_ccc}}
+        judge = {
+            "synthetic": judgement.synthetic_ccc,
+            "val": judgement.val_ccc,
+            "ratio": {d: judgement.synthetic_ccc[d] / judgement.val_ccc[d] for d in judgement.val_ccc},
+        }
         print("ViT judge:", json.dumps(judge))
     table = quality_table(quality)
     table["ratio"] = (table["synthetic"] / table["real reference"]).round(2)
@@ -117,11 +141,19 @@ def main(argv=None) -> int:
         table["heldout synthetic"], table["heldout reference"] = held["synthetic"], held["real reference"]
         table["heldout ratio"] = (held["synthetic"] / held["real reference"]).round(2)
     print(table.drop(columns="how to read").to_string(index=False))
-    summary = {"style": args.style, "seed": args.seed, "overrides": overrides, "train_songs": len(train_ids),
-               "gan_train_seconds": gan.seconds, "gan_stage_seconds_train": stage_gan,
-               "gan_train_cpu_seconds": cpu_gan,  # process CPU time: comparable under a shared machine
-               "gan_stage_seconds_train_and_sample": stage, "torch_threads": torch.get_num_threads(),
-               "vit_judge": judge, "table": table.drop(columns="how to read").to_dict(orient="records")}
+    summary = {
+        "style": args.style,
+        "seed": args.seed,
+        "overrides": overrides,
+        "train_songs": len(train_ids),
+        "gan_train_seconds": gan.seconds,
+        "gan_stage_seconds_train": stage_gan,
+        "gan_train_cpu_seconds": cpu_gan,  # process CPU time: comparable under a shared machine
+        "gan_stage_seconds_train_and_sample": stage,
+        "torch_threads": torch.get_num_threads(),
+        "vit_judge": judge,
+        "table": table.drop(columns="how to read").to_dict(orient="records"),
+    }
     (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
     return 0

@@ -54,15 +54,30 @@ from emovit.vit import DevicePreprocessor, ViTRegressor, for_devices, model_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FULL = {"n_mels": 128, "frames": 1292, "gan_crop": 256, "gan_channels": 32, "z_dim": 128, "gan_batch": 32, "vit_batch": 32,
-        "vit": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}}
-DRY = {"n_mels": 16, "frames": 64, "gan_crop": 32, "gan_channels": 4, "z_dim": 8, "gan_batch": 4, "vit_batch": 4,
-       "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
+FULL = {
+    "n_mels": 128,
+    "frames": 1292,
+    "gan_crop": 256,
+    "gan_channels": 32,
+    "z_dim": 128,
+    "gan_batch": 32,
+    "vit_batch": 32,
+    "vit": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+DRY = {
+    "n_mels": 16,
+    "frames": 64,
+    "gan_crop": 32,
+    "gan_channels": 4,
+    "z_dim": 8,
+    "gan_batch": 4,
+    "vit_batch": 4,
+    "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+}
 # Dense fp16/bf16 tensor peak (TFLOP/s) by a substring of the card's name, for the MFU figures
 # (--peak-tflops overrides). H100/H200: SXM figures; a PCIe H100 is ~756.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
 MEL_MEAN, MEL_STD = -40.0, 15.0  # dB: the scale of the real features
-
 
 
 def sync(device: str) -> None:
@@ -88,8 +103,13 @@ def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
 
     torch.manual_seed(0)
     cfg = make_config("kaggle", gan_crop_frames=s["gan_crop"])
-    arch = G.GanArch(n_mels=s["n_mels"], frames=s["frames"], z_dim=s["z_dim"], channels=s["gan_channels"],
-                     d_band_stats=cfg.gan_d_band_stats)
+    arch = G.GanArch(
+        n_mels=s["n_mels"],
+        frames=s["frames"],
+        z_dim=s["z_dim"],
+        channels=s["gan_channels"],
+        d_band_stats=cfg.gan_d_band_stats,
+    )
     gen, disc = G.Generator(arch).to(device), G.Discriminator(arch).to(device)
     ema = G.Generator(arch).to(device).eval()
     ema.load_state_dict(gen.state_dict())
@@ -124,11 +144,20 @@ def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
     timed = steps - warmup
     with torch.no_grad():  # a full-length sample from the EMA generator
         sample = ema(torch.randn(2, arch.z_dim, device=device), labels[:2])
-    return {"steps": steps, "timed_steps": timed, "batch": bs, "crop_frames": crop, "steps_per_s": timed / seconds,
-            "peak_gpu_gib": peak_gib(device), "losses_finite": all(math.isfinite(v) for row in losses for v in row),
-            "sample_shape": list(sample.shape), "sample_finite": bool(torch.isfinite(sample).all()),
-            "last_losses": losses[-1], "generator_parameters": G.count_parameters(gen),
-            "discriminator_parameters": G.count_parameters(disc)}
+    return {
+        "steps": steps,
+        "timed_steps": timed,
+        "batch": bs,
+        "crop_frames": crop,
+        "steps_per_s": timed / seconds,
+        "peak_gpu_gib": peak_gib(device),
+        "losses_finite": all(math.isfinite(v) for row in losses for v in row),
+        "sample_shape": list(sample.shape),
+        "sample_finite": bool(torch.isfinite(sample).all()),
+        "last_losses": losses[-1],
+        "generator_parameters": G.count_parameters(gen),
+        "discriminator_parameters": G.count_parameters(disc),
+    }
 
 
 def vit_model(s: dict) -> ViTRegressor:
@@ -177,12 +206,20 @@ def vit_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> tuple[dict,
     sync(device)
     seconds = time.perf_counter() - start
     timed = steps - warmup
-    result = {"steps": steps, "timed_steps": timed, "batch": bs * ranks.world, "processes": ranks.world,
-              "images_per_s": timed * bs * ranks.world / seconds,
-              "steps_per_s": timed / seconds, "peak_gpu_gib": peak_gib(device),
-              "losses_finite": all(math.isfinite(v) for v in losses), "last_loss": losses[-1],
-              "scaler_skipped_steps": skipped, "parameters": sum(p.numel() for p in model.parameters()),
-              "parameter_dtypes": sorted({str(p.dtype) for p in model.parameters()})}
+    result = {
+        "steps": steps,
+        "timed_steps": timed,
+        "batch": bs * ranks.world,
+        "processes": ranks.world,
+        "images_per_s": timed * bs * ranks.world / seconds,
+        "steps_per_s": timed / seconds,
+        "peak_gpu_gib": peak_gib(device),
+        "losses_finite": all(math.isfinite(v) for v in losses),
+        "last_loss": losses[-1],
+        "scaler_skipped_steps": skipped,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameter_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+    }
     return result, model, pre
 
 
@@ -244,15 +281,29 @@ def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
     start = time.perf_counter()
     make_demo_deam(str(work / "deam"), num_songs=songs, seconds=45.0, seed=5)
     generated = time.perf_counter() - start
-    papermill.execute_notebook(str(ROOT / "vit_with_gans_emotion_prediction.ipynb"), str(work / "run.ipynb"),
-                               kernel_name="python3", cwd=str(work), progress_bar=False,
-                               parameters={"PRESET": "kaggle", "DATA_DIR": str(work / "deam"),
-                                           "OUTPUT_DIR": str(work / "out"), "OVERRIDES": overrides})
+    papermill.execute_notebook(
+        str(ROOT / "vit_with_gans_emotion_prediction.ipynb"),
+        str(work / "run.ipynb"),
+        kernel_name="python3",
+        cwd=str(work),
+        progress_bar=False,
+        parameters={
+            "PRESET": "kaggle",
+            "DATA_DIR": str(work / "deam"),
+            "OUTPUT_DIR": str(work / "out"),
+            "OVERRIDES": overrides,
+        },
+    )
     summary = json.loads((work / "out" / "run_summary.json").read_text())
     metrics = json.loads((work / "out" / "metrics.json").read_text())
-    return {"songs": songs, "overrides": overrides, "generate_seconds": generated,
-            "notebook_seconds": time.perf_counter() - start - generated, "timings_seconds": summary["timings_seconds"],
-            "vit_weights": metrics["vit"]["weights"]}
+    return {
+        "songs": songs,
+        "overrides": overrides,
+        "generate_seconds": generated,
+        "notebook_seconds": time.perf_counter() - start - generated,
+        "timings_seconds": summary["timings_seconds"],
+        "vit_weights": metrics["vit"]["weights"],
+    }
 
 
 def ddp_worker(args) -> int:
@@ -273,8 +324,20 @@ def ddp_speedup(args, one_gpu: dict, work: Path, device: str) -> dict:
     if device != "cuda" or torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count() if device == 'cuda' else 0} GPU(s) visible; needs 2"}
     out = work / "ddp.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tools.gpu_check",
-           "--ddp-worker", "--vit-steps", str(args.vit_steps), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tools.gpu_check",
+        "--ddp-worker",
+        "--vit-steps",
+        str(args.vit_steps),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         return {"failed": proc.stdout[-1500:] + proc.stderr[-1500:]}
@@ -288,13 +351,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu.json")
     parser.add_argument("--vit-steps", type=int, default=40)
     parser.add_argument("--gan-steps", type=int, default=20)
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the card's dense fp16/bf16 peak for the MFU figures (default: PEAK_TFLOPS by name)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the card's dense fp16/bf16 peak for the MFU figures (default: PEAK_TFLOPS by name)",
+    )
     parser.add_argument("--notebook-songs", type=int, default=0, help="then run the notebook on this many songs")
     parser.add_argument("--notebook-overrides", type=json.loads, default={"vit_epochs": 1, "gan_steps": 50})
     parser.add_argument("--budget-s", type=float, default=420.0, help="start the notebook only under half of this")
-    parser.add_argument("--ddp-worker", action="store_true",
-                        help="(internal) one torchrun rank of the DistributedDataParallel ViT measurement")
+    parser.add_argument(
+        "--ddp-worker",
+        action="store_true",
+        help="(internal) one torchrun rank of the DistributedDataParallel ViT measurement",
+    )
     args = parser.parse_args(argv)
     if args.ddp_worker:
         return ddp_worker(args)
@@ -311,17 +381,27 @@ def main(argv=None) -> int:
 
     report = {
         "mode": "dry (CPU, tiny sizes)" if args.dry else "full size",
-        "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "cuda": torch.version.cuda},
-        "sizes": {k: v for k, v in sizes.items()}, "precisions": {},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda,
+        },
+        "sizes": {k: v for k, v in sizes.items()},
+        "precisions": {},
     }
     if device == "cuda":
         cap = torch.cuda.get_device_capability()
-        report["card"] = {"name": torch.cuda.get_device_name(), "capability": list(cap),
-                          "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30,
-                          "count": torch.cuda.device_count(), "bf16_supported": torch.cuda.is_bf16_supported(),
-                          "arch_list": torch.cuda.get_arch_list(),
-                          "compatibility_problem": gpu_compatibility_problem(cap, torch.cuda.get_arch_list())}
+        report["card"] = {
+            "name": torch.cuda.get_device_name(),
+            "capability": list(cap),
+            "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30,
+            "count": torch.cuda.device_count(),
+            "bf16_supported": torch.cuda.is_bf16_supported(),
+            "arch_list": torch.cuda.get_arch_list(),
+            "compatibility_problem": gpu_compatibility_problem(cap, torch.cuda.get_arch_list()),
+        }
         if args.peak_tflops is None:
             args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in report["card"]["name"]), None)
         report["card"]["peak_tflops_used_for_mfu"] = args.peak_tflops
@@ -334,14 +414,17 @@ def main(argv=None) -> int:
             gan = gan_run(sizes, device, dtype, gan_steps)
             print(f"gpu_check {name}: GAN {gan['steps_per_s']:.2f} steps/s, peak {gan['peak_gpu_gib']} GiB", flush=True)
             vit, model, pre = vit_run(sizes, device, dtype, vit_steps)
-            print(f"gpu_check {name}: ViT {vit['images_per_s']:.1f} images/s, peak {vit['peak_gpu_gib']} GiB",
-                  flush=True)
+            print(
+                f"gpu_check {name}: ViT {vit['images_per_s']:.1f} images/s, peak {vit['peak_gpu_gib']} GiB", flush=True
+            )
             row = {"gan": gan, "vit": vit, "achieved": achieved(vit, gan, sizes, args.peak_tflops)}
             if name == "fp16":  # the T4 path's checkpoint, written on the device, read on the CPU
                 path = os.path.join(tmp, "best_vit_model.pth")
                 write_checkpoint(model, pre, path, n_mels=sizes["n_mels"])
-                row["checkpoint"] = {"megabytes": os.path.getsize(path) / 1e6,
-                                     **reload_on_cpu(model, pre, path, device, sizes)}
+                row["checkpoint"] = {
+                    "megabytes": os.path.getsize(path) / 1e6,
+                    **reload_on_cpu(model, pre, path, device, sizes),
+                }
             report["precisions"][name] = row
             del model, pre
             reset_peak(device)
@@ -351,9 +434,13 @@ def main(argv=None) -> int:
         elif args.notebook_songs:
             report["notebook"] = {"skipped": f"{time.perf_counter() - start:.0f} s used of --budget-s {args.budget_s}"}
     report["seconds"] = time.perf_counter() - start
-    ok = all(r["gan"]["losses_finite"] and r["gan"]["sample_finite"] and r["vit"]["losses_finite"]
-             for r in report["precisions"].values()) and \
-        report["precisions"]["fp16"]["checkpoint"]["match"]
+    ok = (
+        all(
+            r["gan"]["losses_finite"] and r["gan"]["sample_finite"] and r["vit"]["losses_finite"]
+            for r in report["precisions"].values()
+        )
+        and report["precisions"]["fp16"]["checkpoint"]["match"]
+    )
     report["ok"] = ok
     atomic_write_json(str(args.out), report)
     print(json.dumps(report, indent=1, default=str))

@@ -9,11 +9,11 @@ protocol can. For every mutation this script copies the project to a temporary f
 the mutation there (never to the working tree), rebuilds the notebook from the mutated package,
 runs the tests named for it, and reports CAUGHT (the tests failed) or MISSED (they passed).
 
-    python tools/mutation_check.py              # every mutation, with the tests named for it
-    python tools/mutation_check.py --list       # what each mutation does
-    python tools/mutation_check.py --only NAME  # one mutation (repeatable)
-    python tools/mutation_check.py --fast       # skip the mutations only the end-to-end run can see
-    python tools/mutation_check.py --json out.json
+    python -m tools.mutation_check              # every mutation, with the tests named for it
+    python -m tools.mutation_check --list       # what each mutation does
+    python -m tools.mutation_check --only NAME  # one mutation (repeatable)
+    python -m tools.mutation_check --fast       # skip the mutations only the end-to-end run can see
+    python -m tools.mutation_check --json out.json
 
 It first runs the same tests on the unmutated copy, which must pass. Time: about 1 minute per
 fast mutation and 6 minutes per end-to-end one on a 2-core machine (~35 minutes in all).
@@ -53,111 +53,240 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("selection_on_test_songs", "emovit/runs.py",
-             "run = train_vit(model, pre, train_ds, val_ds,", "run = train_vit(model, pre, train_ds, test_ds,",
-             tuple(PROTOCOL), "model selection and early stopping on the TEST songs"),
-    Mutation("ridge_fit_on_train_and_test", "emovit/runs.py",
-             'train_ids, test_ids = ids_of(split, "train"), ids_of(split, "test")',
-             'train_ids, test_ids = ids_of(split, "train") + ids_of(split, "test"), ids_of(split, "test")',
-             tuple(PROTOCOL), "the ridge baseline fitted on training + test songs"),
-    Mutation("probe_fit_on_train_and_val", "emovit/probe.py",
-             'train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")',
-             'train_ids, val_ids = ids_of(split, "train") + ids_of(split, "val"), ids_of(split, "val")',
-             tuple(PROTOCOL), "the notebook's validation probe fitted on training + validation songs"),
-    Mutation("standardizer_on_all_songs", "emovit/split.py",
-             '    train_ids = ids_of(split, "train")\n    songs = store.songs',
-             '    train_ids = sorted(split["song_id"])\n    songs = store.songs',
-             tuple(PROTOCOL), "the standardizer fitted on every song (test songs included)"),
-    Mutation("notebook_standardizer_on_all_songs", "notebook/emovit_notebook.py",
-             "standardizer = fit_standardizer(store, split)",
-             'from emovit.split import Standardizer; standardizer = Standardizer.fit(store.mels, store.songs["row"], '
-             'store.songs["frames"])',
-             tuple(E2E), "the NOTEBOOK fits the standardizer on every song instead of calling fit_standardizer"),
-    Mutation("guard_disabled", "emovit/split.py",
-             "assert not leaked, ", "assert True or not leaked, ",
-             ("tests/test_split.py", "tests/test_gan.py", "tests/test_vit.py"),
-             "the train-only guard of the GAN and the ViT disabled"),
-    Mutation("uniform_synthetic_labels", "emovit/gan_train.py",
-             "rows = np.asarray(train_labels, np.float32)[rng.integers(0, len(train_labels), size=n)]",
-             "rows = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)",
-             ("tests/test_gan.py",) + tuple(PROTOCOL), "synthetic labels uniform on [-1, 1], not the training songs'"),
-    Mutation("gan_monitor_on_test_songs", "emovit/gan_train.py",
-             'val_ids = ids_of(split, "val")\n        if len(val_ids) < 3:', 'val_ids = ids_of(split, "test")\n        if len(val_ids) < 3:',
-             tuple(PROTOCOL), "the GAN's checkpoint chosen on TEST songs"),
-    Mutation("labels_not_in_gan_key", "emovit/gan_train.py",
-             '"labels": np.round(np.asarray(labels, np.float64), 6).tolist(), ', "",
-             ("tests/test_gan.py",), "label values left out of the GAN's cache key"),
-    Mutation("synthetic_cache_not_tied_to_weights", "emovit/gan_train.py",
-             'stem = f"synthetic_{result.key}_{digest}_', 'stem = f"synthetic_{result.key}_',
-             ("tests/test_gan.py",), "the synthetic set's cache name not tied to the generator's weights"),
-    Mutation("split_not_in_data_key", "emovit/vit_train.py",
-             '"split": split.to_dict(orient="list"),', "",
-             tuple(PROTOCOL), "the split left out of the ViT's cache key"),
-    Mutation("labels_not_in_data_key", "emovit/vit_train.py",
-             '"labels": labels.round(6).to_numpy().tolist(),', "",
-             tuple(PROTOCOL), "label values left out of the ViT's cache key"),
-    Mutation("mixed_precision_not_in_run_key", "emovit/vit_train.py",
-             'NOT_TRAINING_FIELDS = ("preset",', 'NOT_TRAINING_FIELDS = ("mixed_precision", "preset",',
-             tuple(PROTOCOL), "mixed_precision left out of the ViT's resume key"),
-    Mutation("unpaired_bootstrap", "emovit/results.py",
-             "fn(true[i, d], pa[i, d]) - fn(true[i, d], pb[i, d]) for i in idx",
-             "fn(true[i, d], pa[i, d]) - fn(true[j, d], pb[j, d]) for i, j in zip(idx, idx[::-1])",
-             tuple(PROTOCOL), "the 'paired' bootstrap resamples different songs for the two models"),
-    Mutation("intervals_90_percent", "emovit/metrics.py",
-             '"low": float(np.nanpercentile(boots, 2.5)) if n_boot',
-             '"low": float(np.nanpercentile(boots, 5.0)) if n_boot',
-             tuple(PROTOCOL), "90% instead of 95% intervals for the test metrics"),
-    Mutation("compare_intervals_90_percent", "emovit/results.py",
-             '"low": float(np.percentile(diffs, 2.5))', '"low": float(np.percentile(diffs, 5.0))',
-             tuple(PROTOCOL), "90% instead of 95% intervals for the paired differences"),
-    Mutation("compare_accepts_other_labels", "emovit/results.py",
-             "if not np.array_equal(a[columns].to_numpy(), b[columns].to_numpy()):", "if False:",
-             tuple(PROTOCOL), "compare() accepts frames whose true values differ"),
-    Mutation("prediction_rows_misaligned", "emovit/runs.py",
-             "predictions = prediction_frame(test_ds.song_ids, song_labels(",
-             "predictions = prediction_frame(sorted(test_ds.song_ids, reverse=True), song_labels(",
-             tuple(PROTOCOL), "predictions.csv ids misaligned with their rows"),
-    Mutation("ccc_sample_moments", "emovit/metrics.py",
-             "cov = np.mean((x - mx) * (y - my))", "cov = np.sum((x - mx) * (y - my)) / (len(x) - 1)",
-             ("tests/test_metrics.py",) + tuple(PROTOCOL), "CCC's covariance with sample (N-1) moments"),
-    Mutation("best_scored_without_key_check", "emovit/vit_train.py",
-             '    if state.get("key") != key:\n        raise RuntimeError(', '    if False:\n        raise RuntimeError(',
-             tuple(PROTOCOL), "a best checkpoint of another run is scored"),
-    Mutation("resume_ignores_best_key", "emovit/vit_train.py",
-             'if state["best_epoch"] and best_key != key:', "if False:",
-             tuple(PROTOCOL), "resuming keeps a best file written by another run"),
-    Mutation("split_depends_on_other_songs", "emovit/split.py",
-             "u = np.array([song_unit(s, seed) for s in ids])",
-             "u = np.random.default_rng(seed).permutation(len(ids)) / len(ids)",
-             ("tests/test_split.py",), "a song's split depends on which other songs decoded"),
-    Mutation("arms_not_step_matched", "emovit/runs.py",
-             "self.device, steps_per_epoch=self.steps_per_epoch)", "self.device, steps_per_epoch=None)",
-             tuple(PROTOCOL), "the real-only model and the arms train for fewer optimizer steps than the main model"),
-    Mutation("choice_on_test_songs", "emovit/choice.py",
-             "    frame = outcome.val_predictions\n", "    frame = outcome.predictions\n",
-             tuple(CHOICE), "the delivered model (and the judge's reference) chosen on TEST songs"),
-    Mutation("mask_on_real_rows", "emovit/vit_train.py",
-             "    parts = [real_part(store, train_ids)]",
-             "    parts = [real_part(store, train_ids, weight=synthetic_mask(cfg.synthetic_dims) "
-             "if uses_synthetic(cfg, synthetic) else 1.0)]",
-             tuple(CHOICE), "the gate's mask also removes a dimension from the REAL rows' loss"),
-    Mutation("judge_trained_with_val_songs", "emovit/runs.py",
-             "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)",
-             "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg, train_ids=None if "
-             "cfg.use_synthetic else ids_of(split, 'train') + ids_of(split, 'val'))",
-             tuple(CHOICE), "the real-only model (the judge) trained on training + validation songs"),
-    Mutation("spec_augment_in_evaluation", "emovit/vit.py",
-             "        if not self.training:\n            return z", "        if False:\n            return z",
-             ("tests/test_augment.py",), "SpecAugment masks also applied in evaluation and prediction"),
-    Mutation("no_test_time_averaging", "emovit/vit_train.py",
-             ".view(len(y), crops, 2).mean(dim=1)", ".view(len(y), crops, 2)[:, 0]",
-             ("tests/test_augment.py",), "test-time averaging silently uses the first window only"),
+    Mutation(
+        "selection_on_test_songs",
+        "emovit/runs.py",
+        "            model, pre, train_ds, val_ds, cfg, device, key, best_path, last_path, steps_per_epoch=",
+        "            model, pre, train_ds, test_ds, cfg, device, key, best_path, last_path, steps_per_epoch=",
+        tuple(PROTOCOL),
+        "model selection and early stopping on the TEST songs",
+    ),
+    Mutation(
+        "ridge_fit_on_train_and_test",
+        "emovit/runs.py",
+        'train_ids, test_ids = ids_of(split, "train"), ids_of(split, "test")',
+        'train_ids, test_ids = ids_of(split, "train") + ids_of(split, "test"), ids_of(split, "test")',
+        tuple(PROTOCOL),
+        "the ridge baseline fitted on training + test songs",
+    ),
+    Mutation(
+        "probe_fit_on_train_and_val",
+        "emovit/probe.py",
+        'train_ids, val_ids = ids_of(split, "train"), ids_of(split, "val")',
+        'train_ids, val_ids = ids_of(split, "train") + ids_of(split, "val"), ids_of(split, "val")',
+        tuple(PROTOCOL),
+        "the notebook's validation probe fitted on training + validation songs",
+    ),
+    Mutation(
+        "standardizer_on_all_songs",
+        "emovit/split.py",
+        '    train_ids = ids_of(split, "train")\n    songs = store.songs',
+        '    train_ids = sorted(split["song_id"])\n    songs = store.songs',
+        tuple(PROTOCOL),
+        "the standardizer fitted on every song (test songs included)",
+    ),
+    Mutation(
+        "notebook_standardizer_on_all_songs",
+        "notebook/emovit_notebook.py",
+        "standardizer = fit_standardizer(store, split)",
+        'from emovit.split import Standardizer; standardizer = Standardizer.fit(store.mels, store.songs["row"], '
+        'store.songs["frames"])',
+        tuple(E2E),
+        "the NOTEBOOK fits the standardizer on every song instead of calling fit_standardizer",
+    ),
+    Mutation(
+        "guard_disabled",
+        "emovit/split.py",
+        "assert not leaked, ",
+        "assert True or not leaked, ",
+        ("tests/test_split.py", "tests/test_gan.py", "tests/test_vit.py"),
+        "the train-only guard of the GAN and the ViT disabled",
+    ),
+    Mutation(
+        "uniform_synthetic_labels",
+        "emovit/gan_train.py",
+        "rows = np.asarray(train_labels, np.float32)[rng.integers(0, len(train_labels), size=n)]",
+        "rows = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)",
+        ("tests/test_gan.py",) + tuple(PROTOCOL),
+        "synthetic labels uniform on [-1, 1], not the training songs'",
+    ),
+    Mutation(
+        "gan_monitor_on_test_songs",
+        "emovit/gan_train.py",
+        'val_ids = ids_of(split, "val")\n        if len(val_ids) < 3:',
+        'val_ids = ids_of(split, "test")\n        if len(val_ids) < 3:',
+        tuple(PROTOCOL),
+        "the GAN's checkpoint chosen on TEST songs",
+    ),
+    Mutation(
+        "labels_not_in_gan_key",
+        "emovit/gan_train.py",
+        '            "labels": np.round(np.asarray(labels, np.float64), 6).tolist(),\n',
+        "",
+        ("tests/test_gan.py",),
+        "label values left out of the GAN's cache key",
+    ),
+    Mutation(
+        "synthetic_cache_not_tied_to_weights",
+        "emovit/gan_train.py",
+        'stem = f"synthetic_{result.key}_{digest}_',
+        'stem = f"synthetic_{result.key}_',
+        ("tests/test_gan.py",),
+        "the synthetic set's cache name not tied to the generator's weights",
+    ),
+    Mutation(
+        "split_not_in_data_key",
+        "emovit/vit_train.py",
+        '"split": split.to_dict(orient="list"),',
+        "",
+        tuple(PROTOCOL),
+        "the split left out of the ViT's cache key",
+    ),
+    Mutation(
+        "labels_not_in_data_key",
+        "emovit/vit_train.py",
+        '"labels": labels.round(6).to_numpy().tolist(),',
+        "",
+        tuple(PROTOCOL),
+        "label values left out of the ViT's cache key",
+    ),
+    Mutation(
+        "mixed_precision_not_in_run_key",
+        "emovit/vit_train.py",
+        'NOT_TRAINING_FIELDS = (\n    "preset",',
+        'NOT_TRAINING_FIELDS = (\n    "mixed_precision",\n    "preset",',
+        tuple(PROTOCOL),
+        "mixed_precision left out of the ViT's resume key",
+    ),
+    Mutation(
+        "unpaired_bootstrap",
+        "emovit/results.py",
+        "fn(true[i, d], pa[i, d]) - fn(true[i, d], pb[i, d]) for i in idx",
+        "fn(true[i, d], pa[i, d]) - fn(true[j, d], pb[j, d]) for i, j in zip(idx, idx[::-1])",
+        tuple(PROTOCOL),
+        "the 'paired' bootstrap resamples different songs for the two models",
+    ),
+    Mutation(
+        "intervals_90_percent",
+        "emovit/metrics.py",
+        '"low": float(np.nanpercentile(boots, 2.5)) if n_boot',
+        '"low": float(np.nanpercentile(boots, 5.0)) if n_boot',
+        tuple(PROTOCOL),
+        "90% instead of 95% intervals for the test metrics",
+    ),
+    Mutation(
+        "compare_intervals_90_percent",
+        "emovit/results.py",
+        '"low": float(np.percentile(diffs, 2.5))',
+        '"low": float(np.percentile(diffs, 5.0))',
+        tuple(PROTOCOL),
+        "90% instead of 95% intervals for the paired differences",
+    ),
+    Mutation(
+        "compare_accepts_other_labels",
+        "emovit/results.py",
+        "if not np.array_equal(a[columns].to_numpy(), b[columns].to_numpy()):",
+        "if False:",
+        tuple(PROTOCOL),
+        "compare() accepts frames whose true values differ",
+    ),
+    Mutation(
+        "prediction_rows_misaligned",
+        "emovit/runs.py",
+        "frames[split_name] = prediction_frame(ds.song_ids, song_labels(",
+        "frames[split_name] = prediction_frame(sorted(ds.song_ids, reverse=True), song_labels(",
+        tuple(PROTOCOL),
+        "predictions.csv ids misaligned with their rows",
+    ),
+    Mutation(
+        "ccc_sample_moments",
+        "emovit/metrics.py",
+        "cov = np.mean((x - mx) * (y - my))",
+        "cov = np.sum((x - mx) * (y - my)) / (len(x) - 1)",
+        ("tests/test_metrics.py",) + tuple(PROTOCOL),
+        "CCC's covariance with sample (N-1) moments",
+    ),
+    Mutation(
+        "best_scored_without_key_check",
+        "emovit/vit_train.py",
+        '    if state.get("key") != key:\n        raise RuntimeError(',
+        "    if False:\n        raise RuntimeError(",
+        tuple(PROTOCOL),
+        "a best checkpoint of another run is scored",
+    ),
+    Mutation(
+        "resume_ignores_best_key",
+        "emovit/vit_train.py",
+        'if state["best_epoch"] and best_key != key:',
+        "if False:",
+        tuple(PROTOCOL),
+        "resuming keeps a best file written by another run",
+    ),
+    Mutation(
+        "split_depends_on_other_songs",
+        "emovit/split.py",
+        "u = np.array([song_unit(s, seed) for s in ids])",
+        "u = np.random.default_rng(seed).permutation(len(ids)) / len(ids)",
+        ("tests/test_split.py",),
+        "a song's split depends on which other songs decoded",
+    ),
+    Mutation(
+        "arms_not_step_matched",
+        "emovit/runs.py",
+        "            steps_per_epoch=self.steps_per_epoch,",
+        "            steps_per_epoch=None,",
+        tuple(PROTOCOL),
+        "the real-only model and the arms train for fewer optimizer steps than the main model",
+    ),
+    Mutation(
+        "choice_on_test_songs",
+        "emovit/choice.py",
+        "    frame = outcome.val_predictions\n",
+        "    frame = outcome.predictions\n",
+        tuple(CHOICE),
+        "the delivered model (and the judge's reference) chosen on TEST songs",
+    ),
+    Mutation(
+        "mask_on_real_rows",
+        "emovit/vit_train.py",
+        "    parts = [real_part(store, train_ids)]",
+        "    parts = [real_part(store, train_ids, weight=synthetic_mask(cfg.synthetic_dims) "
+        "if uses_synthetic(cfg, synthetic) else 1.0)]",
+        tuple(CHOICE),
+        "the gate's mask also removes a dimension from the REAL rows' loss",
+    ),
+    Mutation(
+        "judge_trained_with_val_songs",
+        "emovit/runs.py",
+        "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)",
+        "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg, train_ids=None if "
+        "cfg.use_synthetic else ids_of(split, 'train') + ids_of(split, 'val'))",
+        tuple(CHOICE),
+        "the real-only model (the judge) trained on training + validation songs",
+    ),
+    Mutation(
+        "spec_augment_in_evaluation",
+        "emovit/vit.py",
+        "        if not self.training or spans is None:\n            return z",
+        "        if spans is None:\n            return z",
+        ("tests/test_augment.py",),
+        "SpecAugment masks also applied in evaluation and prediction",
+    ),
+    Mutation(
+        "no_test_time_averaging",
+        "emovit/vit_train.py",
+        ".view(len(y), crops, 2).mean(dim=1)",
+        ".view(len(y), crops, 2)[:, 0]",
+        ("tests/test_augment.py",),
+        "test-time averaging silently uses the first window only",
+    ),
 ]
 
 
 def copy_project(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(".git", ".venv", ".venv-old", "outputs", "__pycache__", ".pytest_cache",
-                                    ".ruff_cache", ".whl", ".gl")
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", ".venv-old", "outputs", "__pycache__", ".pytest_cache", ".ruff_cache", ".whl", ".gl"
+    )
     shutil.copytree(ROOT, dest, ignore=ignore)
 
 
@@ -166,8 +295,12 @@ def run_tests(folder: Path, tests: list[str]) -> tuple[int, str, float]:
     build = subprocess.run([sys.executable, "-m", "tools.build_notebook"], cwd=folder, capture_output=True, text=True)
     if build.returncode:
         return build.returncode, "notebook build failed: " + build.stderr[-300:], time.perf_counter() - start
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                          cwd=folder, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     failed = next((ln for ln in lines if ln.startswith("FAILED") or ln.startswith("ERROR")), lines[-1] if lines else "")
     return proc.returncode, failed[:200], time.perf_counter() - start
@@ -177,8 +310,10 @@ def apply(folder: Path, m: Mutation) -> str:
     path = folder / m.file
     text = path.read_text()
     if text.count(m.old) != 1:
-        raise SystemExit(f"mutation {m.name}: expected exactly one occurrence of {m.old!r} in {m.file}, "
-                         f"found {text.count(m.old)} -- update the mutation list")
+        raise SystemExit(
+            f"mutation {m.name}: expected exactly one occurrence of {m.old!r} in {m.file}, "
+            f"found {text.count(m.old)} -- update the mutation list"
+        )
     mutated = text.replace(m.old, m.new)
     if m.file.endswith(".py"):
         compile(mutated, m.file, "exec")  # a mutation must be valid Python, not a syntax error caught by accident
@@ -218,8 +353,16 @@ def main() -> int:
             finally:
                 (folder / m.file).write_text(original)
             verdict = "CAUGHT" if code != 0 else "MISSED"
-            results.append({"mutation": m.name, "why": m.why, "verdict": verdict, "tests": list(m.tests),
-                            "seconds": round(seconds, 1), "first failure": detail if code else ""})
+            results.append(
+                {
+                    "mutation": m.name,
+                    "why": m.why,
+                    "verdict": verdict,
+                    "tests": list(m.tests),
+                    "seconds": round(seconds, 1),
+                    "first failure": detail if code else "",
+                }
+            )
             print(f"{verdict:6s} {m.name:36s} {seconds:5.0f} s  {detail if code else ''}", flush=True)
     caught = sum(r["verdict"] == "CAUGHT" for r in results)
     print(f"\n{caught} of {len(results)} mutations caught")

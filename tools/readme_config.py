@@ -42,8 +42,10 @@ def main(argv=None) -> int:
     new = render(text)
     if args.check:
         if new != text:
-            print("readme_config: README.md's configuration reference is stale; run "
-                  "`python tools/readme_config.py`", file=sys.stderr)
+            print(
+                "readme_config: README.md's configuration reference is stale; run `python -m tools.readme_config`",
+                file=sys.stderr,
+            )
             return 1
         print("readme_config: README.md configuration reference is up to date")
         return 0

@@ -10,9 +10,9 @@ scored on the same test songs; paired differences to the real-only model carry a
 bootstrap interval. Results go to ``<work>/<style>_<tag>_seed<s>.json``; ``--summary`` prints
 the mean over seeds.
 
-    OMP_NUM_THREADS=1 python tools/synthetic_experiment.py --style band --seeds 1 2 3
-    OMP_NUM_THREADS=1 python tools/synthetic_experiment.py --style demo --seeds 1 --set synthetic_weight=0.25 --tag w025
-    python tools/synthetic_experiment.py --summary outputs/synthetic_experiment/*.json
+    OMP_NUM_THREADS=1 python -m tools.synthetic_experiment --style band --seeds 1 2 3
+    OMP_NUM_THREADS=1 python -m tools.synthetic_experiment --style demo --seeds 1 --set synthetic_weight=0.25 --tag w025
+    python -m tools.synthetic_experiment --summary outputs/synthetic_experiment/*.json
 
 GAN checkpoints, synthetic sets and ViT checkpoints are cached under ``--work`` per style, seed
 and tag, so a variant that changes only the ViT's use of the set reuses the GAN and the reference.
@@ -56,8 +56,15 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     data = args.work / f"data_{args.style}_{args.data_seed}_{args.songs}"
     gan_tag = args.gan_tag or "base"
     out = args.work / f"run_{args.style}_{gan_tag}_seed{seed}"
-    cfg = make_config("demo", data_dir=str(data), output_dir=str(out), seed=seed, num_workers=1,
-                      cache_dir=str(args.work / f"cache_{args.style}_{gan_tag}_seed{seed}"), **overrides)
+    cfg = make_config(
+        "demo",
+        data_dir=str(data),
+        output_dir=str(out),
+        seed=seed,
+        num_workers=1,
+        cache_dir=str(args.work / f"cache_{args.style}_{gan_tag}_seed{seed}"),
+        **overrides,
+    )
     style = {} if args.style == "demo" else {"style": args.style}
     make_demo_deam(str(data), num_songs=args.songs, seconds=cfg.demo_song_seconds, seed=args.data_seed, **style)
     songs, _ = discover(cfg.data_dir)
@@ -77,8 +84,9 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     models = {"vit_real_only": reference}
     if judgement.any:
         models["gated"] = trainer.fit(f"main_{tag}_{judgement.dims}", synthetic_dims=judgement.dims)
-    models["ungated"] = (models["gated"] if judgement.dims == "both"
-                         else trainer.fit(f"main_{tag}_both", synthetic_dims="both"))
+    models["ungated"] = (
+        models["gated"] if judgement.dims == "both" else trainer.fit(f"main_{tag}_both", synthetic_dims="both")
+    )
     rows = {}
     for name, source in (("delivered", models.get("gated")), ("delivered_ungated", models["ungated"])):
         choice = choose_models(source, reference, cfg)
@@ -88,10 +96,21 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         d = deliver(choice, outcomes, str(out / f"{name}_{tag}.pth"), cfg.n_bootstrap, cfg.seed)
         models[name] = d
         rows[name] = choice.to_dict()
-    result = {"style": args.style, "seed": seed, "tag": tag, "gan_tag": gan_tag, "overrides": overrides,
-              "gan_seconds": gan_seconds, "gan_reused": gan.reused, "gate": judgement.to_dict(), "choices": rows,
-              "gan_quality": {k: v for k, v in quality.items() if isinstance(v, dict) and "value" in v},
-              "test": {}, "val": {}, "minus_real_only": {}}
+    result = {
+        "style": args.style,
+        "seed": seed,
+        "tag": tag,
+        "gan_tag": gan_tag,
+        "overrides": overrides,
+        "gan_seconds": gan_seconds,
+        "gan_reused": gan.reused,
+        "gate": judgement.to_dict(),
+        "choices": rows,
+        "gan_quality": {k: v for k, v in quality.items() if isinstance(v, dict) and "value" in v},
+        "test": {},
+        "val": {},
+        "minus_real_only": {},
+    }
     for name, o in models.items():
         result["test"][name] = {dim: o.metrics[dim]["ccc"]["value"] for dim in ("valence", "arousal")}
         if o.run is not None:
@@ -119,21 +138,50 @@ def summary(paths: list[str]) -> None:
     for r in runs:
         for name, dims in r["minus_real_only"].items():
             for dim, v in dims.items():
-                rows.append({"style": r["style"], "gan": r.get("gan_tag", "base"), "tag": r["tag"], "model": name,
-                             "dim": dim, "seed": r["seed"], "diff": v["value"], "low": v["low"], "high": v["high"],
-                             "below0": v["high"] < 0, "above0": v["low"] > 0})
+                rows.append(
+                    {
+                        "style": r["style"],
+                        "gan": r.get("gan_tag", "base"),
+                        "tag": r["tag"],
+                        "model": name,
+                        "dim": dim,
+                        "seed": r["seed"],
+                        "diff": v["value"],
+                        "low": v["low"],
+                        "high": v["high"],
+                        "below0": v["high"] < 0,
+                        "above0": v["low"] > 0,
+                    }
+                )
     frame = pd.DataFrame(rows)
     table = frame.groupby(["style", "gan", "tag", "model", "dim"]).agg(
-        mean=("diff", "mean"), sd=("diff", "std"), seeds=("seed", "nunique"), below0=("below0", "sum"),
-        above0=("above0", "sum"), per_seed=("diff", lambda x: " ".join(f"{v:+.3f}" for v in x)))
+        mean=("diff", "mean"),
+        sd=("diff", "std"),
+        seeds=("seed", "nunique"),
+        below0=("below0", "sum"),
+        above0=("above0", "sum"),
+        per_seed=("diff", lambda x: " ".join(f"{v:+.3f}" for v in x)),
+    )
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(table.round(3))
-    gates = pd.DataFrame([{"style": r["style"], "gan": r.get("gan_tag", "base"), "tag": r["tag"], "seed": r["seed"],
-                           "dims": r["gate"]["dims"],
-                           **{f"judge_syn_{d}": round(r["gate"]["synthetic_ccc"][d], 3) for d in ("valence", "arousal")},
-                           **{f"judge_val_{d}": round(r["gate"]["val_ccc"][d], 3) for d in ("valence", "arousal")},
-                           **{f"deliv_{d}": r["choices"]["delivered"]["sources"][d].replace("vit_", "")[:12]
-                              for d in ("valence", "arousal")}} for r in runs])
+    gates = pd.DataFrame(
+        [
+            {
+                "style": r["style"],
+                "gan": r.get("gan_tag", "base"),
+                "tag": r["tag"],
+                "seed": r["seed"],
+                "dims": r["gate"]["dims"],
+                **{f"judge_syn_{d}": round(r["gate"]["synthetic_ccc"][d], 3) for d in ("valence", "arousal")},
+                **{f"judge_val_{d}": round(r["gate"]["val_ccc"][d], 3) for d in ("valence", "arousal")},
+                **{
+                    f"deliv_{d}": r["choices"]["delivered"]["sources"][d].replace("vit_", "")[:12]
+                    for d in ("valence", "arousal")
+                },
+            }
+            for r in runs
+        ]
+    )
     with pd.option_context("display.width", 250, "display.max_rows", 500):
         print(gates.sort_values(["style", "gan", "tag", "seed"]).to_string(index=False))
 
