@@ -129,11 +129,13 @@ class Config:
     # --- predicting your own music (emovit.predict) ------------------------------------
     predict_dir: str = ""  # folder of your own songs for "Your own music" ("" = a few test songs instead)
     predict_hop_seconds: float = 0.0  # seconds between prediction windows (0 = half the checkpoint's window)
+    curve_hop_seconds: float = 1.0  # seconds between windows when test songs' curves meet DEAM's 2 Hz ratings
 
     # --- demo data ----------------------------------------------------------------
     demo_num_songs: int = 120  # synthetic songs written by the demo generator
     demo_song_seconds: float = 30.0  # length of each synthetic song
     demo_style: str = "demo"  # demo generator: "demo" (mono wavetable songs) or "band" (stereo drums, pads, bass)
+    demo_dynamic: bool = False  # demo generator: arousal moves within each song, 2 Hz rating files written
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail (or silently do something else) hours later."""

@@ -11,6 +11,15 @@ fixed-width padded values, the 5-column ``static_annots_2058.csv`` trim, and sev
 copies of the same file (de-duplicated by song id).
 
 Labels: DEAM static means on the 1-9 scale map to [-1, 1] by (x - 5) / 4.
+
+Dynamic (2 Hz) ratings, when attached, are found the same way: a CSV whose header has ``song_id``
+and ``sample_<ms>ms`` columns and whose file name says ``valence`` or ``arousal`` -- DEAM's
+``dynamic (per second annotations)/{arousal,valence}.csv`` (empty cells after a song ends) and the
+2013 set's ``{arousal,valence}_cont_average.csv`` (its ``*_cont_std.csv`` rater spreads are not
+ratings). Values are already on [-1, 1]; the first 15 s of a song are not rated.
+
+DEAM's openSMILE features, when attached, are ``<song_id>.csv`` files, semicolon-separated, one
+row per 0.5 s frame, the first column ``frameTime`` (:func:`find_opensmile`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import pandas as pd
 from emovit.files import LOG
 
 AUDIO_RE = re.compile(r"^(\d+)\.(mp3|wav)$", re.IGNORECASE)
+OPENSMILE_RE = re.compile(r"^(\d+)\.csv$", re.IGNORECASE)  # DEAM's per-song openSMILE feature files
+SAMPLE_RE = re.compile(r"^sample_(\d+)ms$")  # a dynamic rating column: the sample's time in ms
 REQUIRED_COLUMNS = ("song_id", "valence_mean", "arousal_mean")
 KAGGLE_DATASETS = (
     "imsparsh/deam-mediaeval-dataset-emotional-analysis-in-music (audio + annotations)",
@@ -63,6 +74,11 @@ class DataReport:
     duplicate_annotation_rows: int = 0  # identical rows from attached copies, merged
     conflicting_annotation_rows: int = 0  # same id, different values: first file kept
     invalid_annotation_rows: int = 0  # NaN or outside 1-9: skipped
+    dynamic_files: list[str] = field(default_factory=list)  # 2 Hz rating files (valence and arousal)
+    dynamic_songs: int = -1  # songs of the songs table rated over time on both dimensions (-1: not read)
+    dynamic_empty_cells: int = 0  # empty cells in the dynamic files (after a song ends): dropped
+    dynamic_invalid_cells: int = 0  # dynamic values that are not numbers on [-1, 1]: dropped
+    opensmile: dict = field(default_factory=dict)  # {song_id: path} of DEAM's openSMILE feature files
     skipped: list[dict] = field(default_factory=list)  # (song_id, path, reason) per skip
 
     def table(self) -> pd.DataFrame:
@@ -78,12 +94,21 @@ class DataReport:
             ("duplicate annotation rows merged", self.duplicate_annotation_rows),
             ("conflicting annotation rows (first kept)", self.conflicting_annotation_rows),
             ("invalid annotation rows skipped", self.invalid_annotation_rows),
+            ("dynamic (2 Hz) rating files", len(self.dynamic_files)),
+            ("openSMILE feature files (songs)", len(self.opensmile)),
         ]
+        if self.dynamic_songs >= 0:
+            rows += [
+                ("songs with dynamic ratings on both dimensions (used)", self.dynamic_songs),
+                ("empty dynamic cells (after a song ends) dropped", self.dynamic_empty_cells),
+                ("invalid dynamic cells dropped", self.dynamic_invalid_cells),
+            ]
         return pd.DataFrame(rows, columns=["what", "count"])
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "skipped"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("skipped", "opensmile")}
         out["skipped"] = len(self.skipped)
+        out["opensmile_files"] = len(self.opensmile)
         return out
 
 
@@ -121,6 +146,105 @@ def read_header(path: str) -> list[str]:
 
 def is_annotation_header(columns: list[str]) -> bool:
     return all(c in columns for c in REQUIRED_COLUMNS)
+
+
+def find_opensmile(csvs: list[str]) -> dict[int, str]:
+    """{song_id: path} of DEAM's openSMILE feature files among ``csvs``: named ``<song_id>.csv`` with
+    a semicolon-separated header that starts with ``frameTime`` (first path kept per song)."""
+    found: dict[int, str] = {}
+    for path in csvs:
+        m = OPENSMILE_RE.match(os.path.basename(path))
+        if not m or int(m.group(1)) in found:
+            continue
+        try:
+            with open(path, encoding="utf-8-sig", errors="replace") as f:
+                first = f.readline()
+        except OSError as err:
+            LOG.warning("cannot read %s: %s", path, err)
+            continue
+        if first.split(";")[0].strip().lower() == "frametime":
+            found[int(m.group(1))] = path
+    return found
+
+
+def dynamic_dimension(path: str, columns: list[str]) -> str | None:
+    """ "valence" or "arousal" for a 2 Hz rating file (``song_id`` and ``sample_<ms>ms`` columns, the
+    dimension named once in the file name, not a ``std`` file); None for any other CSV."""
+    if "song_id" not in columns or not any(SAMPLE_RE.match(c) for c in columns):
+        return None
+    name = os.path.basename(path).lower()
+    named = [d for d in ("valence", "arousal") if d in name]
+    return named[0] if len(named) == 1 and "std" not in name else None
+
+
+@dataclass
+class DynamicRatings:
+    """DEAM's 2 Hz ratings: ``rows`` (song_id, dimension, seconds, value on [-1, 1]), one per rated
+    sample, empty and invalid cells dropped, sorted by song, dimension and time."""
+
+    rows: pd.DataFrame
+    files: list[str]
+    empty_cells: int = 0
+    invalid_cells: int = 0
+
+    def songs(self) -> set[int]:
+        """Song ids rated on both dimensions."""
+        per_song = self.rows.groupby("song_id")["dimension"].nunique()
+        return set(int(s) for s in per_song[per_song == 2].index)
+
+    def curve(self, song_id: int, dimension: str) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds (n,), values (n,)) of one song's rated samples on one dimension."""
+        r = self.rows[(self.rows["song_id"] == song_id) & (self.rows["dimension"] == dimension)]
+        return r["seconds"].to_numpy(float), r["value"].to_numpy(float)
+
+
+def read_dynamic(path: str, dimension: str) -> tuple[pd.DataFrame, int, int]:
+    """One 2 Hz file -> (rows song_id, dimension, seconds, value; empty cells; invalid cells).
+
+    A cell that is empty (DEAM: after the song ended) or blank is dropped and counted as empty; one
+    that is not a number, or a number outside [-1, 1], is dropped and counted as invalid."""
+    raw = pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig", keep_default_na=False)
+    raw.columns = [normalize_column(c) for c in raw.columns]
+    times = {c: int(m.group(1)) / 1000.0 for c in raw.columns if (m := SAMPLE_RE.match(c))}
+    cells = raw[list(times)].apply(lambda col: col.str.strip())
+    empty = cells == ""
+    values = cells.apply(lambda col: pd.to_numeric(col, errors="coerce"))
+    invalid = ~empty & (values.isna() | (values.abs() > 1.0))
+    ids = pd.to_numeric(raw["song_id"].str.strip(), errors="coerce")
+    keep = ~(empty | invalid) & ids.notna().to_numpy()[:, None]
+    song_idx, col_idx = np.nonzero(keep.to_numpy())
+    rows = pd.DataFrame(
+        {
+            "song_id": ids.to_numpy()[song_idx].astype(int),
+            "dimension": dimension,
+            "seconds": np.array(list(times.values()))[col_idx],
+            "value": values.to_numpy(float)[song_idx, col_idx],
+        }
+    )
+    return rows, int(empty.to_numpy().sum()), int(invalid.to_numpy().sum())
+
+
+def load_dynamic(report: DataReport, songs: pd.DataFrame) -> DynamicRatings | None:
+    """Read the dynamic files discovery found (None when there are none) and count, on ``report``,
+    the songs of ``songs`` rated on both dimensions. Several copies of a file: the first file's
+    sample wins for a (song, dimension, time)."""
+    if not report.dynamic_files:
+        report.dynamic_songs = 0
+        return None
+    parts, empty, invalid = [], 0, 0
+    for path in report.dynamic_files:
+        rows, e, i = read_dynamic(path, dynamic_dimension(path, read_header(path)))
+        parts.append(rows)
+        empty, invalid = empty + e, invalid + i
+    rows = pd.concat(parts, ignore_index=True).drop_duplicates(["song_id", "dimension", "seconds"], keep="first")
+    rows = rows.sort_values(["song_id", "dimension", "seconds"]).reset_index(drop=True)
+    ratings = DynamicRatings(rows, list(report.dynamic_files), empty, invalid)
+    report.dynamic_songs = len(ratings.songs() & set(songs["song_id"]))
+    report.dynamic_empty_cells, report.dynamic_invalid_cells = empty, invalid
+    LOG.info(
+        "dynamic ratings: %d files, %d of the songs rated on both dimensions", len(ratings.files), report.dynamic_songs
+    )
+    return ratings
 
 
 def read_annotations(path: str) -> pd.DataFrame:
@@ -182,7 +306,10 @@ def discover(root: str) -> tuple[pd.DataFrame, DataReport]:
         raise FileNotFoundError(_missing_message(root, f"the folder {root!r} does not exist"))
     audio, csvs = scan(root)
     report = DataReport(root=root)
-    report.annotation_files = [p for p in csvs if is_annotation_header(read_header(p))]
+    headers = {p: read_header(p) for p in csvs}
+    report.annotation_files = [p for p in csvs if is_annotation_header(headers[p])]
+    report.dynamic_files = [p for p in csvs if dynamic_dimension(p, headers[p])]
+    report.opensmile = find_opensmile(csvs)
     report.audio_files = sum(len(p) for p in audio.values())
     report.duplicate_audio = sum(len(p) - 1 for p in audio.values())
     for paths in audio.values():

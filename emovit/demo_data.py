@@ -20,6 +20,13 @@ Two styles (``style=``), so that a model is not tuned to one generator:
                (pad and bass octave).
 The annotated mean rating is the latent mapped to 1-9 plus rater noise (std 0.6 on 1-9).
 Everything is deterministic given ``seed`` (each song has its own generator).
+
+``dynamic=True`` gives each song an emotion that moves: its last third is rendered at arousal
+a + 2d and the rest at a - d (d ~ U(-0.25, 0.25), so the time mean stays the static latent a; the
+same seed keeps key, mode and timbre), and writes DEAM's 2 Hz files (``dynamic (per second
+annotations)/{valence,arousal}.csv``, rated from 15 s, rater noise std 0.05) -- so the curve
+scoring of :mod:`emovit.curves` can be tested end to end. Off by default: the demo's songs and
+every number measured on them stay as they were.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ from emovit.files import LOG, atomic_path, atomic_write_text, parallel_imap
 
 AUDIO_DIR = os.path.join("DEAM_audio", "MEMD_audio")
 ANNOTATION_DIR = os.path.join("DEAM_Annotations", "annotations", "annotations averaged per song", "song_level")
+DYNAMIC_DIR = os.path.join(
+    "DEAM_Annotations", "annotations", "annotations averaged per song", "dynamic (per second annotations)"
+)
+FIRST_RATED_SECONDS = 15.0  # DEAM does not rate a song's first 15 s
 FILE_1_2000 = "static_annotations_averaged_songs_1_2000.csv"
 FILE_2000_2058 = "static_annotations_averaged_songs_2000_2058.csv"
 MARKER = ".emovit_demo.json"
@@ -175,10 +186,31 @@ def synthesize_band(valence: float, arousal: float, seconds: float, sample_rate:
 STYLES = {"demo": synthesize, "band": synthesize_band}
 
 
+def arousal_segments(arousal: np.ndarray, seconds: float, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """The dynamic songs' arousal over time: (change time in s, arousal before (n,), after (n,)).
+    Before: a - d for the first two thirds; after: a + 2d (time mean a), clipped to [-0.95, 0.95]."""
+    d = np.random.default_rng(seed + 4243).uniform(-0.25, 0.25, len(arousal))
+    return seconds * 2 / 3, np.clip(arousal - d, -0.95, 0.95), np.clip(arousal + 2 * d, -0.95, 0.95)
+
+
+def _render(style: str, valence: float, arousal, seconds: float, sample_rate: int, seed: int) -> np.ndarray:
+    """One song; ``arousal`` a float, or (change seconds, before, after) for a song whose arousal moves
+    (two renders with the same seed, joined with a 20 ms crossfade)."""
+    if not isinstance(arousal, tuple):
+        return STYLES[style](valence, arousal, seconds, sample_rate, seed)
+    change, before, after = arousal
+    fade = int(0.02 * sample_rate)
+    head = STYLES[style](valence, before, change + fade / sample_rate, sample_rate, seed)
+    tail = STYLES[style](valence, after, seconds - change, sample_rate, seed)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32).reshape((-1,) + (1,) * (tail.ndim - 1))
+    joined = head[-fade:] * (1 - ramp) + tail[:fade] * ramp
+    return np.concatenate([head[:-fade], joined, tail[fade:]])[: int(round(seconds * sample_rate))]
+
+
 def _write_song(task: tuple) -> str:
     path, valence, arousal, seconds, sample_rate, seed = task[:6]
     style = task[6] if len(task) > 6 else "demo"
-    y = STYLES[style](valence, arousal, seconds, sample_rate, seed)
+    y = _render(style, valence, arousal, seconds, sample_rate, seed)
     with atomic_path(path) as tmp:
         sf.write(tmp, y, sample_rate, format="MP3", subtype="MPEG_LAYER_III")
     return path
@@ -253,6 +285,22 @@ def write_annotations(root: str, table: pd.DataFrame) -> None:
     atomic_write_text(os.path.join(folder, FILE_2000_2058), _csv_text(header, rows))
 
 
+def dynamic_tables(ids, valence, before, after, change: float, seconds: float, seed: int) -> dict[str, pd.DataFrame]:
+    """DEAM's 2 Hz layout per dimension: song_id, sample_15000ms, ... (values on [-1, 1], 4 decimals)."""
+    times = np.arange(FIRST_RATED_SECONDS, seconds - 1e-9, 0.5)
+    rng = np.random.default_rng(seed + 6007)
+    curves = {
+        "valence": np.repeat(np.asarray(valence, float)[:, None], len(times), axis=1),
+        "arousal": np.where(times[None, :] < change, np.asarray(before)[:, None], np.asarray(after)[:, None]),
+    }
+    columns = [f"sample_{int(round(t * 1000))}ms" for t in times]
+    out = {}
+    for dim, curve in curves.items():
+        values = np.round(np.clip(curve + rng.normal(0, 0.05, curve.shape), -1, 1), 4)
+        out[dim] = pd.concat([pd.DataFrame({"song_id": ids}), pd.DataFrame(values, columns=columns)], axis=1)
+    return out
+
+
 def make_demo_deam(
     root: str,
     num_songs: int = 120,
@@ -261,12 +309,14 @@ def make_demo_deam(
     sample_rate: int = 44100,
     num_workers: int = 0,
     style: str = "demo",
+    dynamic: bool = False,
 ) -> pd.DataFrame:
     """Write a synthetic DEAM under ``root`` (skipped when the same one is already there).
 
     ``style``: "demo" (mono wavetable songs) or "band" (stereo drums + pads + bass); see the
-    module docstring for the cues each uses. Returns the truth table: song_id, latent valence
-    and arousal on [-1, 1], audio_path.
+    module docstring for the cues each uses. ``dynamic``: arousal moves within each song and the
+    2 Hz rating files are written. Returns the truth table: song_id, latent valence and arousal on
+    [-1, 1] (the time mean), audio_path.
     """
     if style not in STYLES:
         raise ValueError(f"Unknown demo style {style!r}; choose one of {sorted(STYLES)}")
@@ -274,6 +324,8 @@ def make_demo_deam(
     spec = {"num_songs": num_songs, "seconds": seconds, "seed": seed, "sample_rate": sample_rate, "version": 2}
     if style != "demo":  # the demo style keeps its old marker, so existing folders stay valid
         spec["style"] = style
+    if dynamic:
+        spec["dynamic"] = True
     audio_dir = os.path.join(root, AUDIO_DIR)
     paths = [os.path.join(audio_dir, f"{i}.mp3") for i in ids]
     truth = pd.DataFrame({"song_id": ids, "valence": valence, "arousal": arousal, "audio_path": paths})
@@ -285,9 +337,15 @@ def make_demo_deam(
                 return truth
     os.makedirs(audio_dir, exist_ok=True)
     write_annotations(root, annotation_table(ids, valence, arousal, seed))
+    moving = [float(a) for a in arousal]
+    if dynamic:
+        change, before, after = arousal_segments(arousal, seconds, seed)
+        moving = [(change, float(b), float(a)) for b, a in zip(before, after)]
+        for dim, table in dynamic_tables(ids, valence, before, after, change, seconds, seed).items():
+            atomic_write_text(os.path.join(root, DYNAMIC_DIR, f"{dim}.csv"), table.to_csv(index=False))
     tasks = [
-        (p, float(v), float(a), seconds, sample_rate, seed * 100_003 + int(i), style)
-        for p, v, a, i in zip(paths, valence, arousal, ids)
+        (p, float(v), a, seconds, sample_rate, seed * 100_003 + int(i), style)
+        for p, v, a, i in zip(paths, valence, moving, ids)
     ]
     bar = tqdm(total=len(tasks), desc="demo songs", unit="song")
     for _ in parallel_imap(_write_song, tasks, num_workers):

@@ -352,3 +352,34 @@ def emotion_curves(curves: pd.DataFrame, output_dir: str, max_songs: int = 4, na
     fig.suptitle("Valence and arousal over time")
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
+
+
+def curves_vs_ratings(
+    table: pd.DataFrame, ratings, output_dir: str, max_songs: int = 4, name: str = "test_curves_vs_ratings.png"
+):
+    """Predicted curves of a few test songs against DEAM's 2 Hz ratings: per song (columns) and
+    dimension (rows) the rated samples, each window's target (the mean rating inside it) and the
+    model's prediction for it, both at the window's centre. The songs with the most scored windows."""
+    scored = table[table["valence_target"].notna() | table["arousal_target"].notna()]
+    ids = scored.groupby("song_id").size().sort_values(ascending=False, kind="stable").index[:max_songs]
+    fig, axes = plt.subplots(2, max(len(ids), 1), figsize=(4 * max(len(ids), 1), 5.5), squeeze=False, sharey=True)
+    for col, sid in enumerate(ids):
+        song = table[table["song_id"] == sid]
+        centre = (song["start_s"] + song["end_s"]) / 2
+        for row, dim in enumerate(("valence", "arousal")):
+            ax = axes[row][col]
+            t, v = ratings.curve(int(sid), dim)
+            ax.plot(t, v, color="grey", lw=0.8, label="2 Hz rating")
+            ax.plot(centre, song[f"{dim}_target"], "o", color="tab:blue", ms=4, label="window target (mean rating)")
+            ax.plot(centre, song[dim], "x-", color="tab:red", ms=4, lw=1, label="predicted")
+            ax.set_ylim(-1, 1)
+            ax.axhline(0, color="black", lw=0.4)
+            ax.set_xlabel("time in the song (s)")
+            ax.set_ylabel(f"{dim} [-1, 1]")
+            if row == 0:
+                ax.set_title(f"test song {sid}")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Emotion over time on test songs: the model's windows vs DEAM's 2 Hz ratings")
+    fig.tight_layout()
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig

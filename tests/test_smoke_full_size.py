@@ -29,6 +29,7 @@ import zipfile
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 import torch
@@ -134,7 +135,7 @@ def smoke(tmp_path_factory):
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     data, vit_dir, outputs = work / "deam", work / "vit-base-patch16-224-in21k", work / "outputs"
     t0 = time.perf_counter()
-    make_demo_deam(str(data), num_songs=24, seconds=30.0, seed=11)
+    make_demo_deam(str(data), num_songs=24, seconds=30.0, seed=11, dynamic=True)  # with 2 Hz files
     save_vit_b16(vit_dir)
     setup_seconds = time.perf_counter() - t0
     first_nb, first = _run(work, "first", data, outputs, vit_dir)
@@ -182,6 +183,8 @@ def test_every_output_is_written(smoke):
         "predictions_vit_real_plus_synthetic.csv",
         "predictions_ridge_baseline.csv",
         "run_summary.json",
+        "test_curves.csv",
+        "test_curves_vs_ratings.png",
     )
     for name in expected + ("best_vit_model_fp16.pth",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
@@ -196,6 +199,10 @@ def test_every_output_is_written(smoke):
     assert cfg["clip_seconds"] == 30.0 and cfg["gan_channels"] == 32 and cfg["vit_max_steps"] == 1
     metrics = json.loads((outputs / "metrics.json").read_text())
     assert metrics["vit"]["weights"] == "local_dir"  # the real loading path, not the random fallback
+    split = pd.read_csv(outputs / "split.csv")
+    scored = pd.read_csv(outputs / "test_curves.csv")
+    assert set(scored["song_id"]) == set(split.loc[split["split"] == "test", "song_id"])  # every test song is rated
+    assert metrics["curves"]["scores"]["arousal"]["songs"] == scored["song_id"].nunique()
 
 
 def test_checkpoints_load_with_weights_only_at_full_size(smoke):

@@ -280,6 +280,22 @@ MUTATIONS = [
         ("tests/test_augment.py",),
         "test-time averaging silently uses the first window only",
     ),
+    Mutation(
+        "curves_scored_on_training_songs",
+        "emovit/curves.py",
+        '    test = set(split.loc[split["split"] == "test", "song_id"]) & ratings.songs()',
+        '    test = set(split.loc[split["split"] != "test", "song_id"]) & ratings.songs()',
+        ("tests/test_curves.py::test_only_test_songs_are_scored",),
+        "emotion curves scored against the 2 Hz ratings of training and validation songs",
+    ),
+    Mutation(
+        "window_targets_shifted_by_one_window",
+        "emovit/curves.py",
+        "window_targets(t, v, starts, window_seconds)",
+        "window_targets(t, v, starts + window_seconds, window_seconds)",
+        ("tests/test_curves.py::test_score_windows_pairs_each_window_with_its_own_targets",),
+        "each window scored against the ratings of the window after it",
+    ),
 ]
 
 
