@@ -27,16 +27,16 @@ lint: venv
 	$(BIN)/ruff format --check emovit tools tests benchmarks notebook
 
 check-notebook: venv  ## fail if the committed notebook is not a fresh build
-	$(PY) tools/build_notebook.py --check
+	$(PY) -m tools.build_notebook --check
 
 check-readme: venv  ## fail if README's configuration reference differs from Config
-	$(PY) tools/readme_config.py --check
+	$(PY) -m tools.readme_config --check
 
 notebook: venv  ## rebuild the notebook from notebook/ and emovit/
-	$(PY) tools/build_notebook.py
+	$(PY) -m tools.build_notebook
 
 readme: venv  ## regenerate README's configuration reference from Config
-	$(PY) tools/readme_config.py
+	$(PY) -m tools.readme_config
 
 check: lint check-notebook check-readme  ## the fast loop (< 3 min): ruff, notebook and README checks, tests not marked slow
 	$(PY) -m pytest -m "not slow" -q
@@ -61,7 +61,7 @@ gpu-check: venv  ## on a GPU machine: full-size GAN + ViT-B/16 steps in fp16 and
 	$(PY) -m tools.gpu_check --out benchmarks/gpu.json
 
 validate: venv  ## run every check and the demo; write validation_report.md from what they produced
-	$(PY) tools/validate.py
+	$(PY) -m tools.validate
 
 demo: venv  ## run the built notebook headless on the synthetic demo data (CPU, minutes)
 	mkdir -p $(OUT)

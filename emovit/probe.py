@@ -8,6 +8,7 @@ the ViT must beat.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -51,6 +52,24 @@ def validation_probe(store, split) -> tuple[object, dict]:
     probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())
     pred = probe.predict(song_features(store, val_ids))
     return probe, {dim: round(ccc(labels.loc[val_ids, dim], pred[:, d]), 3) for d, dim in enumerate(DIMENSIONS)}
+
+
+def opensmile_features(paths: list[str]) -> np.ndarray:
+    """DEAM openSMILE files -> (len(paths), 2 F): per-feature mean, then std over the song's 0.5 s
+    frames (``frameTime`` left out). Every file must have the same F columns; a file that is empty
+    or has a cell that is not a number raises ValueError naming it."""
+    rows, columns = [], None
+    for path in paths:
+        frame = pd.read_csv(path, sep=";").drop(columns=["frameTime"], errors="ignore")
+        if columns is None:
+            columns = list(frame.columns)
+        elif list(frame.columns) != columns:
+            raise ValueError(f"{path}: its openSMILE columns differ from the first file's")
+        values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        if len(values) == 0 or not np.isfinite(values).all():
+            raise ValueError(f"{path}: empty, or a cell that is not a number")
+        rows.append(np.concatenate([values.mean(axis=0), values.std(axis=0)]))
+    return np.stack(rows)
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray):

@@ -105,6 +105,7 @@ MODEL_LABELS = {
     "vit_real_only": "ViT, real only (no GAN)",
     "vit_no_augment": "ViT, real + GAN, no crops / SpecAugment / averaging",
     "ridge_baseline": "ridge on band statistics",
+    "ridge_opensmile": "ridge on DEAM's openSMILE features (mean, std)",
 }
 
 
@@ -113,3 +114,31 @@ def results_table(models: dict[str, dict], differences: dict[str, dict]) -> pd.D
     named = {MODEL_LABELS.get(k, k): v for k, v in models.items()}
     named.update({f"difference: {k}": v for k, v in differences.items()})
     return metrics_table(named)
+
+
+# Published numbers beside ours, each with its protocol. Their metrics differ from our CCC (R^2
+# penalizes bias and scale like CCC does, but on another scale; Pearson r ignores both), so they
+# are listed as published, never converted.
+REFERENCES = (
+    {
+        "source": "Music2Emo (Kang & Herremans 2025, arXiv:2502.03979)",
+        "data": "DEAM, static song-level ratings",
+        "protocol": "their split: 1261 train / 271 val / 270 test songs (split lists in their repository)",
+        "metric": "R^2",
+        "valence": 0.518,
+        "arousal": 0.623,
+    },
+    {
+        "source": "Meta-analysis of 34 MER studies 2014-2024 (Eerola & Anderson, ACM Computing Surveys)",
+        "data": "many data sets (DEAM among them), each study's own protocol",
+        "protocol": "the best model of each study, pooled",
+        "metric": "Pearson r",
+        "valence": 0.67,
+        "arousal": 0.81,
+    },
+)
+
+
+def references_table() -> pd.DataFrame:
+    """:data:`REFERENCES` for display: source, data, protocol, metric, valence, arousal."""
+    return pd.DataFrame(list(REFERENCES))

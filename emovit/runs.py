@@ -20,7 +20,7 @@ import pandas as pd
 
 from emovit import distributed, torchrun, workspace
 from emovit.config import Config, replace
-from emovit.probe import fit_probe, song_features
+from emovit.probe import fit_probe, opensmile_features, song_features
 from emovit.results import compare, prediction_frame, score
 from emovit.split import ids_of
 from emovit.vit import DevicePreprocessor, build_model
@@ -215,6 +215,32 @@ def ridge_baseline(cfg: Config, store, split) -> Outcome:
         score(predictions, cfg.n_bootstrap, cfg.seed),
         time.perf_counter() - start,
         n_train=len(train_ids),
+    )
+
+
+def opensmile_baseline(cfg: Config, store, split, files: dict[int, str]) -> Outcome | str:
+    """Ridge on per-song mean and std of DEAM's openSMILE features, fitted on the training songs that
+    have a feature file. Returns the outcome, or why it is skipped (a string): no files, or a test
+    song without one (the paired comparison needs every test song)."""
+    start = time.perf_counter()
+    train_ids, test_ids = ids_of(split, "train"), ids_of(split, "test")
+    if not files:
+        return "no openSMILE feature files found"
+    missing = [s for s in test_ids if s not in files]
+    if missing:
+        return f"{len(missing)} of {len(test_ids)} test songs have no openSMILE file"
+    labels = store.songs.set_index("song_id")[["valence", "arousal"]]
+    fit_ids = [s for s in train_ids if s in files]
+    probe = fit_probe(opensmile_features([files[s] for s in fit_ids]), labels.loc[fit_ids].to_numpy())
+    pred = probe.predict(opensmile_features([files[s] for s in test_ids]))
+    predictions = prediction_frame(test_ids, song_labels(store, test_ids), pred)
+    return Outcome(
+        "ridge_opensmile",
+        predictions,
+        score(predictions, cfg.n_bootstrap, cfg.seed),
+        time.perf_counter() - start,
+        n_train=len(fit_ids),
+        description=f"{len(fit_ids)} of {len(train_ids)} training songs have an openSMILE file",
     )
 
 

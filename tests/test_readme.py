@@ -36,3 +36,16 @@ def test_adding_a_field_without_the_readme_fails(tmp_path):
     )
     result = _check(tmp_path)
     assert result.returncode == 1 and "stale" in result.stderr
+
+
+def test_published_numbers_in_the_readme_are_the_ones_the_notebook_shows():
+    """Each published reference appears in README's table with the same metric and values, and
+    each states its protocol (a number without one cannot be compared)."""
+    from emovit.results import REFERENCES
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| ")]
+    for ref in REFERENCES:
+        assert ref["protocol"] and ref["data"] and ref["metric"] != "CCC", ref
+        row = next(r for r in rows if r.startswith(f"| {ref['source']} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2:] == [ref["metric"], f"{ref['valence']:g}", f"{ref['arousal']:g}"], row

@@ -137,6 +137,7 @@ def render(run: dict, checks: list[dict], meta: dict) -> str:
                 for n in ("ccc", "pearson_r", "r2", "rmse")
             ]
             out.append(f"| {label} | {dim} | " + " | ".join(cells) + " |")
+    out += _delivered_section(m)
     out += [
         "",
         "## Demo run: GAN quality (synthetic vs real reference)",
@@ -166,6 +167,34 @@ def render(run: dict, checks: list[dict], meta: dict) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _delivered_section(m: dict) -> list[str]:
+    """The gate (the judge's CCC on synthetic vs real validation songs) and the per-dimension choice
+    behind the delivered model, from metrics.json."""
+    gate, choice = m.get("gate"), m.get("choice")
+    if not gate or not choice:
+        return []
+    out = [
+        "",
+        "## Demo run: what the delivered model is made of",
+        "",
+        f"Gate (judge {gate['judge']}, {gate['n_samples']} synthetic samples): {gate['rule']}. The main model "
+        f"trained with `synthetic_dims` = {gate['dims']!r}{' (forced)' if gate['forced'] else ''}.",
+        f"Choice: {choice['rule']}.",
+        "",
+        "| dimension | judge CCC on synthetic | judge CCC on validation | passes | validation CCC per model "
+        "| P(synthetic-trained better) | delivered from |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for dim in ("valence", "arousal"):
+        val = ", ".join(f"{k} {v:+.3f}" for k, v in choice["val_ccc"][dim].items())
+        better = choice["prob_better"].get(dim)
+        out.append(
+            f"| {dim} | {gate['synthetic_ccc'][dim]:+.3f} | {gate['val_ccc'][dim]:+.3f} | {gate['passed'][dim]} "
+            f"| {val} | {'' if better is None else f'{better:.2f}'} | {choice['sources'][dim]} |"
+        )
+    return out
 
 
 def results_block(run: dict, meta: dict) -> str:
