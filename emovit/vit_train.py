@@ -503,7 +503,7 @@ def augmented_examples(train_ds, pre, cfg: Config, device: str, count: int = 8, 
     """
     loader = _loader(train_ds, replace(cfg, vit_batch_size=count, loader_workers=0), device, epoch, samples=count)
     mel, y, _ = next(iter(loader))
-    spans = pre.sample_spans(count, mel.shape[-1], step_generator(cfg.seed, epoch, 0))
+    spans = pre.sample_spans(count, mel.shape[1], mel.shape[2], step_generator(cfg.seed, epoch, 0))
     pre.to(device).train()
     images = pre(mel.to(device), spans).cpu().numpy()
     pre.eval()

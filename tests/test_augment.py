@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from emovit import vit_train as vt
 from emovit.config import replace
 from emovit.deam import discover
 from emovit.features import crop_starts, extract_features
 from emovit.predict import Predictor
 from emovit.split import fit_standardizer, ids_of, split_songs
 from emovit.vit import IN21K_DEFAULT, DevicePreprocessor, SpecAugment, build_model, find_pretrained
-from emovit.vit_train import MelDataset, make_datasets, mixup, predict_dataset, train_vit
+from emovit.vit_train import MelDataset, augmented_examples, make_datasets, mixup, predict_dataset, train_vit
 
 
 @pytest.fixture
@@ -94,6 +95,23 @@ def test_dataset_items_are_never_masked_and_evaluation_never_augments(setup):
     first = predict_dataset(model, pre, val, cfg, "cpu")[0]
     pre.train()
     np.testing.assert_array_equal(first, predict_dataset(model, pre, val, cfg, "cpu")[0])
+
+
+def test_the_notebooks_augmented_batch_is_masked_like_training_and_leaves_eval_mode(setup):
+    """augmented_examples (the notebook's figure of one batch): the first items of the epoch, masked
+    with the spans of that epoch's first step, the preprocessor back in eval mode."""
+    cfg, store, split, std = setup
+    train, _, _ = make_datasets(store, split, None, cfg)
+    pre = DevicePreprocessor.from_config(cfg, std, find_pretrained(cfg))
+    images, labels = augmented_examples(train, pre, cfg, "cpu", count=4)
+    assert images.shape == (4, 3, cfg.image_height, cfg.image_width) and labels.shape == (4, 2)
+    assert not pre.training
+    mel, _, _ = next(iter(vt._loader(train, replace(cfg, vit_batch_size=4, loader_workers=0), "cpu", 1, samples=4)))
+    plain = pre(mel).numpy()
+    spans = pre.sample_spans(4, mel.shape[1], mel.shape[2], vt.step_generator(cfg.seed, 1, 0))
+    pre.train()
+    np.testing.assert_allclose(images, pre(mel, spans).numpy(), atol=1e-6)
+    assert not np.allclose(images, plain)  # masked
 
 
 def test_random_crops_differ_between_epochs_and_repeat_within_one(setup):
