@@ -41,7 +41,7 @@ readme: venv  ## regenerate README's configuration reference from Config
 check: lint check-notebook check-readme  ## the fast loop (< 3 min): ruff, notebook and README checks, tests not marked slow
 	$(PY) -m pytest -m "not slow" -q
 
-test: lint check-notebook check-readme  ## the full gate CI runs: ruff, checks, every test, then the older stack
+test: lint check-notebook check-readme  ## the full gate CI runs: ruff, checks, every test, then test-old
 	$(PY) -m pytest
 	$(MAKE) test-old
 
@@ -51,8 +51,8 @@ $(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.tx
 	$(OLD_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
-test-old: $(OLD_VENV)/.installed  ## the suite (end-to-end notebook included) on the stack Kaggle's image has
-	$(OLD_VENV)/bin/python -m pytest -m "not smoke" -p no:cacheprovider
+test-old: $(OLD_VENV)/.installed  ## on the stack Kaggle's image has: the fast tests and the end-to-end notebook
+	$(OLD_VENV)/bin/python -m pytest -m "not smoke and (not slow or notebook)" -p no:cacheprovider
 
 bench: venv  ## measure stage throughput and memory -> benchmarks/results.json
 	$(PY) -m benchmarks.bench

@@ -157,3 +157,11 @@ def cue_store(tmp_path_factory):
 
 # Tests never reach the Hugging Face hub (there is no internet here or in CI).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads the end-to-end demo run ``notebook``: the older-stack pass of
+    ``make test`` runs those and the fast tests (the code paths where library versions differ)."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.notebook)
