@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     if args.readme:
         update_readme(run, meta)
     failed = [c["check"] for c in checks if c["result"] != "pass"]
-    print(f"validate: wrote {args.out}; " + (f"FAILED: {failed}" if failed else "all checks passed"))
+    verdict = f"FAILED: {failed}" if failed else ("all checks passed" if checks else "no checks run (--skip-checks)")
+    print(f"validate: wrote {args.out}; {verdict}")
     return 1 if failed else 0
 
 
