@@ -144,7 +144,7 @@ if cfg.max_songs:
     songs = songs.head(cfg.max_songs)
 dynamic = load_dynamic(data_report, songs)  # DEAM's 2 Hz ratings, when attached (None otherwise)
 display(data_report.table())
-plots.label_scatter(songs, cfg.output_dir)
+plots.label_scatter(songs, cfg.output_dir);
 # %% [markdown]
 # ## Features
 # Each song's whole clip (DEAM: 45 s, up to `max_clip_seconds`) becomes one log-mel
@@ -165,7 +165,7 @@ display(pd.Series(store.counts, name="songs").to_frame())
 if len(store.errors):
     display(store.errors.groupby("reason").size().rename("files").to_frame())
 examples = store.songs.sample(3, random_state=cfg.seed).sort_values("song_id")
-plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store.params, cfg.output_dir)
+plots.example_spectrograms(store.song_mels(examples["song_id"]), examples, store.params, cfg.output_dir);
 # %% [markdown]
 # ## Split
 # Songs are split once, by song, into train / validation / test (`split.csv`). A song's split
@@ -189,7 +189,7 @@ save_split(split, cfg.output_dir)
 standardizer = fit_standardizer(store, split)
 display(split_table(split, cfg.val_fraction, cfg.test_fraction))
 print(f"standardization (training songs only): mean {standardizer.mean:.2f} dB, std {standardizer.std:.2f} dB")
-plots.split_distributions(store.songs, split, cfg.output_dir)
+plots.split_distributions(store.songs, split, cfg.output_dir);
 # %% [markdown]
 # ### How hard is the task? A linear probe
 # Before any deep model: ridge regression on the per-band mean and standard deviation of
@@ -271,7 +271,7 @@ if gan.skipped_steps:
     print(f"{gan.skipped_steps} step(s) skipped on a non-finite loss")
 if gan.diverged:
     print(f"WARNING: GAN training stopped on non-finite losses: {gan.diverged} (last good weights kept)")
-plots.gan_training_curves(gan.history, cfg.output_dir, best_step=gan.best_step)
+plots.gan_training_curves(gan.history, cfg.output_dir, best_step=gan.best_step);
 # %%
 synthetic = synthesize(gan, cfg, device)
 shown = train_ids[:4]
@@ -283,7 +283,7 @@ plots.real_vs_synthetic(
     shown,
     cfg.output_dir,
 )
-plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir)
+plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # %% [markdown]
 # ### What do the synthetic spectrograms carry?
 # Each measure is shown beside its value on real data, so it can be judged. **Label
@@ -385,7 +385,7 @@ plots.vit_training_curves(
     reference.run.best_epoch,
     name="vit_real_only_training_curves.png",
     title="ViT, real songs only",
-)
+);
 # %% [markdown]
 # ### The judge: does a ViT trained on real songs hear the labels in the synthetic set?
 # A dimension passes when the judge's CCC on the synthetic samples (against the labels they were
@@ -421,7 +421,7 @@ from emovit.vit_train import augmented_examples, make_datasets
 run_cfg = replace(cfg, synthetic_dims=judgement.dims)
 examples_ds, _, _ = make_datasets(store, split, synthetic, run_cfg)
 images, image_labels = augmented_examples(examples_ds, pre, run_cfg, device)
-plots.augmented_batch(images, image_labels, cfg.output_dir)
+plots.augmented_batch(images, image_labels, cfg.output_dir);
 # %%
 main = trainer.fit("vit_real_plus_synthetic", synthetic_dims=judgement.dims) if judgement.any else None
 if main is None:
@@ -500,7 +500,7 @@ write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, d
 display(metrics_table({MODEL_LABELS.get(k, k): o.metrics for k, o in outcomes.items()}))
 display(references_table())
 plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir)
-plots.va_plane(delivered.predictions, cfg.output_dir)
+plots.va_plane(delivered.predictions, cfg.output_dir);
 # %% [markdown]
 # ## Does the GAN help? Ablation arms and a baseline
 # The table puts the delivered model first, then the synthetic-trained model (what the run
@@ -540,7 +540,7 @@ results = results_table(metrics["models"], metrics["differences"])
 display(arm_table(outcomes))
 with pd.option_context("display.width", 200, "display.max_columns", 10):
     display(results)
-plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS)
+plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
 # %% [markdown]
 # ## Your own music
 # `best_vit_model.pth` alone predicts any audio file of any length (mp3, wav, flac, ogg; m4a
@@ -579,7 +579,7 @@ write_tables(
 with pd.option_context("display.max_colwidth", 80):
     display(display_table(my_predictions))
 plots.songs_va_plane(my_predictions, cfg.output_dir, QUADRANTS, NEUTRAL_RADIUS)
-plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4)
+plots.emotion_curves(my_curves, cfg.output_dir, max_songs=4);
 # %% [markdown]
 # ## Emotion over time, checked against DEAM's 2 Hz ratings
 # The model learned from whole-song ratings, yet the section above draws curves. DEAM also rates

@@ -1,5 +1,6 @@
 """The notebook builder: module cells, ordering checks and the staleness check."""
 
+import ast
 import dataclasses
 import re
 import shutil
@@ -85,6 +86,25 @@ def test_module_cells_open_collapsed_and_the_story_does_not():
         module = cell.cell_type == "code" and cell.source.startswith("%%writefile")
         hidden = cell.metadata.get("jupyter", {}).get("source_hidden", False)
         assert hidden == module and cell.metadata.get("_kg_hide-input", False) == module, cell.source[:60]
+
+
+def test_a_cell_ending_in_a_figure_shows_it_once():
+    """A plot call that ends a cell returns its figure, which Jupyter would show a second time beside
+    the inline backend's copy; the trailing ";" stops that (the formatter must leave it alone)."""
+    nb = nbformat.reads(build_notebook.build(), as_version=4)
+    ending_in_a_plot = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.source.startswith(("%%", "%")):
+            continue
+        python = "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.split("\n"))
+        body = ast.parse(python).body  # IPython magics read as "pass"
+        last = body[-1] if body else None
+        call = last.value if isinstance(last, ast.Expr) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+            if isinstance(call.func.value, ast.Name) and call.func.value.id == "plots":
+                ending_in_a_plot += 1
+                assert cell.source.rstrip().endswith(";"), cell.source[-120:]
+    assert ending_in_a_plot >= 8
 
 
 def test_module_docstrings_hold_design_not_history():
