@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -91,7 +92,13 @@ def demo_run(demo_root, tmp_path_factory):
         kernel_name="python3",
         cwd=str(out),
         progress_bar=False,
-        parameters={"PRESET": "demo", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out / "outputs")},
+        parameters={
+            "PRESET": "demo",
+            "DATA_DIR": str(demo_root),
+            "OUTPUT_DIR": str(out / "outputs"),
+            # make test-old shortens the GAN (EMOVIT_E2E_OVERRIDES) and skips the tests marked learning
+            "OVERRIDES": json.loads(os.environ.get("EMOVIT_E2E_OVERRIDES", "{}")),
+        },
     )
     from emovit.workspace import latest_run
 

@@ -409,6 +409,7 @@ def test_notebook_section_writes_both_csvs_and_figures(demo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_demo_model_flat_curve_for_a_steady_song_and_rising_arousal_when_it_gets_louder_and_faster(demo_run, tmp_path):
     """Learning test on the demo checkpoint (10 s windows every 5 s).
 
