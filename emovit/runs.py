@@ -201,20 +201,32 @@ def song_labels(store, song_ids, check=None) -> np.ndarray:
     return labels
 
 
-def ridge_baseline(cfg: Config, store, split) -> Outcome:
-    """Ridge on per-band mean and std of each song's whole stored clip, fitted on the training songs."""
-    start = time.perf_counter()
+def _ridge_outcome(name: str, cfg: Config, store, fit_ids, test_ids, features, start: float, description="") -> Outcome:
+    """A ridge probe fitted on ``fit_ids`` and scored on ``test_ids``; ``features(ids)`` -> (len(ids), F)."""
     labels = store.songs.set_index("song_id")[["valence", "arousal"]]
-    train_ids, test_ids = ids_of(split, "train"), ids_of(split, "test")
-    probe = fit_probe(song_features(store, train_ids), labels.loc[train_ids].to_numpy())
-    pred = probe.predict(song_features(store, test_ids))
-    predictions = prediction_frame(test_ids, song_labels(store, test_ids), pred)
+    probe = fit_probe(features(fit_ids), labels.loc[fit_ids].to_numpy())
+    predictions = prediction_frame(test_ids, song_labels(store, test_ids), probe.predict(features(test_ids)))
     return Outcome(
-        "ridge_baseline",
+        name,
         predictions,
         score(predictions, cfg.n_bootstrap, cfg.seed),
         time.perf_counter() - start,
-        n_train=len(train_ids),
+        n_train=len(fit_ids),
+        description=description,
+    )
+
+
+def ridge_baseline(cfg: Config, store, split) -> Outcome:
+    """Ridge on per-band mean and std of each song's whole stored clip, fitted on the training songs."""
+    start = time.perf_counter()
+    return _ridge_outcome(
+        "ridge_baseline",
+        cfg,
+        store,
+        ids_of(split, "train"),
+        ids_of(split, "test"),
+        lambda ids: song_features(store, ids),
+        start,
     )
 
 
@@ -229,17 +241,15 @@ def opensmile_baseline(cfg: Config, store, split, files: dict[int, str]) -> Outc
     missing = [s for s in test_ids if s not in files]
     if missing:
         return f"{len(missing)} of {len(test_ids)} test songs have no openSMILE file"
-    labels = store.songs.set_index("song_id")[["valence", "arousal"]]
     fit_ids = [s for s in train_ids if s in files]
-    probe = fit_probe(opensmile_features([files[s] for s in fit_ids]), labels.loc[fit_ids].to_numpy())
-    pred = probe.predict(opensmile_features([files[s] for s in test_ids]))
-    predictions = prediction_frame(test_ids, song_labels(store, test_ids), pred)
-    return Outcome(
+    return _ridge_outcome(
         "ridge_opensmile",
-        predictions,
-        score(predictions, cfg.n_bootstrap, cfg.seed),
-        time.perf_counter() - start,
-        n_train=len(fit_ids),
+        cfg,
+        store,
+        fit_ids,
+        test_ids,
+        lambda ids: opensmile_features([files[s] for s in ids]),
+        start,
         description=f"{len(fit_ids)} of {len(train_ids)} training songs have an openSMILE file",
     )
 
