@@ -287,6 +287,7 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
         path,
         description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}",
         val_predictions=routed("val_predictions"),
+        seed=outcomes[names[0]].seed,
     )
 
 

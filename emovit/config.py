@@ -36,7 +36,8 @@ class Config:
     output_dir: str = "/kaggle/working/vit_augmented"  # every output of the run goes here
     cache_dir: str = ""  # caches; "" = /kaggle/temp/emovit_cache on Kaggle (not saved), else <output_dir>/cache
     cache_keep: int = 2  # cache entries of each kind kept (most recently used first; the current run's always)
-    seed: int = 42  # one seed for the split, the GAN, the ViT and the bootstrap
+    seed: int = 42  # the split, the demo data, the GAN and the bootstrap; the ViTs' too when seeds is empty
+    seeds: list = field(default_factory=list)  # ViT training seeds: each ViT trains once per seed ([] = [seed])
     max_songs: int = 0  # use only the first N songs by id (0 = all); for quick trials
     run_name: str = ""  # name of this run's results folder under runs/ ("" = an id made from the settings)
 
@@ -151,6 +152,8 @@ class Config:
                 f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "
                 f"({self.clip_seconds}): the store keeps whole clips the model's windows are cut from"
             )
+        if len(set(self.seeds)) != len(self.seeds) or not all(isinstance(s, int) for s in self.seeds):
+            raise ValueError(f"seeds must be distinct integers, got {self.seeds!r}")
         reserved = sorted(set(self.arms) & set(RESERVED_MODEL_NAMES))
         if reserved:
             raise ValueError(
@@ -167,6 +170,12 @@ class Config:
         if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):  # "Batch" (Save Version) or "Interactive"
             return "/kaggle/temp/emovit_cache"
         return os.path.join(self.output_dir, "cache")
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The ViTs' training seeds: ``seeds``, or ``[seed]`` when empty. The first trains the model
+        saved as ``best_vit_model.pth``; the split, the GAN and the synthetic set are shared by all."""
+        return list(self.seeds) or [self.seed]
 
     @property
     def num_frames(self) -> int:
@@ -226,6 +235,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "early_stop_patience": 6,
         "loader_workers": 0,
         "arms": {**DEFAULT_ARMS, **OPTIONAL_ARMS},  # the demo measures every ready-made arm
+        "seeds": [42, 1, 2],  # three training seeds: the spread of every model over training runs
+        "demo_dynamic": True,  # 2 Hz rating files, so the demo scores emotion curves too
     },
 }
 

@@ -263,6 +263,29 @@ def ablation_comparison(
     return fig
 
 
+def seed_spread(table: pd.DataFrame, output_dir: str, labels: dict | None = None, name: str = "seed_spread.png"):
+    """Test CCC of every model for every training seed (dots) and their mean (bar), per dimension.
+
+    ``table``: :func:`emovit.seeds.per_seed_table` rows (model, seed, valence, arousal)."""
+    labels = labels or {}
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(models) + 1.8), sharey=True)
+    for ax, dim in zip(axes, ("valence", "arousal")):
+        for i, model in enumerate(models):
+            values = table.loc[table["model"] == model, dim].to_numpy()
+            ax.barh(i, values.mean(), color="lightgrey")
+            ax.scatter(values, np.full(len(values), i), color="black", s=14, zorder=3)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(f"{dim} test CCC")
+        ax.set_title(f"{dim}: each training seed (dots), mean (bar)")
+    axes[0].set_yticks(range(len(models)), [labels.get(m, m) for m in models], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{table['seed'].nunique()} training seeds, one split and one GAN")
+    fig.tight_layout()
+    atomic_savefig(fig, os.path.join(output_dir, name))
+    return fig
+
+
 def augmented_batch(images, labels: np.ndarray, output_dir: str, name: str = "augmented_batch.png"):
     """What the ViT sees in training: a few preprocessed images (k, 3, H, W), channel 0, with
     random crops and SpecAugment masks applied (masked areas show the mean level)."""

@@ -28,19 +28,27 @@ def prediction_frame(song_ids, target: np.ndarray, pred: np.ndarray) -> pd.DataF
     return frame
 
 
-def prediction_table(test: pd.DataFrame, val: pd.DataFrame | None = None) -> pd.DataFrame:
+def prediction_table(test: pd.DataFrame, val: pd.DataFrame | None = None, seed: int | None = None) -> pd.DataFrame:
     """predictions*.csv: the test songs' rows, then the validation songs' (column ``split``), each
-    value on [-1, 1] and on DEAM's 1-9 scale (``*_1_9``). Metrics are computed from the test rows."""
+    value on [-1, 1] and on DEAM's 1-9 scale (``*_1_9``); with ``seed``, a ``seed`` column (the
+    model's training seed). Metrics are computed from the test rows."""
     parts = [test.assign(split="test")] + ([val.assign(split="val")] if val is not None else [])
     table = pd.concat(parts, ignore_index=True)
     for column in [c for c in table.columns if c.endswith(("_true", "_pred"))]:
         table[f"{column}_1_9"] = to_rating_scale(table[column])
-    return table[["song_id", "split"] + [c for c in table.columns if c not in ("song_id", "split")]]
+    first = ["song_id", "split"] + (["seed"] if seed is not None else [])
+    if seed is not None:
+        table["seed"] = seed
+    return table[first + [c for c in table.columns if c not in first]]
 
 
-def test_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The test songs' prediction frame of a :func:`prediction_table` (as :func:`score` reads it)."""
+def test_rows(table: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
+    """The test songs' prediction frame of a :func:`prediction_table` (as :func:`score` reads it);
+    where the table has a ``seed`` column, those of ``seed`` (default: the first row's seed, the
+    training seed of ``best_vit_model.pth``)."""
     rows = table[table["split"] == "test"] if "split" in table.columns else table
+    if "seed" in rows.columns:
+        rows = rows[rows["seed"] == (rows["seed"].iloc[0] if seed is None else seed)]
     return rows[["song_id"] + [f"{d}_{k}" for k in ("true", "pred") for d in DIMENSIONS]].reset_index(drop=True)
 
 
@@ -97,6 +105,16 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, seed: int) -> dict:
                 "high": float(np.percentile(diffs, 97.5)),
             }
     return out
+
+
+def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the results compare: the delivered model (first) minus every other model, and the
+    GAN's own effect, synthetic-trained minus real-only, when both exist."""
+    first = names[0]
+    pairs = [(first, k) for k in names[1:]]
+    if {"vit_real_plus_synthetic", "vit_real_only"} <= set(names) and first != "vit_real_plus_synthetic":
+        pairs.append(("vit_real_plus_synthetic", "vit_real_only"))
+    return pairs
 
 
 MODEL_LABELS = {

@@ -21,7 +21,7 @@ import pandas as pd
 from emovit import distributed, torchrun, workspace
 from emovit.config import Config, replace
 from emovit.probe import fit_probe, opensmile_features, song_features
-from emovit.results import compare, prediction_frame, score
+from emovit.results import compare, comparison_pairs, prediction_frame, score
 from emovit.split import ids_of
 from emovit.vit import DevicePreprocessor, build_model
 from emovit.vit_train import (
@@ -49,6 +49,7 @@ class Outcome:
     overrides: dict | None = None  # Config overrides of an arm (None for the main model)
     description: str = ""  # what the model is when it was not trained itself (the delivered model)
     val_predictions: pd.DataFrame | None = None  # the kept checkpoint on the validation songs (the choice reads these)
+    seed: int | None = None  # the ViT's training seed (None: no training seed, e.g. the ridge baselines)
 
 
 def fit_and_test(
@@ -67,7 +68,7 @@ def fit_and_test(
     """Build, train (or resume), reload the best epoch and score it on the validation and test songs.
 
     Checkpoints go to ``best_path`` / ``last_path``, by default to the cache entry
-    ``vit/<name>/<run key>`` (superseded entries of ``name`` are pruned). ``steps_per_epoch``:
+    ``vit/<name>/seed<cfg.seed>/<run key>`` (superseded entries of ``name`` and seed are pruned). ``steps_per_epoch``:
     optimizer steps per epoch (default: one pass over this model's training set). The best
     checkpoint is reloaded only if it carries this run's key.
     """
@@ -80,7 +81,8 @@ def fit_and_test(
     key = run_key(cfg, data_key(store, split, synthetic), pretrained.location, steps_per_epoch)
     folder = None
     if best_path is None:
-        folder = workspace.entry(cfg, f"vit/{name}", key)
+        kind = f"vit/{name}/seed{cfg.seed}"
+        folder = workspace.entry(cfg, kind, key)
         best_path, last_path = (os.path.join(folder, f) for f in ("best_vit_model.pth", "last_vit_model.pth"))
     n = torchrun.processes(cfg)
     if n > 1 and not distributed.current().active:  # several GPUs: the training processes are torchrun's
@@ -96,7 +98,7 @@ def fit_and_test(
             name_: predict_dataset(model, pre, ds, cfg, device) for name_, ds in (("val", val_ds), ("test", test_ds))
         }
     if folder:
-        workspace.prune(cfg, f"vit/{name}", in_use=folder)
+        workspace.prune(cfg, kind, in_use=folder)
     frames = {}
     for split_name, ds in (("val", val_ds), ("test", test_ds)):
         pred, true = outputs[split_name]
@@ -156,8 +158,9 @@ class Trainer:
     """Trains and scores the run's ViTs on shared inputs: the feature store, split, synthetic set,
     train-only standardizer, pretrained weights, device, and the run's steps per epoch.
 
-    ``fit(name, **overrides)`` trains (or resumes, or reloads) the model ``cfg`` + ``overrides``
-    with its checkpoints in the cache entry ``vit/<name>/<run key>`` and scores it.
+    ``fit(name, seed, **overrides)`` trains (or resumes, or reloads) the model ``cfg`` + ``overrides``
+    with training seed ``seed`` (default: the first of ``cfg.training_seeds``), its checkpoints in
+    the cache entry ``vit/<name>/seed<seed>/<run key>``, and scores it.
     """
 
     cfg: Config
@@ -172,10 +175,11 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return run_steps_per_epoch(self.store, self.split, self.synthetic, self.cfg)
 
-    def fit(self, name: str, **overrides) -> Outcome:
+    def fit(self, name: str, seed: int | None = None, **overrides) -> Outcome:
+        seed = self.cfg.training_seeds[0] if seed is None else seed
         outcome = fit_and_test(
             name,
-            replace(self.cfg, **overrides),
+            replace(self.cfg, **overrides, seed=seed),
             self.store,
             self.split,
             self.synthetic,
@@ -185,6 +189,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
         )
         outcome.overrides = dict(overrides)
+        outcome.seed = seed
         return outcome
 
 
@@ -255,16 +260,12 @@ def opensmile_baseline(cfg: Config, store, split, files: dict[int, str]) -> Outc
 
 
 def paired_differences(outcomes: dict[str, Outcome], n_boot: int, seed: int) -> dict:
-    """Paired differences on the same test songs: the delivered model (the first outcome) minus every
-    other model, and the GAN's own effect, synthetic-trained minus real-only, when both exist.
+    """Paired differences on the same test songs (:func:`emovit.results.comparison_pairs`: the delivered
+    model, the first outcome, minus every other model; synthetic-trained minus real-only).
 
     Returns {"<a> - <b>": :func:`emovit.results.compare` output}.
     """
-    names = list(outcomes)
-    first = names[0]
-    pairs = [(first, k) for k in names[1:]]
-    if {"vit_real_plus_synthetic", "vit_real_only"} <= set(names) and first != "vit_real_plus_synthetic":
-        pairs.append(("vit_real_plus_synthetic", "vit_real_only"))
+    pairs = comparison_pairs(list(outcomes))
     return {f"{a} - {b}": compare(outcomes[a].predictions, outcomes[b].predictions, n_boot, seed) for a, b in pairs}
 
 

@@ -77,6 +77,9 @@ NOT_TRAINING_FIELDS = (
     "deliver",
     "deliver_confidence",
     "ddp_processes",
+    "seeds",  # one model's training depends on its own seed (``seed`` in its config), not the list
+    "curve_hop_seconds",
+    "demo_dynamic",  # what it changes reaches the key through the data (features and labels)
 )
 # Fields that only shape the synthetic set and how it is used: left out of the run key of a model
 # trained without synthetic data (a GAN tweak must not retrain the real-only reference). The

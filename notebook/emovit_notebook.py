@@ -496,7 +496,8 @@ metrics = {
     "environment": environment,
     "run_id": run.id,
 }
-write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
+delivered_table = prediction_table(delivered.predictions, delivered.val_predictions, delivered.seed)
+write_results(cfg.output_dir, metrics, delivered_table)
 display(metrics_table({MODEL_LABELS.get(k, k): o.metrics for k, o in outcomes.items()}))
 display(references_table())
 plots.prediction_scatter(delivered.predictions, delivered.metrics, cfg.output_dir)
@@ -530,17 +531,56 @@ else:
 metrics["models"] = {k: o.metrics for k, o in outcomes.items()}
 metrics["arms"] = arm_table(outcomes).to_dict(orient="records")
 metrics["differences"] = paired_differences(outcomes, cfg.n_bootstrap, cfg.seed)
-write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
+write_results(cfg.output_dir, metrics, delivered_table)
 for k, o in outcomes.items():
     if k != delivered.name:
         atomic_write_csv(
-            os.path.join(cfg.output_dir, f"predictions_{k}.csv"), prediction_table(o.predictions, o.val_predictions)
+            os.path.join(cfg.output_dir, f"predictions_{k}.csv"),
+            prediction_table(o.predictions, o.val_predictions, o.seed),
         )
 results = results_table(metrics["models"], metrics["differences"])
 display(arm_table(outcomes))
 with pd.option_context("display.width", 200, "display.max_columns", 10):
     display(results)
 plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
+# %% [markdown]
+# ## Training seeds: how much of a difference is training noise?
+# A ViT's test CCC moves with its training seed -- the head's first weights, the crops, the
+# SpecAugment masks, the batch order -- and the intervals above resample test songs of one training
+# run only. With `seeds` (the demo: three; the kaggle preset: one, since each extra seed trains
+# every ViT again -- the README's time projection says how long) every ViT above trains once more
+# per seed, on the same split, GAN and synthetic set and with the gate's decision of the first seed.
+# The table gives each model's mean +- sd over seeds and every seed's value; each difference, its
+# value per seed and pooled -- the mean over seeds, with a 95% interval from a bootstrap over test
+# songs AND seeds, paired (seed k of one model against seed k of the other). `best_vit_model.pth`
+# stays the first seed's delivered model; `predictions.csv` holds every seed's rows (`seed`).
+
+# %% module="emovit/seeds.py"
+
+# %%
+from tqdm.auto import tqdm
+
+from emovit import seeds as training_seeds
+
+by_seed = {delivered.seed: outcomes}
+seed_choices = {delivered.seed: choice.to_dict()}
+fixed = {k: o for k, o in outcomes.items() if o.seed is None}  # the ridge baselines: no training seed
+for s in tqdm(cfg.training_seeds[1:], desc="extra training seeds"):
+    seed_outcomes, seed_choice = training_seeds.train_seed(trainer, s, judgement, cfg)
+    by_seed[s], seed_choices[s] = {**seed_outcomes, **fixed}, seed_choice.to_dict()
+metrics["seeds"] = {**training_seeds.summarize(by_seed, cfg.n_bootstrap, cfg.seed), "choices": seed_choices}
+write_results(cfg.output_dir, metrics, training_seeds.seed_predictions(by_seed, delivered.name))
+for k in outcomes:
+    if k != delivered.name:
+        path = os.path.join(cfg.output_dir, f"predictions_{k}.csv")
+        atomic_write_csv(path, training_seeds.seed_predictions(by_seed, k))
+if len(by_seed) == 1:
+    print(f"one training seed ({delivered.seed}): set seeds, e.g. [42, 1, 2], to see the spread over training runs")
+else:
+    with pd.option_context("display.width", 200, "display.max_columns", 10, "display.max_colwidth", 60):
+        display(training_seeds.seeds_table(metrics["seeds"]))
+    plots.seed_spread(training_seeds.per_seed_table(by_seed), cfg.output_dir, MODEL_LABELS);
+
 # %% [markdown]
 # ## Your own music
 # `best_vit_model.pth` alone predicts any audio file of any length (mp3, wav, flac, ogg; m4a
@@ -609,14 +649,15 @@ else:
         "undecoded_songs": int((curve_songs["error"] != "").sum()),
         "scores": curves.curve_metrics(window_table),
     }
-    write_results(cfg.output_dir, metrics, prediction_table(delivered.predictions, delivered.val_predictions))
+    write_results(cfg.output_dir, metrics, training_seeds.seed_predictions(by_seed, delivered.name))
     atomic_write_csv(os.path.join(cfg.output_dir, "test_curves.csv"), window_table)
     display(curves.metrics_table(metrics["curves"]["scores"]))
     plots.curves_vs_ratings(window_table, dynamic, cfg.output_dir)
 # %% [markdown]
 # ## Run summary
-# The results table, the time each stage took, what was found and skipped, the card and library
-# versions, the cache's size by kind, and every file of the zip. `vit_output.zip` holds this run's
+# The results table (and, with several training seeds, their spread), the time each stage took,
+# what was found and skipped, the card and library versions, the cache's size by kind, and every
+# file of the zip. `vit_output.zip` holds this run's
 # folder, the `emovit` code and `PREDICT.md`: unzipped anywhere, `pip install -r requirements.txt`
 # and `python -m emovit.predict` run from it. It is verified (every member read back and checked)
 # before this cell reports success. On Kaggle, download it from the output panel
@@ -633,6 +674,7 @@ timings = {
     "gan_training": gan.seconds,
     "gan_sampling": synthetic.seconds,
     **{k: o.seconds for k, o in outcomes.items()},
+    "extra_training_seeds": sum(o.seconds for s in cfg.training_seeds[1:] for o in by_seed[s].values() if o.run),
     "total_run": time.perf_counter() - RUN_START,
 }
 counts = {
@@ -647,6 +689,8 @@ summary = run_summary(cfg.output_dir, results, timings, counts, environment, cac
 index = workspace.update_index(run, cfg, "finished", metrics)
 zip_path, members = write_zip(cfg.output_dir, run.root, run.id, environment)
 display(results)
+if len(by_seed) > 1:
+    display(training_seeds.seeds_table(metrics["seeds"]))
 display(pd.Series(timings, name="seconds").round(1).to_frame())
 display(pd.Series({k: v for k, v in counts.items() if not isinstance(v, (dict, list))}, name="count").to_frame())
 display(pd.Series({k: round(v / 1e6, 1) for k, v in cache_bytes.items()}, name="cache MB").to_frame())

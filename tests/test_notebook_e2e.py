@@ -123,7 +123,7 @@ def test_vit_stage_outputs(demo_run):
     outputs, nb = demo_run
     cache = outputs.parents[1] / "cache"
     for model in ("vit_real_only", "vit_real_plus_synthetic"):  # checkpoints: caches, not outputs
-        entries = list((cache / "vit" / model).iterdir())
+        entries = list((cache / "vit" / model / "seed42").iterdir())  # one folder per training seed
         assert len(entries) == 1 and (entries[0] / "best_vit_model.pth").is_file(), model
         assert (entries[0] / "best_vit_model.result.json").is_file(), model  # completed ...
         assert not (entries[0] / "last_vit_model.pth").exists(), model  # ... so its resume state is gone
@@ -141,6 +141,7 @@ def test_vit_stage_outputs(demo_run):
     for name in ("test", "val"):  # the delivered model on the real test songs, then the validation songs
         assert list(predictions[predictions.split == name].song_id) == sorted(split[split.split == name].song_id)
     assert set(predictions.split) == {"test", "val"}
+    assert set(predictions.seed) == {42}  # one training seed in this run (tests/conftest.py)
     np.testing.assert_allclose(predictions.valence_pred_1_9, predictions.valence_pred * 4 + 5)
     np.testing.assert_allclose(predictions.arousal_true_1_9, predictions.arousal_true * 4 + 5)
     metrics = json.loads((outputs / "metrics.json").read_text())

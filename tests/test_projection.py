@@ -57,3 +57,24 @@ def test_projection_minutes_are_ordered():
         assert 0 < row["optimistic_minutes"] < row["pessimistic_minutes"]
     assert p["cards"]["L4"]["pessimistic_minutes"] < p["cards"]["T4"]["pessimistic_minutes"]
     assert p["cards"]["T4 x2"]["pessimistic_minutes"] < p["cards"]["T4"]["pessimistic_minutes"]
+
+
+def test_each_training_seed_trains_every_vit_again():
+    one = projection.preset_counts(make_config("kaggle"))
+    three = projection.preset_counts(make_config("kaggle", seeds=[42, 1, 2]))
+    assert (one["training_seeds"], three["training_seeds"]) == (1, 3)
+    assert three["vit_trainings"] == 3 * one["vit_trainings"]
+    assert three["vit_steps_total"] == 3 * one["vit_steps_total"] == 3 * one["vit_steps_per_seed"]
+    assert three["eval_images_total"] - one["eval_images_total"] == 2 * one["eval_images_per_seed"]
+
+
+@pytest.mark.slow
+def test_an_extra_seed_costs_what_the_projection_says():
+    """The stated minutes per extra seed are the difference between the two- and one-seed projections."""
+    one = projection.project(make_config("kaggle"), extraction_songs_per_s_per_core=25.0)
+    two = projection.project(make_config("kaggle", seeds=[42, 1]), extraction_songs_per_s_per_core=25.0)
+    for card, row in one["cards"].items():
+        for bound in ("optimistic", "pessimistic"):
+            extra = row[f"{bound}_minutes_per_extra_seed"]
+            assert extra > 0
+            assert two["cards"][card][f"{bound}_minutes"] - row[f"{bound}_minutes"] == pytest.approx(extra, rel=1e-9)

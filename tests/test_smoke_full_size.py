@@ -54,8 +54,9 @@ VIT_B16 = dict(
     layer_norm_eps=1e-12,
 )
 # synthetic_dims "both": a 1-step GAN judged by a 1-step ViT would close the gate, and the run at
-# size must train the synthetic-trained model too.
+# size must train the synthetic-trained model too. Two training seeds: every ViT trains twice.
 SMOKE_OVERRIDES = {
+    "seeds": [42, 7],
     "vit_max_steps": 1,
     "gan_steps": 1,
     "num_synthetic": 32,
@@ -185,6 +186,7 @@ def test_every_output_is_written(smoke):
         "run_summary.json",
         "test_curves.csv",
         "test_curves_vs_ratings.png",
+        "seed_spread.png",
     )
     for name in expected + ("best_vit_model_fp16.pth",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
@@ -203,6 +205,17 @@ def test_every_output_is_written(smoke):
     scored = pd.read_csv(outputs / "test_curves.csv")
     assert set(scored["song_id"]) == set(split.loc[split["split"] == "test", "song_id"])  # every test song is rated
     assert metrics["curves"]["scores"]["arousal"]["songs"] == scored["song_id"].nunique()
+    # two training seeds: every ViT twice, each seed's rows in every predictions file, the spread reported
+    assert metrics["seeds"]["seeds"] == [42, 7] and not metrics["seeds"]["incomplete"]
+    for name in ("predictions.csv", "predictions_vit_real_only.csv", "predictions_vit_real_plus_synthetic.csv"):
+        table = pd.read_csv(outputs / name)
+        held_out = int((split["split"] != "train").sum())  # the validation and test songs, once per seed
+        assert table.groupby("seed").size().to_dict() == {42: held_out, 7: held_out}, name
+    cache = outputs.parents[1] / "cache" / "vit"
+    for model in ("vit_real_only", "vit_real_plus_synthetic"):
+        assert sorted(p.name for p in (cache / model).iterdir()) == ["seed42", "seed7"], model
+    assert set(metrics["seeds"]["choices"]) == {"42", "7"}
+    assert "per seed 42 / 7" in _text(first_nb)
 
 
 def test_checkpoints_load_with_weights_only_at_full_size(smoke):
@@ -220,7 +233,7 @@ def test_checkpoints_load_with_weights_only_at_full_size(smoke):
     gen = torch.load(outputs / "generator.pth", map_location="cpu", weights_only=True)
     assert (gen["arch"]["n_mels"], gen["arch"]["frames"], gen["arch"]["channels"]) == (128, 1292, 32)
     torch.load(outputs / "discriminator.pth", map_location="cpu", weights_only=True)
-    (state,) = (outputs.parents[1] / "cache" / "vit" / "vit_real_plus_synthetic").glob("*/last_vit_model.pth")
+    (state,) = (outputs.parents[1] / "cache" / "vit" / "vit_real_plus_synthetic").glob("seed42/*/last_vit_model.pth")
     last = load_checkpoint(str(state))
     assert last["scheduler"]["last_epoch"] == 1 and last["epoch"] == 1  # capped after one optimizer step
     assert len(last["optimizer"]["state"]) > 100  # AdamW moments for every parameter tensor
@@ -232,7 +245,8 @@ def test_rerun_resumes_at_full_size(smoke):
     code = [c for c in second_nb.cells if c.cell_type == "code"]
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
     assert "GAN: reusing" in text
-    assert len(re.findall(r"ViT: resuming after epoch 1 from", text)) == 2  # the real-only and the synthetic model
+    # the real-only and the synthetic model of each of the two training seeds
+    assert len(re.findall(r"ViT: resuming after epoch 1 from", text)) == 4
     assert "training had already finished" in text
     summary = json.loads((outputs / "run_summary.json").read_text())
     assert summary["timings_seconds"]["total_run"] > 0

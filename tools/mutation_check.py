@@ -167,6 +167,17 @@ MUTATIONS = [
         "the 'paired' bootstrap resamples different songs for the two models",
     ),
     Mutation(
+        "seeds_pooled_unpaired",
+        "emovit/seeds.py",
+        "fn(true[i, d], pa[k, i, d]) - fn(true[i, d], pb[k, i, d]) for k in",
+        "fn(true[i, d], pa[k, i, d]) - fn(true[i, d], pb[(k + 1) % n_seeds, i, d]) for k in",
+        (
+            "tests/test_seeds.py::test_seeds_are_paired_a_model_against_itself_differs_by_exactly_zero",
+            "tests/test_seeds.py::test_pooled_interval_equals_a_hand_computation",
+        ),
+        "the bootstrap over seeds compares seed k of one model with another seed of the other",
+    ),
+    Mutation(
         "intervals_90_percent",
         "emovit/metrics.py",
         '"low": float(np.nanpercentile(boots, 2.5)) if n_boot',

@@ -138,6 +138,8 @@ def render(run: dict, checks: list[dict], meta: dict) -> str:
             ]
             out.append(f"| {label} | {dim} | " + " | ".join(cells) + " |")
     out += _delivered_section(m)
+    out += _seeds_section(m)
+    out += _curves_section(m)
     out += [
         "",
         "## Demo run: GAN quality (synthetic vs real reference)",
@@ -195,6 +197,46 @@ def _delivered_section(m: dict) -> list[str]:
             f"| {val} | {'' if better is None else f'{better:.2f}'} | {choice['sources'][dim]} |"
         )
     return out
+
+
+def _seeds_section(m: dict) -> list[str]:
+    """Each model's test CCC over the training seeds and the pooled paired differences (metrics.json
+    -> seeds), when the run trained more than one seed."""
+    from emovit.seeds import seeds_table
+
+    if len(m.get("seeds", {}).get("seeds", [])) < 2:
+        return []
+    table = seeds_table(m["seeds"])
+    out = [
+        "",
+        f"## Demo run: {len(m['seeds']['seeds'])} training seeds",
+        "",
+        f"Every ViT trained once per seed on one split and one GAN; {m['seeds']['interval']}.",
+        "",
+        "| " + " | ".join(table.columns) + " |",
+        "| " + " | ".join("---" for _ in table.columns) + " |",
+    ]
+    return out + ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+
+
+def _curves_section(m: dict) -> list[str]:
+    """The delivered model's curves on the test songs against their 2 Hz ratings (metrics.json -> curves)."""
+    from emovit.curves import metrics_table
+
+    if "curves" not in m:
+        return []
+    table = metrics_table(m["curves"]["scores"])
+    c = m["curves"]
+    out = [
+        "",
+        "## Demo run: emotion curves against the 2 Hz ratings (test songs)",
+        "",
+        f"Windows of {c['window_seconds']:g} s every {c['hop_seconds']:g} s, each against the mean rating inside it.",
+        "",
+        "| " + " | ".join(map(str, table.columns)) + " |",
+        "| " + " | ".join("---" for _ in table.columns) + " |",
+    ]
+    return out + ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
 
 
 def results_block(run: dict, meta: dict) -> str:
