@@ -151,3 +151,54 @@ def test_the_validation_report_shows_the_seeds_table():
     spread = summary["models"]["delivered"]["valence"]["ccc"]
     assert f"{spread['mean']:+.3f} +- {spread['sd']:.3f}" in delivered
     assert _seeds_section({"seeds": summarize({42: _outcomes(42, 0)}, 20, 0)}) == []  # one seed: no section
+
+
+class _SpyTrainer:
+    """Records every fit: (name, seed, overrides); returns an outcome with a checkpoint path."""
+
+    def __init__(self):
+        self.fits = []
+
+    def fit(self, name, seed=None, **overrides):
+        self.fits.append((name, seed, overrides))
+        frame = _frames(1, 0.3)[0]
+        return Outcome(name, frame, {}, 0.0, best_path=f"/cache/vit/{name}/seed{seed}/k/best_vit_model.pth", seed=seed)
+
+
+class _Judgement:
+    def __init__(self, dims):
+        self.dims, self.any = dims, dims != "none"
+
+
+def test_an_extra_seed_trains_every_vit_with_that_seed_and_the_first_seeds_gate(monkeypatch):
+    from emovit import seeds
+
+    delivered = []
+    monkeypatch.setattr(seeds, "choose_models", lambda main, ref, cfg: ("choice", main, ref, cfg.seed))
+    monkeypatch.setattr(
+        seeds,
+        "deliver",
+        lambda choice, outcomes, path, n_boot, seed: (
+            delivered.append((choice, path, seed))
+            or Outcome("delivered", outcomes["vit_real_only"].predictions, {}, 0.0, seed=seed)
+        ),
+    )
+    cfg = make_config("demo")  # one ready-made arm, vit_no_augment
+    trainer = _SpyTrainer()
+    outcomes, choice = seeds.train_seed(trainer, 7, _Judgement("arousal"), cfg)
+    assert list(outcomes) == ["delivered", "vit_real_only", "vit_real_plus_synthetic", "vit_no_augment"]
+    assert [(n, s) for n, s, _ in trainer.fits] == [
+        ("vit_real_only", 7),
+        ("vit_real_plus_synthetic", 7),
+        ("vit_no_augment", 7),
+    ]
+    assert trainer.fits[0][2] == {"use_synthetic": False}
+    assert trainer.fits[1][2] == {"synthetic_dims": "arousal"}  # the first seed's gate, not a new judge
+    assert trainer.fits[2][2] == {"synthetic_dims": "arousal", **cfg.arms["vit_no_augment"]}
+    (made, path, seed) = delivered[0]
+    assert made[3] == 7 and seed == 7 and made[1] is outcomes["vit_real_plus_synthetic"]
+    assert path == "/cache/vit/vit_real_only/seed7/k/delivered_vit_model.pth"  # the cache, not the run folder
+    # the gate closed every dimension: no synthetic-trained model, the real-only one is delivered
+    trainer = _SpyTrainer()
+    outcomes, _ = seeds.train_seed(trainer, 3, _Judgement("none"), make_config("demo", arms={}))
+    assert [n for n, _, _ in trainer.fits] == ["vit_real_only"] and delivered[-1][0][1] is None
