@@ -260,6 +260,35 @@ def read_annotations(path: str) -> pd.DataFrame:
     return out
 
 
+def rater_reliability(path: str, raters: int, song_ids=None) -> dict:
+    """How far DEAM's raters agree, from a static annotation file's per-song mean and std.
+
+    DEAM ships each song's rating mean and standard deviation over its raters (1-9 scale), not the
+    single ratings; with ``raters`` per song, a one-way random-effects ANOVA follows from them:
+    MS_between = k var(means) (sample variance over songs), MS_within = mean(std^2).
+    Returns {dim: {"icc_1": one rater's agreement with the others, ICC(1) = (MSB - MSW) / (MSB +
+    (k - 1) MSW); "icc_1k": the reliability of the k-rater mean a model is scored against,
+    ICC(1,k) = (MSB - MSW) / MSB; "songs": n}}. More raters than ``raters`` raise both; so a
+    stated minimum gives lower bounds. ``song_ids``: the songs to use (default all).
+    """
+    raw = pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
+    raw.columns = [normalize_column(c) for c in raw.columns]
+    table = raw.apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce")).dropna(subset=["song_id"])
+    if song_ids is not None:
+        table = table[table["song_id"].isin(list(song_ids))]
+    out = {}
+    for dim in ("valence", "arousal"):
+        rows = table[[f"{dim}_mean", f"{dim}_std"]].dropna()
+        between = raters * rows[f"{dim}_mean"].var(ddof=1)
+        within = float(np.mean(rows[f"{dim}_std"] ** 2))
+        out[dim] = {
+            "icc_1": float((between - within) / (between + (raters - 1) * within)),
+            "icc_1k": float((between - within) / between),
+            "songs": int(len(rows)),
+        }
+    return out
+
+
 def merge_annotations(frames: list[pd.DataFrame], report: DataReport) -> pd.DataFrame:
     """Concatenate annotation rows, drop invalid ones, de-duplicate by song id.
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emovit.deam import discover, normalize_column, read_annotations, to_rating_scale, to_unit_scale
+from emovit.deam import discover, normalize_column, rater_reliability, read_annotations, to_rating_scale, to_unit_scale
 
 BIG = "deam-mediaeval-dataset-emotional-analysis-in-music"
 SONG_LEVEL = "DEAM_Annotations/annotations/annotations averaged per song/song_level"
@@ -177,3 +177,36 @@ def test_nothing_found_says_where_and_what_to_attach(tmp_path):
         discover(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover(str(tmp_path / "missing"))
+
+
+def test_rater_reliability_is_the_one_way_anova_of_the_per_song_means_and_stds(tmp_path):
+    """ICC(1) and ICC(1,k) by hand from MS_between = k var(means) and MS_within = mean(std^2), on a
+    file in DEAM's layout (leading spaces in the header, padded numbers)."""
+    means_v, stds_v = np.array([3.0, 5.0, 7.5, 6.0]), np.array([1.0, 2.0, 1.5, 0.5])
+    means_a, stds_a = np.array([2.0, 4.0, 4.5, 8.0]), np.array([1.2, 1.0, 2.0, 1.0])
+    lines = ["song_id, valence_mean, valence_std, arousal_mean, arousal_std"]
+    lines += [
+        f"{i + 2}, {mv:g} , {sv:g}, {ma:g}, {sa:g}"
+        for i, (mv, sv, ma, sa) in enumerate(zip(means_v, stds_v, means_a, stds_a))
+    ]
+    path = tmp_path / "static.csv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    got = rater_reliability(str(path), raters=10)
+    for dim, means, stds in (("valence", means_v, stds_v), ("arousal", means_a, stds_a)):
+        msb = 10 * np.var(means, ddof=1)
+        msw = np.mean(stds**2)
+        assert got[dim]["icc_1k"] == pytest.approx((msb - msw) / msb)
+        assert got[dim]["icc_1"] == pytest.approx((msb - msw) / (msb + 9 * msw))
+        assert got[dim]["songs"] == 4
+    assert rater_reliability(str(path), raters=10, song_ids=[2, 3])["valence"]["songs"] == 2
+    more = rater_reliability(str(path), raters=20)  # a stated minimum of raters gives lower bounds
+    assert more["valence"]["icc_1k"] > got["valence"]["icc_1k"] and more["valence"]["icc_1"] > got["valence"]["icc_1"]
+
+
+def test_the_raters_reference_row_is_what_the_real_file_gives(real_deam):
+    from emovit.results import REFERENCES
+
+    (row,) = [r for r in REFERENCES if r["source"].startswith("DEAM's raters")]
+    got = rater_reliability(str(real_deam / "annotations" / F1), raters=10, song_ids=range(1001))
+    assert got["valence"]["songs"] == 744 and row["metric"] == "ICC(1,10)"
+    assert (round(got["valence"]["icc_1k"], 2), round(got["arousal"]["icc_1k"], 2)) == (row["valence"], row["arousal"])
