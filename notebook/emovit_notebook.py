@@ -461,8 +461,8 @@ if choice.note:
 # population moments), Pearson r, R^2 and RMSE (on the [-1, 1] scale), each with a bootstrap
 # 95% interval over test songs. Published numbers follow the table, each with its protocol and
 # its own metric (R^2 and Pearson r are not CCC: they are listed as published, not converted), and
-# how reliable DEAM's averaged ratings themselves are (computed from its files): no model's
-# agreement with the ratings can be expected beyond that of the raters.
+# how reliable DEAM's averaged ratings themselves are (computed from its files): the yardstick is
+# itself noisy, and every model is scored against it.
 
 # %%
 from emovit.results import MODEL_LABELS, metrics_table, prediction_table, references_table, write_results
