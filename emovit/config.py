@@ -152,8 +152,8 @@ class Config:
                 f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "
                 f"({self.clip_seconds}): the store keeps whole clips the model's windows are cut from"
             )
-        if len(set(self.seeds)) != len(self.seeds) or not all(isinstance(s, int) for s in self.seeds):
-            raise ValueError(f"seeds must be distinct integers, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds) or not all(type(s) is int and s >= 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds!r}")
         reserved = sorted(set(self.arms) & set(RESERVED_MODEL_NAMES))
         if reserved:
             raise ValueError(

@@ -268,8 +268,9 @@ def rater_reliability(path: str, raters: int, song_ids=None) -> dict:
     MS_between = k var(means) (sample variance over songs), MS_within = mean(std^2).
     Returns {dim: {"icc_1": one rater's agreement with the others, ICC(1) = (MSB - MSW) / (MSB +
     (k - 1) MSW); "icc_1k": the reliability of the k-rater mean a model is scored against,
-    ICC(1,k) = (MSB - MSW) / MSB; "songs": n}}. More raters than ``raters`` raise both; so a
-    stated minimum gives lower bounds. ``song_ids``: the songs to use (default all).
+    ICC(1,k) = (MSB - MSW) / MSB; "songs": n}}. The file's std is taken as the sample (n - 1)
+    standard deviation (DEAM does not say; a population std would understate MSW by (k - 1) / k).
+    More raters than ``raters`` raise both values. ``song_ids``: the songs to use (default all).
     """
     raw = pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
     raw.columns = [normalize_column(c) for c in raw.columns]

@@ -159,7 +159,7 @@ REFERENCES = (
         "Soleymani et al. 2013, 1000 songs for emotional analysis of music)",
         "data": "DEAM static ratings of its 2013 set (744 songs): each song's rating mean and std over raters",
         "protocol": "not a model's score: how reliable the averaged ratings every model is scored against are "
-        "(one-way random-effects ICC; with more than 10 raters it is higher)",
+        "(one-way random-effects ICC from each song's rating std, taken as a sample std)",
         "metric": "ICC(1,10)",
         "valence": 0.86,
         "arousal": 0.85,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emovit.choice import choose_models, deliver
-from emovit.config import Config, replace
+from emovit.config import Config
 from emovit.metrics import DIMENSIONS, METRICS
 from emovit.results import MODEL_LABELS, comparison_pairs, prediction_table
 
@@ -41,9 +41,9 @@ def train_seed(trainer, seed: int, judgement, cfg: Config, path: str | None = No
     reference = trainer.fit("vit_real_only", seed=seed, use_synthetic=False)
     main = trainer.fit("vit_real_plus_synthetic", seed=seed, synthetic_dims=judgement.dims) if judgement.any else None
     outcomes = {"vit_real_only": reference} | ({"vit_real_plus_synthetic": main} if main is not None else {})
-    choice = choose_models(main, reference, replace(cfg, seed=seed))
+    choice = choose_models(main, reference, cfg)  # its validation bootstrap as the first seed's
     path = path or os.path.join(os.path.dirname(reference.best_path), "delivered_vit_model.pth")
-    delivered = deliver(choice, outcomes, path, cfg.n_bootstrap, seed)
+    delivered = deliver(choice, outcomes, path, cfg.n_bootstrap, cfg.seed)
     outcomes = {delivered.name: delivered, **outcomes}
     for name, overrides in cfg.arms.items():
         outcomes[name] = trainer.fit(name, seed=seed, synthetic_dims=judgement.dims, **overrides)
@@ -75,7 +75,8 @@ def pooled_compare(a: list[pd.DataFrame], b: list[pd.DataFrame], n_boot: int, se
             the same N songs in the same order.
     Returns:
         {dim: {metric: {"value", "low", "high", "per_seed"}}}: ``value`` = mean over the S seeds
-        of metric(a_k) - metric(b_k); ``per_seed`` = those S differences; ``low``/``high`` = the
+        of metric(a_k) - metric(b_k); ``per_seed`` = those S differences (show them: with few seeds,
+        resampling seeds understates the training noise -- 3 seeds give 10 distinct sets); ``low``/``high`` = the
         2.5th/97.5th percentiles over ``n_boot`` resamples. A resample draws N song indices, then
         S seed indices, with replacement (``default_rng(seed)``: all the songs' draws, (n_boot, N),
         then all the seeds', (n_boot, S)), and averages the drawn seeds' differences on the drawn
@@ -112,7 +113,7 @@ def pooled_compare(a: list[pd.DataFrame], b: list[pd.DataFrame], n_boot: int, se
 
 def model_spread(frames: list[pd.DataFrame]) -> dict:
     """{dim: {metric: {"mean", "sd", "per_seed"}}} of one model's test frames, one per seed
-    (sd: sample standard deviation, n - 1; NaN with one seed)."""
+    (sd: sample standard deviation, n - 1; None with one seed)."""
     true = _aligned(frames)
     out: dict = {}
     for d, dim in enumerate(DIMENSIONS):
@@ -121,7 +122,7 @@ def model_spread(frames: list[pd.DataFrame]) -> dict:
             values = [fn(true[:, d], _arrays(f)[1][:, d]) for f in frames]
             out[dim][name] = {
                 "mean": float(np.mean(values)),
-                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 "per_seed": [float(v) for v in values],
             }
     return out
@@ -147,6 +148,10 @@ def summarize(by_seed: dict[int, dict], n_boot: int, seed: int) -> dict:
     }
 
 
+def _sd(values: list[float]) -> str:
+    return f"{np.std(values, ddof=1):.3f}" if len(values) > 1 else "n/a"
+
+
 def seeds_table(summary: dict, metric: str = "ccc") -> pd.DataFrame:
     """One row per (model or difference, dimension): mean +- sd over seeds, each seed's value, and
     for differences the pooled 95% interval over songs and seeds."""
@@ -159,7 +164,7 @@ def seeds_table(summary: dict, metric: str = "ccc") -> pd.DataFrame:
                 {
                     "model": MODEL_LABELS.get(name, name),
                     "dimension": dim,
-                    f"{metric} mean +- sd": f"{v['mean']:+.3f} +- {v['sd']:.3f}",
+                    f"{metric} mean +- sd": f"{v['mean']:+.3f} +- {_sd(v['per_seed'])}",
                     "per seed " + " / ".join(map(str, seeds)): " / ".join(f"{x:+.3f}" for x in v["per_seed"]),
                     "pooled 95% interval": "",
                 }
@@ -167,12 +172,11 @@ def seeds_table(summary: dict, metric: str = "ccc") -> pd.DataFrame:
     for name, m in summary["differences"].items():
         for dim in DIMENSIONS:
             v = m[dim][metric]
-            spread = np.std(v["per_seed"], ddof=1) if len(v["per_seed"]) > 1 else float("nan")
             rows.append(
                 {
                     "model": f"difference: {name}",
                     "dimension": dim,
-                    f"{metric} mean +- sd": f"{v['value']:+.3f} +- {spread:.3f}",
+                    f"{metric} mean +- sd": f"{v['value']:+.3f} +- {_sd(v['per_seed'])}",
                     "per seed " + " / ".join(map(str, seeds)): " / ".join(f"{x:+.3f}" for x in v["per_seed"]),
                     "pooled 95% interval": f"[{v['low']:+.3f}, {v['high']:+.3f}]",
                 }
@@ -181,17 +185,25 @@ def seeds_table(summary: dict, metric: str = "ccc") -> pd.DataFrame:
 
 
 def per_seed_table(by_seed: dict[int, dict]) -> pd.DataFrame:
-    """One row per (model, training seed): its test CCC per dimension (deterministic models repeat)."""
-    rows = []
-    for s, outcomes in by_seed.items():
-        for name, o in outcomes.items():
-            rows.append({"model": name, "seed": s, **{d: o.metrics[d]["ccc"]["value"] for d in DIMENSIONS}})
-    return pd.DataFrame(rows).sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
+    """One row per (model, training seed): its test CCC per dimension, models in the first seed's
+    order (deterministic models repeat)."""
+    models = list(next(iter(by_seed.values())))
+    rows = [
+        {"model": name, "seed": s, **{d: outcomes[name].metrics[d]["ccc"]["value"] for d in DIMENSIONS}}
+        for name in models
+        for s, outcomes in by_seed.items()
+        if name in outcomes
+    ]
+    return pd.DataFrame(rows)
 
 
 def seed_predictions(by_seed: dict[int, dict], name: str) -> pd.DataFrame:
     """predictions*.csv of model ``name`` over every seed: each seed's :func:`prediction_table`
-    with a ``seed`` column, the first seed's rows first."""
+    with a ``seed`` column, the first seed's rows first; a model without a training seed (the
+    ridge baselines) once, without the column."""
+    outcomes = [o[name] for o in by_seed.values() if name in o]
+    if all(o.seed is None for o in outcomes):
+        return prediction_table(outcomes[0].predictions, outcomes[0].val_predictions)
     return pd.concat(
         [prediction_table(o[name].predictions, o[name].val_predictions, seed=s) for s, o in by_seed.items()],
         ignore_index=True,

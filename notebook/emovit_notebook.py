@@ -461,7 +461,8 @@ if choice.note:
 # population moments), Pearson r, R^2 and RMSE (on the [-1, 1] scale), each with a bootstrap
 # 95% interval over test songs. Published numbers follow the table, each with its protocol and
 # its own metric (R^2 and Pearson r are not CCC: they are listed as published, not converted), and
-# how reliable DEAM's averaged ratings themselves are (computed from its files): the yardstick is
+# how reliable DEAM's averaged ratings themselves are (computed from its static file, checked by a
+# test; the README states its assumptions): the yardstick is
 # itself noisy, and every model is scored against it.
 
 # %%
@@ -554,7 +555,8 @@ plots.ablation_comparison(metrics["models"], cfg.output_dir, MODEL_LABELS);
 # per seed, on the same split, GAN and synthetic set and with the gate's decision of the first seed.
 # The table gives each model's mean +- sd over seeds and every seed's value; each difference, its
 # value per seed and pooled -- the mean over seeds, with a 95% interval from a bootstrap over test
-# songs AND seeds, paired (seed k of one model against seed k of the other). `best_vit_model.pth`
+# songs AND seeds, paired (seed k of one model against seed k of the other; with few seeds it
+# understates the training noise, so read it with the per-seed values). `best_vit_model.pth`
 # stays the first seed's delivered model; `predictions.csv` holds every seed's rows (`seed`).
 
 # %% module="emovit/seeds.py"
