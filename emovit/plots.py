@@ -277,10 +277,10 @@ def seed_spread(table: pd.DataFrame, output_dir: str, labels: dict | None = None
             ax.scatter(values, np.full(len(values), i), color="black", s=14, zorder=3)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel(f"{dim} test CCC")
-        ax.set_title(f"{dim}: each training seed (dots), mean (bar)")
+        ax.set_title(dim)
     axes[0].set_yticks(range(len(models)), [labels.get(m, m) for m in models], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(f"{table['seed'].nunique()} training seeds, one split and one GAN")
+    fig.suptitle(f"{table['seed'].nunique()} training seeds (dots) and their mean (bar), one split and one GAN")
     fig.tight_layout()
     atomic_savefig(fig, os.path.join(output_dir, name))
     return fig
