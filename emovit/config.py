@@ -74,6 +74,7 @@ class Config:
     gan_mode_seeking: float = 0.0  # weight of the mode-seeking term on same-label pairs' band statistics (0 = off)
     gan_margin: int = 3  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
+    gan_d_batch_spread: bool = False  # D's band-statistics MLP also reads the batch's spread of each statistic
     gan_aux_weight: float = 1.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)

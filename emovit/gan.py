@@ -17,6 +17,8 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
 * **Band statistics in the discriminator** (``d_band_stats``): a spectrally normalised MLP reads
   each band's mean and std over time, standardized by real training crops, so samples must
   match songs' dynamics and register, not only their average spectrum.
+  ``d_batch_spread`` (an option, off) adds the batch's std of each statistic (ProGAN's minibatch
+  std), so D can tell a batch of songs that vary less than real songs beyond their labels.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (at least as many
   parameters; a test checks it), spectral norm on every layer.
 * **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike,
@@ -62,6 +64,7 @@ class GanArch:
     d_band_stats: bool = False  # D also sees each band's mean and std over time (song-level dynamics)
     margin: int = 0  # starting-grid columns generated on each side of the output and dropped (no edge artifact)
     band_condition: bool = False  # G adds a label- and z-dependent level per mel band to its output
+    d_batch_spread: bool = False  # D's statistics MLP also reads the batch's spread of each statistic
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -202,7 +205,7 @@ class Discriminator(nn.Module):
             self.register_buffer("stats_shift", torch.zeros(2 * arch.n_mels))
             self.register_buffer("stats_scale", torch.ones(2 * arch.n_mels))
             self.stats = nn.Sequential(
-                spectral_norm(nn.Linear(2 * arch.n_mels, widths[-1])),
+                spectral_norm(nn.Linear((4 if arch.d_batch_spread else 2) * arch.n_mels, widths[-1])),
                 nn.LeakyReLU(0.2),
                 spectral_norm(nn.Linear(widths[-1], widths[-1])),
             )
@@ -224,6 +227,9 @@ class Discriminator(nn.Module):
             if not self.arch.d_band_stats:
                 return phi
             moments = (band_moments(x.float()) - self.stats_shift) / self.stats_scale
+            if self.arch.d_batch_spread:  # minibatch std (ProGAN) per statistic: the batch's song-to-song variety
+                spread = moments.std(dim=0, keepdim=True) if len(moments) > 1 else torch.zeros_like(moments)
+                moments = torch.cat([moments, spread.expand_as(moments)], dim=1)
             return torch.cat([phi, F.leaky_relu(self.stats(moments), 0.2)], dim=1)
 
     @torch.no_grad()

@@ -71,6 +71,7 @@ GAN_FIELDS = (
     "gan_eval_every",
     "gan_margin",
     "gan_band_condition",
+    "gan_d_batch_spread",
     "gan_aux_weight",
     "mixed_precision",
     "seed",
@@ -114,6 +115,7 @@ def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4
         d_band_stats=cfg.gan_d_band_stats,
         margin=cfg.gan_margin,
         band_condition=cfg.gan_band_condition,
+        d_batch_spread=cfg.gan_d_batch_spread,
     )
 
 

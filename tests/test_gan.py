@@ -56,6 +56,27 @@ def test_band_statistics_branch_of_the_discriminator():
     assert torch.allclose(stats, swapped, atol=1e-5)
 
 
+def test_batch_spread_lets_the_discriminator_see_song_to_song_variety():
+    """gan_d_batch_spread: a sample's score depends on the batch around it through the batch's std
+    of each standardized band statistic -- the same sample scores differently beside copies of
+    itself (no variety, as a generator that ignores its noise makes) than beside other songs; without
+    the option a sample's score is its own."""
+    torch.manual_seed(0)
+    base = dict(n_mels=32, frames=64, z_dim=8, channels=4, d_band_stats=True)
+    x, y = torch.randn(4, 1, 32, 64) * torch.rand(4, 1, 32, 1) * 2, torch.rand(4, 2)
+    copies = x[:1].expand(4, -1, -1, -1)
+    for spread in (False, True):
+        disc = G.Discriminator(G.GanArch(**base, d_batch_spread=spread))
+        with torch.no_grad():
+            for _ in range(30):  # spectral norm's power iteration settles (a fresh estimate is arbitrary)
+                disc(x, y)
+            disc.eval()
+            in_variety, alone = disc(x, y)[0], disc(copies, y[:1].expand(4, -1))[0]
+        assert torch.isclose(in_variety, alone, atol=1e-5) != spread
+    assert disc(x[:1], y[:1]).shape == (1,)  # a batch of one: spread 0, no NaN
+    assert torch.isfinite(disc(x[:1], y[:1])).all()
+
+
 def test_band_statistics_are_standardized_by_the_real_crops():
     """set_band_normalization: the real crops' band moments enter D's statistics MLP with mean 0
     and std 1 per feature, so a spread of ~0.2 standardized units is not lost under spectral norm;
