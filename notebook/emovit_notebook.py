@@ -292,6 +292,9 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # test on real** near its reference means the synthetic set alone teaches the probe what
 # real songs teach it. A **Frechet distance** near the real-vs-real reference means the
 # feature distributions match; **diversity** far below its reference means mode collapse.
+# **Variety beyond the labels** is the feature variance a fit on (valence, arousal) leaves:
+# real songs of one emotion still differ in tempo, level and instruments, and a generator that
+# ignores its noise makes them all alike -- which diversity misses, since the labels vary.
 
 # %%
 from emovit.gan_quality import assess_gan, quality_table

@@ -511,6 +511,40 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
     assert q["frechet_distance"]["value"] == pytest.approx(q["frechet_distance"]["reference"], abs=1e-6)
 
 
+def test_variety_beyond_the_labels():
+    """label_residual_variance is the unbiased variance a quadratic fit on the labels leaves: 0 for
+    features the labels determine, the noise's variance for label + noise. In gan_quality, a
+    generator that maps each label to one song (its noise ignored) scores ~0 against real songs that
+    vary beyond their labels -- while its diversity still looks healthy, because the labels vary."""
+    from emovit.gan_quality import gan_quality, label_residual_variance
+
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(-1, 1, (4000, 2))
+    determined = np.column_stack([labels[:, 0] ** 2 - labels[:, 1], 3 * labels[:, 0] * labels[:, 1]])
+    assert label_residual_variance(determined, labels) == pytest.approx(0, abs=1e-20)
+    noise = rng.normal(0, 0.5, (4000, 2))
+    assert label_residual_variance(determined + noise, labels) == pytest.approx(0.25, rel=0.05)
+    with pytest.raises(ValueError, match="more than 6 rows"):
+        label_residual_variance(determined[:6], labels[:6])
+
+    def songs(lab, spread):  # dB log-mels (N, 8 bands, 40 frames): level and tilt from the labels
+        tilt = np.linspace(-1, 1, 8)[None, :, None]
+        level = 10 * lab[:, 0, None, None] + 6 * lab[:, 1, None, None] * tilt
+        # what differs between songs of one emotion: each band's level and how much it moves in time
+        offset, depth = rng.normal(0, 4, (len(lab), 8, 1)), 1 + 3 * rng.uniform(0, 1, (len(lab), 8, 1))
+        frames = rng.normal(0, 1, (len(lab), 8, 40)) * (depth if spread else 2.5)
+        return (-40 + level + spread * offset + frames).astype(np.float32)
+
+    real_labels, syn_labels = rng.uniform(-1, 1, (60, 2)), rng.uniform(-1, 1, (200, 2))
+    real = songs(real_labels, 1.0)
+    q_alike = gan_quality(real, real_labels, real, real_labels, songs(syn_labels, 0.0), syn_labels)
+    q_real = gan_quality(real, real_labels, real, real_labels, songs(syn_labels, 1.0), syn_labels)
+    alike = q_alike["variety_beyond_labels"]["value"] / q_alike["variety_beyond_labels"]["reference"]
+    like_real = q_real["variety_beyond_labels"]["value"] / q_real["variety_beyond_labels"]["reference"]
+    assert alike < 0.3 < 0.7 < like_real < 1.4, (alike, like_real)
+    assert q_alike["diversity"]["value"] > 0.5 * q_alike["diversity"]["reference"]  # diversity misses it
+
+
 # ---- learning test --------------------------------------------------------------------------------
 
 

@@ -35,18 +35,6 @@ def _value(text: str):
         return text
 
 
-def label_explained(features, labels) -> dict:
-    """How much of each band statistic the labels explain: features (N, F), labels (N, 2) ->
-    the median R^2 over features of a quadratic fit on the labels, and the summed variance the
-    labels leave (song-to-song variety beyond the emotion; a GAN that ignores its noise has little)."""
-    import numpy as np
-
-    x = np.column_stack([np.ones(len(labels)), labels, labels**2, labels[:, 0] * labels[:, 1]])
-    beta, *_ = np.linalg.lstsq(x, features, rcond=None)
-    left = (features - x @ beta).var(axis=0)
-    return {"median_r2": float(np.median(1 - left / features.var(axis=0))), "residual_variance": float(left.sum())}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--style", default="demo", help="make_demo_deam style: demo or band")
@@ -131,16 +119,6 @@ def main(argv=None) -> int:
             synthetic.labels,
             seed=cfg.seed,
         )
-    from emovit.gan_quality import centre_crop
-    from emovit.probe import band_stats
-
-    train_labels = store.songs.set_index("song_id").loc[train_ids, ["valence", "arousal"]].to_numpy()
-    frames = synthetic.mels.shape[2]
-    explained = {
-        "real_train": label_explained(band_stats(centre_crop(store.centre_windows(train_ids), frames)), train_labels),
-        "synthetic": label_explained(band_stats(synthetic.mels), synthetic.labels),
-    }
-    print("labels explain:", json.dumps(explained))
     judge = None
     if args.vit_judge:  # the notebook's judge: a ViT trained on the real training songs only
         from emovit.choice import judge_synthetic
@@ -174,7 +152,6 @@ def main(argv=None) -> int:
         "gan_stage_seconds_train_and_sample": stage,
         "torch_threads": torch.get_num_threads(),
         "vit_judge": judge,
-        "label_explained": explained,
         "table": table.drop(columns="how to read").to_dict(orient="records"),
     }
     (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
