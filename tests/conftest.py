@@ -76,8 +76,8 @@ def small_cfg(small_demo, tmp_path):
 
 # The end-to-end run is the demo preset with one training seed and no 2 Hz ratings: the learning
 # thresholds of test_notebook_e2e were measured so, and three seeds would triple the ViT stage in
-# CI. The full-size smoke run covers several seeds and the dynamic ratings. make test-old shortens
-# the GAN further (EMOVIT_E2E_OVERRIDES) and skips the tests marked learning.
+# CI. The full-size smoke run covers the dynamic ratings. make test-old shortens the GAN and the
+# ViT trainings (EMOVIT_E2E_OVERRIDES), trains two seeds and skips the tests marked learning.
 E2E_OVERRIDES = {"seeds": [42], "demo_dynamic": False}
 
 
