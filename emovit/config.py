@@ -76,6 +76,8 @@ class Config:
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
     gan_d_batch_spread: bool = False  # D's band-statistics MLP also reads the batch's spread of each statistic
     gan_aux_weight: float = 1.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
+    gan_style_dims: int = 0  # z's first dims carry a training song's style beyond its labels (0 = off)
+    gan_style_weight: float = 1.0  # weight of G's loss asking each fake to carry its song's style
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch

@@ -19,6 +19,12 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   match songs' dynamics and register, not only their average spectrum.
   ``d_batch_spread`` (an option, off) adds the batch's std of each statistic (ProGAN's minibatch
   std), so D can tell a batch of songs that vary less than real songs beyond their labels.
+* **Style beyond the labels** (``gan_style_dims``, an option, off): a conditional GAN tends to
+  ignore its noise, so songs of one emotion come out as near copies. With k style dims, z's
+  first k entries are, in training, the paired real song's :class:`StyleCodes` (whitened
+  principal scores of what its band means carry beyond a quadratic fit on its labels), and G's
+  loss asks each fake to carry them; in sampling z stays N(0, I), which draws styles with the
+  real songs' covariance.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (at least as many
   parameters; a test checks it), spectral norm on every layer.
 * **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike,
@@ -278,6 +284,45 @@ class BandProbe(nn.Module):
         db = x.float() * self.db_std + self.db_mean
         moments = torch.cat([db.mean(dim=3), db.std(dim=3, unbiased=False)], dim=2).flatten(1)
         return ((moments - self.shift) / self.scale) @ self.coef.T + self.intercept
+
+
+def label_design(y: torch.Tensor) -> torch.Tensor:
+    """(B, 2) (valence, arousal) -> (B, 6) quadratic design [1, v, a, v^2, a^2, v*a]."""
+    v, a = y[:, 0], y[:, 1]
+    return torch.stack([torch.ones_like(v), v, a, v * v, a * a, v * a], dim=1)
+
+
+class StyleCodes(nn.Module):
+    """A song's style: what its band means carry beyond its labels, as k whitened principal scores.
+
+    Fitted on the real training songs' band means over time m (N, n_mels) and labels y (N, 2):
+    a least-squares quadratic fit m ~ label_design(y) @ coef, then the top k principal
+    directions of the residual, each scaled so the training songs' scores have unit variance.
+    forward((B, 1, n_mels, W), (B, 2)) -> (B, k) scores of any spectrogram (differentiable).
+    Fixed after fitting; used only while training the GAN (no checkpoint carries it).
+    """
+
+    def __init__(self, coef: torch.Tensor, components: torch.Tensor):
+        super().__init__()
+        self.register_buffer("coef", coef.float())  # (6, n_mels)
+        self.register_buffer("components", components.float())  # (k, n_mels), rows scaled by 1 / score std
+
+    @classmethod
+    def fit(cls, band_means: torch.Tensor, labels: torch.Tensor, k: int) -> StyleCodes:
+        m, y = band_means.double(), labels.double()
+        design = label_design(y)
+        if not 0 < k <= min(len(m) - design.shape[1] - 1, m.shape[1]):
+            raise ValueError(
+                f"gan_style_dims={k} needs 1 <= k <= songs - 7 and <= n_mels ({len(m)} songs, {m.shape[1]} mels)"
+            )
+        coef = torch.linalg.lstsq(design, m).solution
+        _, s, vh = torch.linalg.svd(m - design @ coef, full_matrices=False)
+        score_std = s[:k] / math.sqrt(len(m) - design.shape[1])  # ddof: the fit's 6 parameters
+        return cls(coef, vh[:k] / score_std.clamp_min(1e-6)[:, None])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        residual = x.float().mean(dim=3).flatten(1) - label_design(y.float()) @ self.coef
+        return residual @ self.components.T
 
 
 def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,8 @@ GAN_FIELDS = (
     "gan_band_condition",
     "gan_d_batch_spread",
     "gan_aux_weight",
+    "gan_style_dims",
+    "gan_style_weight",
     "mixed_precision",
     "seed",
 )
@@ -204,8 +206,27 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     if cfg.gan_aux_weight > 0:  # a frozen ridge probe of the same real training crops
         probe = fit_probe(band_stats(standardizer.inverse(norm_crops[:, 0]).numpy()), labels[norm_idx.numpy()])
         aux = G.BandProbe.from_probe(probe, standardizer.mean, standardizer.std).to(device)
+    style = codes = None
+    if cfg.gan_style_dims > 0:  # each song's style beyond its labels, carried by z's first dims
+        if cfg.gan_style_dims > arch.z_dim:
+            raise ValueError(f"gan_style_dims={cfg.gan_style_dims} exceeds gan_z_dim={arch.z_dim}")
+        means, y = song_band_means(x, frames), torch.from_numpy(labels)
+        style = G.StyleCodes.fit(means, y, cfg.gan_style_dims)
+        codes = (means.float() - G.label_design(y) @ style.coef) @ style.components.T  # (N, k), unit variance
+        style, codes = style.to(device), codes.to(device)
     result = GanResult(gen, disc, arch, standardizer, labels, key)
-    _train(result, x.to(device), torch.from_numpy(labels).to(device), frames, monitor, cfg, device, aux=aux)
+    _train(
+        result,
+        x.to(device),
+        torch.from_numpy(labels).to(device),
+        frames,
+        monitor,
+        cfg,
+        device,
+        aux=aux,
+        style=style,
+        codes=codes,
+    )
     result.seconds = result.trained_seconds = time.perf_counter() - start
     result.weights_digest = weights_digest(result.generator)
     params = sum(
@@ -269,6 +290,20 @@ class Monitor:
 # ---- training --------------------------------------------------------------------------------
 
 
+def song_band_means(x: torch.Tensor, frames: np.ndarray) -> torch.Tensor:
+    """(N, 1, n_mels, T) songs with ``frames`` (N,) valid frames each -> (N, n_mels) float32 band
+    means over each song's valid frames."""
+    return torch.stack([x[i, 0, :, : max(int(f), 1)].float().mean(dim=1) for i, f in enumerate(frames)])
+
+
+def latent(gen, n: int, device, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, z_dim) standard normal z; with ``codes`` (n, k), its first k dims are those songs' styles."""
+    z = torch.randn(n, gen.arch.z_dim, device=device)
+    if codes is not None:
+        z = torch.cat([codes.to(z.dtype), z[:, codes.shape[1] :]], dim=1)
+    return z
+
+
 def random_crops(
     x: torch.Tensor, idx: torch.Tensor, frames: np.ndarray, length: int, rng: torch.Generator
 ) -> torch.Tensor:
@@ -284,11 +319,14 @@ def random_crops(
     return torch.stack(out).float()
 
 
-def discriminator_step(gen, disc, real, labels, cfg: Config, autocast, aug_rng) -> tuple[torch.Tensor, ...]:
+def discriminator_step(
+    gen, disc, real, labels, cfg: Config, autocast, aug_rng, codes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """Forward of one D step: (loss, real scores, fake scores, fake). The fake is made under
-    ``torch.no_grad()``: the D step never backpropagates into G, so no G graph is built."""
+    ``torch.no_grad()``: the D step never backpropagates into G, so no G graph is built.
+    ``codes``: the real crops' songs' styles, given to the fakes (:func:`latent`)."""
     with torch.no_grad(), autocast():
-        fake = gen(torch.randn(len(real), gen.arch.z_dim, device=real.device), labels, frames=real.shape[3])
+        fake = gen(latent(gen, len(real), real.device, codes), labels, frames=real.shape[3])
     with autocast():
         d_real = disc(G.diff_augment(real, cfg.gan_diffaugment, aug_rng), labels)
         d_fake = disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels)
@@ -306,21 +344,28 @@ def generator_step_loss(
     aug_rng,
     real: torch.Tensor | None = None,
     aux: G.BandProbe | None = None,
+    style: G.StyleCodes | None = None,
+    codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinge G loss; with ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with
     different z, and the term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) -
     band stats(fake_b)| / |z_a - z_b| up to the same ratio measured between real crops of two
-    different songs (``real``), so z carries song-level variation (register, dynamics)."""
-    z = torch.randn(len(labels), gen.arch.z_dim, device=labels.device)
+    different songs (``real``), so z carries song-level variation (register, dynamics).
+    With ``style`` and ``codes`` (B, k), z's first k dims are the batch songs' styles and
+    weight * MSE(style(fake), codes) asks each fake to carry its song's style."""
     half = len(labels) // 2
     seek = cfg.gan_mode_seeking > 0 and half > 0 and real is not None
     if seek:
         labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
+        codes = None if codes is None else torch.cat([codes[:half], codes[:half], codes[2 * half :]])
+    z = latent(gen, len(labels), labels.device, codes)
     with autocast():
         fake = gen(z, labels, frames=frames)
         loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
     if aux is not None:  # the labels as a regressor trained on real crops reads them from the fakes
         loss = loss + cfg.gan_aux_weight * F.mse_loss(aux(fake), labels.float())
+    if style is not None and codes is not None:
+        loss = loss + cfg.gan_style_weight * F.mse_loss(style(fake, labels), codes.float())
     if seek:
         s_fake, s_real = G.band_moments(fake.float()), G.band_moments(real.float())
         dz = (z[:half] - z[half : 2 * half]).abs().mean(dim=1)
@@ -407,9 +452,13 @@ def _train(
     cfg: Config,
     device: str,
     aux: G.BandProbe | None = None,
+    style: G.StyleCodes | None = None,
+    codes: torch.Tensor | None = None,
 ) -> None:
     """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place. ``aux``: a
-    frozen regressor whose squared error on the fakes' labels joins G's loss (``gan_aux_weight``)."""
+    frozen regressor whose squared error on the fakes' labels joins G's loss (``gan_aux_weight``).
+    ``style``, ``codes`` (N, k): the training songs' styles, given to the fakes paired with each
+    real crop and asked back by G's loss (``gan_style_weight``)."""
     gen, disc = result.generator, result.discriminator
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
@@ -437,7 +486,8 @@ def _train(
         disc.train()
         idx = torch.randint(0, n, (bs,), generator=rng)
         real, labels = random_crops(x, idx, frames, crop, rng), y[idx.to(y.device)]
-        d_loss, d_real, d_fake, _ = discriminator_step(gen, disc, real, labels, cfg, autocast, aug_rng)
+        batch_codes = None if codes is None else codes[idx.to(codes.device)]
+        d_loss, d_real, d_fake, _ = discriminator_step(gen, disc, real, labels, cfg, autocast, aug_rng, batch_codes)
         if not torch.isfinite(d_loss):
             skipped += 1
         else:
@@ -445,7 +495,9 @@ def _train(
             scaler_d.scale(d_loss).backward()
             scaler_d.step(opt_d)
             scaler_d.update()
-            g_loss = generator_step_loss(gen, disc, labels, crop, cfg, autocast, aug_rng, real=real, aux=aux)
+            g_loss = generator_step_loss(
+                gen, disc, labels, crop, cfg, autocast, aug_rng, real=real, aux=aux, style=style, codes=batch_codes
+            )
             if not torch.isfinite(g_loss):
                 skipped += 1
             else:

@@ -127,6 +127,70 @@ def test_mode_seeking_term_pushes_same_label_pairs_apart():
     assert torch.allclose(seek - base, 2.0 * target, rtol=1e-4), (seek - base, target)
 
 
+def test_style_codes_recover_what_the_labels_leave():
+    """StyleCodes on band means = a quadratic function of the labels + two hidden per-song
+    factors along random band profiles + small noise: the scores of the training songs have unit
+    variance, carry nothing of the labels, and span what the labels leave of the hidden factors
+    (R^2 > 0.999); forward() on spectrograms
+    with those band means gives the same scores; a k the songs cannot support is a clear error."""
+    rng = np.random.default_rng(0)
+    n, n_mels = 200, 16
+    y = torch.from_numpy(rng.uniform(-1, 1, (n, 2)))
+    hidden = rng.normal(0, 1, (n, 2))
+    means = (
+        G.label_design(y).numpy() @ rng.normal(0, 1, (6, n_mels))
+        + hidden @ rng.normal(0, 2, (2, n_mels))
+        + rng.normal(0, 0.01, (n, n_mels))
+    )
+    means = torch.from_numpy(means)
+    style = G.StyleCodes.fit(means, y, 2)
+    x = means[:, None, :, None].expand(n, 1, n_mels, 8).float()  # spectrograms constant in time
+    codes = style(x, y.float()).double().numpy()
+    np.testing.assert_allclose(codes.var(axis=0, ddof=6), 1.0, rtol=1e-3)
+    design = G.label_design(y).numpy()
+    explained = design @ np.linalg.lstsq(design, codes, rcond=None)[0]
+    assert np.abs(explained).max() < 1e-3  # the labels' quadratic fit leaves nothing in the scores
+    hidden = hidden - design @ np.linalg.lstsq(design, hidden, rcond=None)[0]  # what the labels leave of them
+    fit = codes @ np.linalg.lstsq(codes, hidden, rcond=None)[0]
+    r2 = 1 - ((hidden - fit) ** 2).sum(axis=0) / (hidden**2).sum(axis=0)
+    assert (r2 > 0.999).all(), r2
+    with pytest.raises(ValueError, match="gan_style_dims"):
+        G.StyleCodes.fit(means[:8], y[:8], 2)  # 8 songs cannot support 6 fit parameters + 2 directions
+
+
+def test_style_loss_asks_each_fake_for_its_songs_style():
+    """generator_step_loss with style codes: z's first k dims are the given codes (the generator
+    sees them), and the loss grows by exactly weight * MSE(style(fake), codes) over the plain
+    hinge loss; without codes nothing changes."""
+    torch.manual_seed(0)
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4)
+    gen, disc = G.Generator(arch).eval(), G.Discriminator(arch).eval()
+    y = torch.rand(4, 2)
+    style = G.StyleCodes.fit(torch.randn(40, 32, dtype=torch.float64), torch.rand(40, 2, dtype=torch.float64), 3)
+    codes = torch.randn(4, 3)
+    seen = []
+
+    def spy(z, labels, frames):
+        seen.append(z.clone())
+        return gen(z, labels, noise=torch.zeros(gen.noise_shape(len(z), frames)), frames=frames)
+
+    spy.arch = arch
+    cfg = make_config("demo", gan_diffaugment="", gan_style_weight=3.0)
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    torch.manual_seed(1)
+    plain = gan_train.generator_step_loss(spy, disc, y, 64, cfg, no_autocast, None)
+    torch.manual_seed(1)
+    styled = gan_train.generator_step_loss(spy, disc, y, 64, cfg, no_autocast, None, style=style, codes=codes)
+    assert torch.equal(seen[1][:, :3], codes) and torch.equal(seen[1][:, 3:], seen[0][:, 3:])
+    fake = spy(seen[1], y, 64)
+    hinge = G.g_hinge_loss(disc(fake, y))
+    expected = hinge + 3.0 * torch.nn.functional.mse_loss(style(fake, y), codes)
+    assert torch.allclose(styled, expected, rtol=1e-5) and not torch.allclose(styled, plain)
+    torch.manual_seed(1)
+    fake = gan_train.discriminator_step(spy, disc, torch.randn(4, 1, 32, 64), y, cfg, no_autocast, None, codes)[3]
+    assert torch.equal(seen[-1][:, :3], codes)  # the D step's fakes carry the same songs' styles
+
+
 @pytest.mark.parametrize("margin", [0, 3])
 def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
     """Without edges a time-convolutional G is shift-equivariant: the output for a window of a long
