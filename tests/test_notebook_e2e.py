@@ -221,6 +221,7 @@ def test_every_training_seed_is_trained_predicted_and_summarised(demo_run):
         table = pd.read_csv(outputs / name)
         assert table.groupby("seed").size().to_dict() == {s: held_out for s in seeds}, name
     assert set(metrics["seeds"]["choices"]) == {str(s) for s in seeds}
+    assert (outputs / "seed_spread.png").stat().st_size > 0
     assert f"per seed {' / '.join(map(str, seeds))}" in _text_outputs(nb)
 
 

@@ -187,7 +187,6 @@ def test_every_output_is_written(smoke):
         "run_summary.json",
         "test_curves.csv",
         "test_curves_vs_ratings.png",
-        "seed_spread.png",
     )
     for name in expected + ("best_vit_model_fp16.pth",):
         assert (outputs / name).is_file() and (outputs / name).stat().st_size > 0, name
