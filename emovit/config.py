@@ -78,6 +78,7 @@ class Config:
     gan_aux_weight: float = 1.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
     gan_style_dims: int = 0  # z's first dims carry a training song's style beyond its labels (0 = off)
     gan_style_weight: float = 1.0  # weight of G's loss asking each fake to carry its song's style
+    gan_style_source: str = "song"  # style of the paired real "song" (whole clip) or of the real "crop" itself
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
@@ -146,6 +147,7 @@ class Config:
         choices = {
             "synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
             "deliver": ("auto", "synthetic", "real_only"),
+            "gan_style_source": ("song", "crop"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -24,7 +24,8 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   first k entries are, in training, the paired real song's :class:`StyleCodes` (whitened
   principal scores of what its band means carry beyond a quadratic fit on its labels), and G's
   loss asks each fake to carry them; in sampling z stays N(0, I), which draws styles with the
-  real songs' covariance.
+  real songs' covariance. ``gan_style_source`` "crop" fits the codes on real crops and gives each
+  fake its paired crop's own style, a target a crop can reach.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (at least as many
   parameters; a test checks it), spectral norm on every layer.
 * **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike,

@@ -75,6 +75,7 @@ GAN_FIELDS = (
     "gan_aux_weight",
     "gan_style_dims",
     "gan_style_weight",
+    "gan_style_source",
     "mixed_precision",
     "seed",
 )
@@ -210,10 +211,14 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     if cfg.gan_style_dims > 0:  # each song's style beyond its labels, carried by z's first dims
         if cfg.gan_style_dims > arch.z_dim:
             raise ValueError(f"gan_style_dims={cfg.gan_style_dims} exceeds gan_z_dim={arch.z_dim}")
-        means, y = song_band_means(x, frames), torch.from_numpy(labels)
-        style = G.StyleCodes.fit(means, y, cfg.gan_style_dims)
-        codes = (means.float() - G.label_design(y) @ style.coef) @ style.components.T  # (N, k), unit variance
-        style, codes = style.to(device), codes.to(device)
+        if cfg.gan_style_source == "crop":  # fitted on the real crops above; each crop's own style (codes None)
+            means, y = norm_crops.float().mean(dim=3).flatten(1), torch.from_numpy(labels[norm_idx.numpy()])
+            style = G.StyleCodes.fit(means, y, cfg.gan_style_dims).to(device)
+        else:  # each song's style over its whole clip
+            means, y = song_band_means(x, frames), torch.from_numpy(labels)
+            style = G.StyleCodes.fit(means, y, cfg.gan_style_dims)
+            codes = (means.float() - G.label_design(y) @ style.coef) @ style.components.T  # (N, k), unit variance
+            style, codes = style.to(device), codes.to(device)
     result = GanResult(gen, disc, arch, standardizer, labels, key)
     _train(
         result,
@@ -294,6 +299,18 @@ def song_band_means(x: torch.Tensor, frames: np.ndarray) -> torch.Tensor:
     """(N, 1, n_mels, T) songs with ``frames`` (N,) valid frames each -> (N, n_mels) float32 band
     means over each song's valid frames."""
     return torch.stack([x[i, 0, :, : max(int(f), 1)].float().mean(dim=1) for i, f in enumerate(frames)])
+
+
+def style_targets(style, codes, idx: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The styles (B, k) the fakes paired with the real crops ``real`` (B, 1, n_mels, W) of songs
+    ``idx`` get: the songs' codes (N, k) when given, else each real crop's own style; None without
+    a style."""
+    if style is None:
+        return None
+    if codes is not None:
+        return codes[idx.to(codes.device)]
+    with torch.no_grad():
+        return style(real, labels)
 
 
 def latent(gen, n: int, device, codes: torch.Tensor | None = None) -> torch.Tensor:
@@ -457,8 +474,9 @@ def _train(
 ) -> None:
     """Hinge-loss GAN training for ``cfg.gan_steps`` steps; fills ``result`` in place. ``aux``: a
     frozen regressor whose squared error on the fakes' labels joins G's loss (``gan_aux_weight``).
-    ``style``, ``codes`` (N, k): the training songs' styles, given to the fakes paired with each
-    real crop and asked back by G's loss (``gan_style_weight``)."""
+    ``style``, ``codes`` (N, k): the training songs' styles (codes None: each real crop's own,
+    :func:`style_targets`), given to the fakes paired with each real crop and asked back by G's
+    loss (``gan_style_weight``)."""
     gen, disc = result.generator, result.discriminator
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
@@ -486,7 +504,7 @@ def _train(
         disc.train()
         idx = torch.randint(0, n, (bs,), generator=rng)
         real, labels = random_crops(x, idx, frames, crop, rng), y[idx.to(y.device)]
-        batch_codes = None if codes is None else codes[idx.to(codes.device)]
+        batch_codes = style_targets(style, codes, idx, real, labels)
         d_loss, d_real, d_fake, _ = discriminator_step(gen, disc, real, labels, cfg, autocast, aug_rng, batch_codes)
         if not torch.isfinite(d_loss):
             skipped += 1

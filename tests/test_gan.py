@@ -191,6 +191,29 @@ def test_style_loss_asks_each_fake_for_its_songs_style():
     assert torch.equal(seen[-1][:, :3], codes)  # the D step's fakes carry the same songs' styles
 
 
+def test_style_targets_are_the_songs_codes_or_each_crops_own():
+    torch.manual_seed(0)
+    style = G.StyleCodes.fit(torch.randn(40, 16, dtype=torch.float64), torch.rand(40, 2, dtype=torch.float64), 3)
+    codes, idx = torch.randn(10, 3), torch.tensor([4, 1, 4])
+    real, labels = torch.randn(3, 1, 16, 24), torch.rand(3, 2)
+    assert torch.equal(gan_train.style_targets(style, codes, idx, real, labels), codes[idx])  # "song"
+    assert torch.equal(gan_train.style_targets(style, None, idx, real, labels), style(real, labels))  # "crop"
+    assert gan_train.style_targets(None, None, idx, real, labels) is None
+
+
+def test_style_sources_train_or_refuse_clearly(tiny_setup):
+    """7 training songs cannot support a song-level style fit (6 label-fit parameters + k), which
+    is a clear error before training; the crop source fits on 28 real crops and trains."""
+    cfg, store, split, train, std = tiny_setup
+    with pytest.raises(ValueError, match="gan_style_dims"):
+        gan_train.train_or_load_gan(replace(cfg, gan_style_dims=2), store, split, train, std, "cpu")
+    crop = replace(cfg, gan_style_dims=2, gan_style_source="crop")
+    result = gan_train.train_or_load_gan(crop, store, split, train, std, "cpu")
+    assert result.steps_completed == cfg.gan_steps and result.history
+    with pytest.raises(ValueError, match="gan_style_source"):
+        replace(cfg, gan_style_source="songs")
+
+
 @pytest.mark.parametrize("margin", [0, 3])
 def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
     """Without edges a time-convolutional G is shift-equivariant: the output for a window of a long
