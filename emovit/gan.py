@@ -19,13 +19,11 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   match songs' dynamics and register, not only their average spectrum.
   ``d_batch_spread`` (an option, off) adds the batch's std of each statistic (ProGAN's minibatch
   std), so D can tell a batch of songs that vary less than real songs beyond their labels.
-* **Style beyond the labels** (``gan_style_dims``, an option, off): a conditional GAN tends to
-  ignore its noise, so songs of one emotion come out as near copies. With k style dims, z's
-  first k entries are, in training, the paired real song's :class:`StyleCodes` (whitened
-  principal scores of what its band means carry beyond a quadratic fit on its labels), and G's
-  loss asks each fake to carry them; in sampling z stays N(0, I), which draws styles with the
-  real songs' covariance. ``gan_style_source`` "crop" fits the codes on real crops and gives each
-  fake its paired crop's own style, a target a crop can reach.
+* **Style beyond the labels** (``gan_style_dims``, off): a cGAN tends to ignore its noise, so
+  songs of one emotion come out as near copies. With k style dims, z's first k entries are, in
+  training, the paired real song's (or, ``gan_style_source`` "crop", crop's) :class:`StyleCodes`
+  and G's loss asks each fake to carry them; in sampling z stays N(0, I), which draws styles
+  with the real songs' covariance.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (at least as many
   parameters; a test checks it), spectral norm on every layer.
 * **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike,
