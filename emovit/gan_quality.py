@@ -17,6 +17,10 @@ the log-mel in dB), which carry loudness, spectral balance and dynamics:
   (valence, arousal) leaves unexplained, synthetic vs real training songs. Real songs of one
   emotion still differ (tempo, gain, instruments, key); a generator that ignores its noise
   makes every song of an emotion alike, which diversity alone hides (the labels vary).
+* movement over time: how much each band's level moves within a window (the variance of its
+  mean over the window's quarters, in dB^2, summed over bands), synthetic vs real training
+  songs. Real songs change over seconds (instruments enter, the register moves); a generator
+  trained on short crops can make windows that hold still, which per-window statistics hide.
 """
 
 from __future__ import annotations
@@ -72,6 +76,21 @@ def label_residual_variance(features: np.ndarray, labels: np.ndarray) -> float:
     return float(((features - x @ beta) ** 2).sum(axis=0).mean() / (len(x) - x.shape[1]))
 
 
+def movement_over_time(mels: np.ndarray, parts: int = 4) -> float:
+    """Mean over windows (N, n_mels, T) in dB of the summed-over-bands variance (population) of each
+    band's mean over ``parts`` equal consecutive segments of the window (trailing frames dropped).
+    Reads 256 windows at a time, so a memory-mapped set is never loaded whole."""
+    seg = mels.shape[2] // parts
+    if seg < 1 or len(mels) == 0:
+        raise ValueError(f"cannot cut {len(mels)} windows of {mels.shape[2]} frames into {parts} segments")
+    total = 0.0
+    for i in range(0, len(mels), 256):
+        x = np.asarray(mels[i : i + 256, :, : seg * parts], np.float32)
+        means = x.reshape(len(x), x.shape[1], parts, seg).mean(axis=3, dtype=np.float64)
+        total += float(means.var(axis=2).sum())
+    return total / len(mels)
+
+
 def gan_quality(
     real_train: np.ndarray,
     train_labels: np.ndarray,
@@ -89,7 +108,8 @@ def gan_quality(
         *_labels: (N, 2) valence, arousal on [-1, 1].
     """
     frames = synthetic.shape[2]
-    f_train, f_val = band_stats(centre_crop(real_train, frames)), band_stats(centre_crop(real_val, frames))
+    w_train = centre_crop(real_train, frames)
+    f_train, f_val = band_stats(w_train), band_stats(centre_crop(real_val, frames))
     f_syn = band_stats(synthetic)
     real_probe = fit_probe(f_train, train_labels)
     syn_probe = fit_probe(f_syn, synthetic_labels)
@@ -119,6 +139,7 @@ def gan_quality(
         "value": label_residual_variance(scaler.transform(f_syn), synthetic_labels),
         "reference": label_residual_variance(scaler.transform(f_train), train_labels),
     }
+    out["movement_over_time"] = {"value": movement_over_time(synthetic), "reference": movement_over_time(w_train)}
     return out
 
 
@@ -132,6 +153,8 @@ READS = {
     "diversity": "mean pairwise feature distance; far below the reference = mode collapse",
     "variety_beyond_labels": "feature variance the labels do not explain; far below the reference = "
     "songs of one emotion all alike (the generator ignores its noise)",
+    "movement_over_time": "how much band levels move within a window (over its quarters); far below the "
+    "reference = samples that hold still where real songs change",
 }
 
 

@@ -295,6 +295,9 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # **Variety beyond the labels** is the feature variance a fit on (valence, arousal) leaves:
 # real songs of one emotion still differ in tempo, level and instruments, and a generator that
 # ignores its noise makes them all alike -- which diversity misses, since the labels vary.
+# **Movement over time** is how much each band's level moves between the quarters of a window:
+# real songs change chords and sections, and a generator that learned from short crops can make
+# windows that hold still -- which every per-window statistic above misses, the Frechet distance too.
 
 # %%
 from emovit.gan_quality import assess_gan, quality_table
