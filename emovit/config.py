@@ -75,6 +75,8 @@ class Config:
     gan_margin: int = 3  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
     gan_d_batch_spread: bool = False  # D's band-statistics MLP also reads the batch's spread of each statistic
+    gan_d_slow_frames: int = 0  # D also reads how much each band's level moves between segments this long (0 = off)
+    gan_slow_noise: int = 0  # half of G's noise drifts over this many 16-frame columns (0 = off)
     gan_aux_weight: float = 1.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
     gan_style_dims: int = 0  # z's first dims carry a training song's style beyond its labels (0 = off)
     gan_style_weight: float = 1.0  # weight of G's loss asking each fake to carry its song's style

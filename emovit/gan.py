@@ -17,8 +17,9 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
 * **Band statistics in the discriminator** (``d_band_stats``): a spectrally normalised MLP reads
   each band's mean and std over time, standardized by real training crops, so samples must
   match songs' dynamics and register, not only their average spectrum.
-  ``d_batch_spread`` (an option, off) adds the batch's std of each statistic (ProGAN's minibatch
-  std), so D can tell a batch of songs that vary less than real songs beyond their labels.
+  Options, off: ``d_batch_spread`` adds the batch's std of each statistic (ProGAN's minibatch
+  std); ``d_slow_frames`` each band's movement between segments (chord, section changes), and
+  ``slow_noise`` lets half of G's noise drift over bars so G can make it (its reach: ~47 frames).
 * **Style beyond the labels** (``gan_style_dims``, off): a cGAN tends to ignore its noise, so
   songs of one emotion come out as near copies. With k style dims, z's first k entries are, in
   training, the paired real song's (or, ``gan_style_source`` "crop", crop's) :class:`StyleCodes`
@@ -70,6 +71,8 @@ class GanArch:
     margin: int = 0  # starting-grid columns generated on each side of the output and dropped (no edge artifact)
     band_condition: bool = False  # G adds a label- and z-dependent level per mel band to its output
     d_batch_spread: bool = False  # D's statistics MLP also reads the batch's spread of each statistic
+    d_slow_frames: int = 0  # D's statistics also hold each band's movement over segments this long (0 = off)
+    slow_noise: int = 0  # half of G's noise channels averaged over this many starting-grid columns (0 = off)
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -153,6 +156,8 @@ class Generator(nn.Module):
         frames = frames or self.arch.frames
         if noise is None:
             noise = torch.randn(self.noise_shape(len(z), frames), device=z.device, dtype=z.dtype)
+        if self.arch.slow_noise > 1:
+            noise = slow_noise(noise, self.arch.slow_noise)
         c = torch.cat([self.embed(y), z], dim=1)
         base = self.const + self.global_proj(c).view(len(z), -1, self.arch.rows0, 1)
         h = self.inp(torch.cat([base.expand(-1, -1, -1, noise.shape[3]), noise.to(base.dtype)], dim=1))
@@ -164,6 +169,16 @@ class Generator(nn.Module):
         mid, half = (self.arch.out_high + self.arch.out_low) / 2, (self.arch.out_high - self.arch.out_low) / 2
         start = self.arch.margin * 2**UPSAMPLINGS  # the margins' frames are dropped with their zero-padded edges
         return (mid + half * torch.tanh(x))[..., start : start + frames]
+
+
+def slow_noise(noise: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, C, rows, cols) i.i.d. noise -> the same with its first C // 2 channels a moving average over
+    ``columns`` columns, rescaled to unit variance: a latent that drifts over ``columns`` x 16 frames
+    (chords, sections) beside the fast one, since G's convolutions reach only ~47 frames."""
+    k = noise.shape[1] // 2
+    pad = (columns // 2, columns - 1 - columns // 2, 0, 0)
+    slow = F.avg_pool2d(F.pad(noise[:, :k], pad, mode="replicate"), (1, columns), stride=1) * math.sqrt(columns)
+    return torch.cat([slow, noise[:, k:]], dim=1)
 
 
 class DBlock(nn.Module):
@@ -202,15 +217,16 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(DBlock(widths[i], widths[i + 1], first=i == 0) for i in range(UPSAMPLINGS))
         self.blocks.append(DBlock(widths[-1], widths[-1], down=False))  # capacity at low resolution (cheap)
         self.features_dim = widths[-1] * arch.rows0
-        if arch.d_band_stats:  # (B, 2 * n_mels) band mean / std over time -> (B, widths[-1])
+        if arch.d_band_stats:  # (B, 2 or 3 * n_mels) band mean / std (/ slow movement) over time -> (B, widths[-1])
             # standardized with the real crops' statistics (set_band_normalization): across real
             # crops a band's mean varies by ~0.5 and its std by ~0.2 standardized units, and the
             # fakes' deficits are fractions of that -- too small for a spectrally normalised
             # (1-Lipschitz) MLP to score without this rescaling (docs/experiments.md, section 1.3)
-            self.register_buffer("stats_shift", torch.zeros(2 * arch.n_mels))
-            self.register_buffer("stats_scale", torch.ones(2 * arch.n_mels))
+            n_stats = (3 if arch.d_slow_frames else 2) * arch.n_mels
+            self.register_buffer("stats_shift", torch.zeros(n_stats))
+            self.register_buffer("stats_scale", torch.ones(n_stats))
             self.stats = nn.Sequential(
-                spectral_norm(nn.Linear((4 if arch.d_batch_spread else 2) * arch.n_mels, widths[-1])),
+                spectral_norm(nn.Linear((2 if arch.d_batch_spread else 1) * n_stats, widths[-1])),
                 nn.LeakyReLU(0.2),
                 spectral_norm(nn.Linear(widths[-1], widths[-1])),
             )
@@ -231,18 +247,26 @@ class Discriminator(nn.Module):
             phi = F.leaky_relu(h.float(), 0.2).sum(dim=3).flatten(1)
             if not self.arch.d_band_stats:
                 return phi
-            moments = (band_moments(x.float()) - self.stats_shift) / self.stats_scale
+            moments = (self.band_statistics(x.float()) - self.stats_shift) / self.stats_scale
             if self.arch.d_batch_spread:  # minibatch std (ProGAN) per statistic: the batch's song-to-song variety
                 spread = moments.std(dim=0, keepdim=True) if len(moments) > 1 else torch.zeros_like(moments)
                 moments = torch.cat([moments, spread.expand_as(moments)], dim=1)
             return torch.cat([phi, F.leaky_relu(self.stats(moments), 0.2)], dim=1)
+
+    def band_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n_mels, W) -> (B, 2 or 3 * n_mels): :func:`band_moments`, then with ``d_slow_frames``
+        each band's :func:`slow_movement`."""
+        moments = band_moments(x)
+        if not self.arch.d_slow_frames:
+            return moments
+        return torch.cat([moments, slow_movement(x, self.arch.d_slow_frames)], dim=1)
 
     @torch.no_grad()
     def set_band_normalization(self, real: torch.Tensor) -> None:
         """Centre and scale the band-statistics input by real crops (N, 1, n_mels, W): per feature,
         the mean and the std across crops (floored at 1e-3)."""
         if self.arch.d_band_stats:
-            m = band_moments(real.float().to(self.stats_shift.device))
+            m = self.band_statistics(real.float().to(self.stats_shift.device))
             self.stats_shift.copy_(m.mean(dim=0))
             self.stats_scale.copy_(m.std(dim=0).clamp_min(1e-3))
 
@@ -255,6 +279,16 @@ class Discriminator(nn.Module):
 def band_moments(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, n_mels, W) -> (B, 2 * n_mels): each band's mean, then its std over time."""
     return torch.cat([x.mean(dim=3), x.std(dim=3)], dim=2).flatten(1)
+
+
+def slow_movement(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, 1, n_mels, W) -> (B, n_mels): each band's std over time of its mean over consecutive
+    ``frames``-frame segments (trailing frames dropped): how much its level moves from one segment to
+    the next (chord and section changes), which a std over single frames mixes with beats and notes."""
+    segments = x.shape[3] // frames
+    if segments < 2:
+        raise ValueError(f"slow movement needs two {frames}-frame segments; the crop has {x.shape[3]} frames")
+    return x[:, 0, :, : segments * frames].unflatten(2, (segments, frames)).mean(dim=3).std(dim=2)
 
 
 class BandProbe(nn.Module):

@@ -76,6 +76,8 @@ GAN_FIELDS = (
     "gan_style_dims",
     "gan_style_weight",
     "gan_style_source",
+    "gan_d_slow_frames",
+    "gan_slow_noise",
     "mixed_precision",
     "seed",
 )
@@ -119,6 +121,8 @@ def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4
         margin=cfg.gan_margin,
         band_condition=cfg.gan_band_condition,
         d_batch_spread=cfg.gan_d_batch_spread,
+        d_slow_frames=cfg.gan_d_slow_frames,
+        slow_noise=cfg.gan_slow_noise,
     )
 
 

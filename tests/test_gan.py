@@ -56,6 +56,55 @@ def test_band_statistics_branch_of_the_discriminator():
     assert torch.allclose(stats, swapped, atol=1e-5)
 
 
+def test_slow_movement_lets_the_discriminator_hear_level_changes():
+    """gan_d_slow_frames: D's band statistics gain each band's std over time of its level averaged
+    over segments (slow_movement). A crop whose bands step between two levels (chord or section
+    changes) and the same crop with its frames shuffled have equal band moments, so D's statistics
+    differ only with the option; too short a crop for two segments is a clear error."""
+    x = torch.tensor([[[[0.0, 2.0, 0.0, 2.0, 4.0, 6.0, 4.0, 6.0, 9.0]]]])  # 1 band, segments of 4 frames
+    torch.testing.assert_close(G.slow_movement(x, 4), torch.tensor([[8.0**0.5]]))  # means 1, 5: std 2^1.5
+    with pytest.raises(ValueError, match="two 8-frame segments"):
+        G.slow_movement(x, 8)
+    torch.manual_seed(0)
+    level = (torch.rand(6, 1, 32, 1) + 0.5) * torch.randn(6, 1, 32, 1).sign()  # each band's step, |.| >= 0.5
+    steps = torch.randn(6, 1, 32, 64) * 0.3 + (torch.arange(64) >= 32).float() * level
+    shuffled = steps[..., torch.randperm(64)]
+    torch.testing.assert_close(G.band_moments(steps), G.band_moments(shuffled))
+    base = dict(n_mels=32, frames=64, z_dim=8, channels=4, d_band_stats=True)
+    for slow in (0, 16):
+        disc = G.Discriminator(G.GanArch(**base, d_slow_frames=slow))
+        disc.set_band_normalization(torch.cat([steps, shuffled]))
+        assert disc.stats_shift.shape == ((3 if slow else 2) * 32,)
+        seen, seen_shuffled = disc.band_statistics(steps), disc.band_statistics(shuffled)
+        assert torch.allclose(seen, seen_shuffled, atol=1e-5) != bool(slow)
+        assert disc(steps, torch.rand(6, 2)).shape == (6,)
+    assert G.slow_movement(steps, 16).mean() > 3 * G.slow_movement(shuffled, 16).mean()  # steps move, shuffled do not
+
+
+def test_slow_noise_drifts_over_its_columns_and_keeps_unit_variance():
+    """gan_slow_noise: half of G's noise channels become a moving average over ``columns`` starting-grid
+    columns, rescaled: unit variance, neighbours correlated (a level that drifts over bars), columns
+    ``columns`` apart independent; the other half stays the i.i.d. noise given. G's output keeps its
+    shape, and the same z and noise give the same sample."""
+    torch.manual_seed(0)
+    noise = torch.randn(4000, 8, 2, 30)
+    slow = G.slow_noise(noise, 8)
+    torch.testing.assert_close(slow[:, 4:], noise[:, 4:])
+    inner = slow[:, :4, :, 8:22]  # away from the replicated edges
+    assert abs(float(inner.std()) - 1) < 0.02
+    a = slow[:, 0, 0]
+
+    def corr(i, j):
+        return float(torch.corrcoef(torch.stack([a[:, i], a[:, j]]))[0, 1])
+
+    assert corr(12, 13) > 0.8 and abs(corr(12, 20)) < 0.05 and abs(corr(12, 13) - 7 / 8) < 0.03
+    arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4, margin=3, slow_noise=4)
+    gen = G.Generator(arch).eval()
+    z, y, n = torch.randn(2, 8), torch.rand(2, 2), torch.randn(gen.noise_shape(2))
+    assert gen(z, y, noise=n).shape == (2, 1, 32, 64)
+    torch.testing.assert_close(gen(z, y, noise=n), gen(z, y, noise=n))
+
+
 def test_batch_spread_lets_the_discriminator_see_song_to_song_variety():
     """gan_d_batch_spread: a sample's score depends on the batch around it through the batch's std
     of each standardized band statistic -- the same sample scores differently beside copies of
@@ -630,6 +679,35 @@ def test_variety_beyond_the_labels():
     like_real = q_real["variety_beyond_labels"]["value"] / q_real["variety_beyond_labels"]["reference"]
     assert alike < 0.3 < 0.7 < like_real < 1.4, (alike, like_real)
     assert q_alike["diversity"]["value"] > 0.5 * q_alike["diversity"]["reference"]  # diversity misses it
+
+
+def test_movement_over_time_sees_windows_that_hold_still():
+    """movement_over_time is the variance of each band's level over a window's quarters, summed over
+    bands. Real songs whose levels step within the window, against the same windows with their frames
+    shuffled in time: every per-window statistic (hence the Frechet distance) is unchanged, and
+    only this measure tells that the shuffled ones hold still."""
+    from emovit.gan_quality import gan_quality, movement_over_time
+
+    steps = np.zeros((3, 2, 9))
+    steps[:, :, 4:8] = 2.0  # quarters at 0, 2 (frames 4-7), and the trailing 9th frame dropped
+    assert movement_over_time(steps) == pytest.approx(2.0)  # var(0, 2) = 1 per band, 2 bands
+    with pytest.raises(ValueError, match="segments"):
+        movement_over_time(np.zeros((2, 3, 3)))
+
+    rng = np.random.default_rng(0)
+    n, bands, frames = 60, 8, 64
+    labels = rng.uniform(-1, 1, (n, 2))
+    level = -40 + 8 * labels[:, :1, None] + rng.normal(0, 3, (n, bands, 1))
+    change = rng.integers(8, frames - 8, n)  # where each song's second section starts
+    section = (np.arange(frames)[None, None, :] >= change[:, None, None]) * rng.normal(0, 6, (n, bands, 1))
+    real = (level + section + rng.normal(0, 2, (n, bands, frames))).astype(np.float32)
+    still = np.stack([song[:, rng.permutation(frames)] for song in real])
+    q_real = gan_quality(real, labels, real, labels, real, labels)
+    q_still = gan_quality(real, labels, real, labels, still, labels)
+    assert q_real["movement_over_time"]["value"] == pytest.approx(q_real["movement_over_time"]["reference"])
+    assert q_still["frechet_distance"]["value"] == pytest.approx(0.0, abs=1e-6)  # same per-window statistics
+    ratio = q_still["movement_over_time"]["value"] / q_still["movement_over_time"]["reference"]
+    assert ratio < 0.2, ratio
 
 
 # ---- learning test --------------------------------------------------------------------------------
