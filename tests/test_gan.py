@@ -84,8 +84,8 @@ def test_slow_movement_lets_the_discriminator_hear_level_changes():
 def test_slow_noise_drifts_over_its_columns_and_keeps_unit_variance():
     """gan_slow_noise: half of G's noise channels become a moving average over ``columns`` starting-grid
     columns, rescaled: unit variance, neighbours correlated (a level that drifts over bars), columns
-    ``columns`` apart independent; the other half stays the i.i.d. noise given. G's output keeps its
-    shape, and the same z and noise give the same sample."""
+    ``columns`` apart independent; the other half stays the i.i.d. noise given. G applies it to the
+    noise it is given (samples stay reproducible from z and noise) and adds no weights."""
     torch.manual_seed(0)
     noise = torch.randn(4000, 8, 2, 30)
     slow = G.slow_noise(noise, 8)
@@ -100,9 +100,12 @@ def test_slow_noise_drifts_over_its_columns_and_keeps_unit_variance():
     assert corr(12, 13) > 0.8 and abs(corr(12, 20)) < 0.05 and abs(corr(12, 13) - 7 / 8) < 0.03
     arch = G.GanArch(n_mels=32, frames=64, z_dim=8, channels=4, margin=3, slow_noise=4)
     gen = G.Generator(arch).eval()
+    plain = G.Generator(G.GanArch(**{**arch.to_dict(), "slow_noise": 0})).eval()
+    plain.load_state_dict(gen.state_dict())  # same weights: the option adds none
     z, y, n = torch.randn(2, 8), torch.rand(2, 2), torch.randn(gen.noise_shape(2))
     assert gen(z, y, noise=n).shape == (2, 1, 32, 64)
-    torch.testing.assert_close(gen(z, y, noise=n), gen(z, y, noise=n))
+    torch.testing.assert_close(gen(z, y, noise=n), plain(z, y, noise=G.slow_noise(n, 4)))  # G smooths the noise
+    assert not torch.allclose(gen(z, y, noise=n), plain(z, y, noise=n))
 
 
 def test_batch_spread_lets_the_discriminator_see_song_to_song_variety():
