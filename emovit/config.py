@@ -64,6 +64,8 @@ class Config:
     gan_batch_size: int = 32  # random song crops per step
     gan_crop_frames: int = 256  # frames of each training crop (0 = num_frames); G samples num_frames
     gan_diffaugment: str = "translation,cutout,level"  # DiffAugment on real and fake before D ("" = off)
+    gan_ada_target: float = 0.0  # ADA: augment with a probability that keeps mean sign(D(real)) here (0 = off)
+    gan_ada_ramp: int = 500  # ADA: fewest steps for the augmentation probability to go from 0 to 1
     gan_ema_decay: float = 0.999  # cap of the sampling EMA's decay, which ramps as (1+step)/(10+step) (gan_train)
     gan_eval_every: int = 250  # steps between fidelity / Frechet checks on validation songs (best kept)
     gan_lr_g: float = 5e-4  # generator Adam learning rate, betas (0.0, 0.99)
@@ -154,6 +156,11 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.gan_ada_target < 1.0 or self.gan_ada_ramp < 1:
+            raise ValueError(
+                f"gan_ada_target must be in [0, 1) (0 = off) and gan_ada_ramp >= 1 step, got "
+                f"{self.gan_ada_target} and {self.gan_ada_ramp}"
+            )
         if self.max_clip_seconds < self.clip_seconds:
             raise ValueError(
                 f"max_clip_seconds ({self.max_clip_seconds}) must be at least clip_seconds "

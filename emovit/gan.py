@@ -27,10 +27,10 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   with the real songs' covariance.
 * **Balanced capacity.** The discriminator's widths mirror the generator's (at least as many
   parameters; a test checks it), spectral norm on every layer.
-* **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike,
-  an EMA of the generator's weights for sampling, training length in steps, checkpoints kept
-  by label fidelity and Frechet distance on validation songs; optionally a frozen band-statistics
-  probe of real crops whose error on the fakes' labels joins G's loss (:class:`BandProbe`).
+* **Data-efficient training** (:mod:`emovit.gan_train`): DiffAugment on real and fake alike
+  (ADA's adaptive strength an option, :func:`ada_update`), a sampling EMA of G, steps not epochs,
+  checkpoints kept by label fidelity and Frechet distance on validation songs; optionally a frozen
+  band-statistics probe of real crops whose error on the fakes' labels joins G's loss (:class:`BandProbe`).
 * **Precision.** D's time pooling, projection and head run in float32 under autocast (a sum over
   ~10^4 positions in fp16 loses precision and can overflow).
 
@@ -366,7 +366,9 @@ def g_hinge_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
 
 
-def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def diff_augment(
+    x: torch.Tensor, policy: str, generator: torch.Generator | None = None, p: float = 1.0
+) -> torch.Tensor:
     """DiffAugment (Zhao et al. 2020) for spectrograms, differentiable, per sample.
 
     x: (B, 1, n_mels, W) standardized. ``policy``: comma-separated subset of
@@ -374,29 +376,52 @@ def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None
                      a mel band's position is its pitch);
       "cutout": one time band of W/4 frames set to 0 (the training mean);
       "level": add U(-0.1, 0.1) standardized units (about +-1.5 dB) to the whole sample.
-    The same policy is applied to real and fake alike, so the discriminator cannot tell them
-    apart by the augmentation, and the generator is not pushed to reproduce it.
+    ``p``: each augmentation is applied to each sample with this probability (ADA's strength,
+    :func:`ada_update`); at 1 every sample gets every augmentation, and no extra random numbers
+    are drawn. The same policy is applied to real and fake alike, so the discriminator cannot
+    tell them apart by the augmentation, and the generator is not pushed to reproduce it.
     """
     if not policy:
         return x
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"augmentation probability p={p} must be in [0, 1]")
     b, _, _, w = x.shape
     dev = x.device
+
+    def chosen() -> torch.Tensor:  # (B,) bool: the samples this augmentation applies to
+        if p >= 1.0:
+            return torch.ones(b, dtype=torch.bool, device=dev)
+        return (torch.rand(b, generator=generator) < p).to(dev)
+
     for name in policy.split(","):
         if name == "translation":
             shift = torch.randint(-(w // 8), w // 8 + 1, (b, 1), generator=generator).to(dev)
+            shift = shift * chosen()[:, None]
             idx = (torch.arange(w, device=dev)[None, :] - shift) % w  # (B, W)
             x = torch.gather(x, 3, idx[:, None, None, :].expand_as(x))
         elif name == "cutout":
             size = max(1, w // 4)
             start = torch.randint(0, w - size + 1, (b, 1), generator=generator).to(dev)
             t = torch.arange(w, device=dev)[None, :]
-            keep = ~((t >= start) & (t < start + size))
+            keep = ~((t >= start) & (t < start + size)) | ~chosen()[:, None]
             x = x * keep[:, None, None, :].to(x.dtype)
         elif name == "level":
-            x = x + (torch.rand(b, 1, 1, 1, generator=generator).to(dev, x.dtype) - 0.5) * 0.2
+            shift = (torch.rand(b, 1, 1, 1, generator=generator).to(dev, x.dtype) - 0.5) * 0.2
+            x = x + shift * chosen()[:, None, None, None].to(x.dtype)
         else:
             raise ValueError(f"unknown DiffAugment policy {name!r} (use translation, cutout, level)")
     return x
+
+
+def ada_update(p: float, real_signs: float, target: float, steps: int, ramp_steps: int) -> float:
+    """ADA's controller (Karras et al. 2020): the augmentation probability after ``steps`` steps
+    whose discriminator gave the augmented real crops a mean sign(D) of ``real_signs`` (the
+    over-fitting heuristic r_t: 0 when D cannot tell real from fake, 1 when it is sure of every
+    real crop). p moves by steps / ramp_steps towards more augmentation when r_t > ``target``,
+    towards less when below, clipped to [0, 1]: from 0 to 1 takes ``ramp_steps`` steps at least.
+    """
+    direction = 1.0 if real_signs > target else -1.0 if real_signs < target else 0.0
+    return float(min(1.0, max(0.0, p + direction * steps / ramp_steps)))
 
 
 def count_parameters(model: nn.Module) -> int:

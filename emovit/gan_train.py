@@ -8,7 +8,9 @@ and ``discriminator.pth`` atomically.
 Training (one step = one discriminator update + one generator update):
 * each item is a random ``gan_crop_frames`` window of a training song (the store may keep
   whole clips longer than ``cfg.num_frames``; only each song's valid frames are used);
-* DiffAugment (``gan_diffaugment``) on real and fake alike before the discriminator;
+* DiffAugment (``gan_diffaugment``) on real and fake alike before the discriminator; with
+  ``gan_ada_target`` > 0 each augmentation is applied with a probability ADA's controller
+  raises while D is sure of the real crops and lowers when it is not (:func:`emovit.gan.ada_update`);
 * the generator forward of the discriminator step runs under ``torch.no_grad()`` (its graph
   would never be used);
 * mixed precision per :func:`emovit.runtime.amp_dtype` (fp16 + GradScaler before Ampere,
@@ -65,6 +67,8 @@ GAN_FIELDS = (
     "gan_channels",
     "gan_crop_frames",
     "gan_diffaugment",
+    "gan_ada_target",
+    "gan_ada_ramp",
     "gan_d_band_stats",
     "gan_mode_seeking",
     "gan_ema_decay",
@@ -82,6 +86,7 @@ GAN_FIELDS = (
     "seed",
 )
 CHECKPOINT_VERSION = 2  # 1: the dense-layer generator trained in epochs (stale)
+ADA_INTERVAL = 4  # steps whose real-crop signs one ADA update averages
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
 
@@ -341,16 +346,17 @@ def random_crops(
 
 
 def discriminator_step(
-    gen, disc, real, labels, cfg: Config, autocast, aug_rng, codes: torch.Tensor | None = None
+    gen, disc, real, labels, cfg: Config, autocast, aug_rng, codes: torch.Tensor | None = None, aug_p: float = 1.0
 ) -> tuple[torch.Tensor, ...]:
     """Forward of one D step: (loss, real scores, fake scores, fake). The fake is made under
     ``torch.no_grad()``: the D step never backpropagates into G, so no G graph is built.
-    ``codes``: the real crops' songs' styles, given to the fakes (:func:`latent`)."""
+    ``codes``: the real crops' songs' styles, given to the fakes (:func:`latent`); ``aug_p``: the
+    probability of each augmentation (ADA)."""
     with torch.no_grad(), autocast():
         fake = gen(latent(gen, len(real), real.device, codes), labels, frames=real.shape[3])
     with autocast():
-        d_real = disc(G.diff_augment(real, cfg.gan_diffaugment, aug_rng), labels)
-        d_fake = disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels)
+        d_real = disc(G.diff_augment(real, cfg.gan_diffaugment, aug_rng, aug_p), labels)
+        d_fake = disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng, aug_p), labels)
         d_loss = G.d_hinge_loss(d_real, d_fake)
     return d_loss, d_real, d_fake, fake
 
@@ -367,10 +373,12 @@ def generator_step_loss(
     aux: G.BandProbe | None = None,
     style: G.StyleCodes | None = None,
     codes: torch.Tensor | None = None,
+    aug_p: float = 1.0,
 ) -> torch.Tensor:
-    """Hinge G loss; with ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with
-    different z, and the term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) -
-    band stats(fake_b)| / |z_a - z_b| up to the same ratio measured between real crops of two
+    """Hinge G loss, the fakes augmented with probability ``aug_p`` as in the D step. With
+    ``cfg.gan_mode_seeking`` > 0 the batch is pairs sharing a label with different z, and the
+    term weight * relu(target - ratio) pushes ratio = |band stats(fake_a) - band stats(fake_b)| /
+    |z_a - z_b| up to the same ratio measured between real crops of two
     different songs (``real``), so z carries song-level variation (register, dynamics).
     With ``style`` and ``codes`` (B, k), z's first k dims are the batch songs' styles and
     weight * MSE(style(fake), codes) asks each fake to carry its song's style."""
@@ -382,7 +390,7 @@ def generator_step_loss(
     z = latent(gen, len(labels), labels.device, codes)
     with autocast():
         fake = gen(z, labels, frames=frames)
-        loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng), labels))
+        loss = G.g_hinge_loss(disc(G.diff_augment(fake, cfg.gan_diffaugment, aug_rng, aug_p), labels))
     if aux is not None:  # the labels as a regressor trained on real crops reads them from the fakes
         loss = loss + cfg.gan_aux_weight * F.mse_loss(aux(fake), labels.float())
     if style is not None and codes is not None:
@@ -502,6 +510,8 @@ def _train(
     best, best_score = _snapshot(result, gen, disc, ema, 0), -math.inf
     last_good = best
     sums, count, skipped, t0 = np.zeros(4), 0, 0, time.perf_counter()
+    ada = cfg.gan_ada_target > 0  # ADA starts with no augmentation and adds it while D over-fits
+    aug_p, real_signs = (0.0 if ada else 1.0), []
     bar = tqdm(range(1, cfg.gan_steps + 1), desc="GAN", unit="step")
     for step in bar:
         gen.train()
@@ -509,7 +519,9 @@ def _train(
         idx = torch.randint(0, n, (bs,), generator=rng)
         real, labels = random_crops(x, idx, frames, crop, rng), y[idx.to(y.device)]
         batch_codes = style_targets(style, codes, idx, real, labels)
-        d_loss, d_real, d_fake, _ = discriminator_step(gen, disc, real, labels, cfg, autocast, aug_rng, batch_codes)
+        d_loss, d_real, d_fake, _ = discriminator_step(
+            gen, disc, real, labels, cfg, autocast, aug_rng, batch_codes, aug_p
+        )
         if not torch.isfinite(d_loss):
             skipped += 1
         else:
@@ -518,7 +530,18 @@ def _train(
             scaler_d.step(opt_d)
             scaler_d.update()
             g_loss = generator_step_loss(
-                gen, disc, labels, crop, cfg, autocast, aug_rng, real=real, aux=aux, style=style, codes=batch_codes
+                gen,
+                disc,
+                labels,
+                crop,
+                cfg,
+                autocast,
+                aug_rng,
+                real=real,
+                aux=aux,
+                style=style,
+                codes=batch_codes,
+                aug_p=aug_p,
             )
             if not torch.isfinite(g_loss):
                 skipped += 1
@@ -535,6 +558,12 @@ def _train(
                     float(d_fake.detach().mean()),
                 ]
                 count += 1
+            if ada:
+                real_signs.append(float(torch.sign(d_real.detach().float()).mean()))
+                if len(real_signs) == ADA_INTERVAL:
+                    mean_sign = float(np.mean(real_signs))
+                    aug_p = G.ada_update(aug_p, mean_sign, cfg.gan_ada_target, len(real_signs), cfg.gan_ada_ramp)
+                    real_signs = []
         if skipped > cfg.max_skipped_steps:
             for model, key in ((gen, "gen"), (disc, "disc"), (ema, "ema")):
                 model.load_state_dict(last_good[key])
@@ -553,6 +582,7 @@ def _train(
                 **dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), (sums / max(count, 1)).tolist())),
                 "skipped_steps": skipped,
                 "seconds": time.perf_counter() - t0,
+                **({"ada_p": aug_p} if ada else {}),
             }
             standing_bn_stats(ema, result.train_labels, device, crop, seed=cfg.seed)
             if monitor is not None:

@@ -344,6 +344,61 @@ def test_diff_augment_policies():
         G.diff_augment(x, "flip", rng)
 
 
+def test_diff_augment_probability_applies_each_augmentation_to_that_share_of_samples():
+    """p = 1 is the plain DiffAugment, draw for draw; p = 0 leaves every sample as it is; p = 0.3
+    changes about 30% of the samples under each augmentation."""
+    x = torch.randn(400, 1, 8, 32)
+    policy = "translation,cutout,level"
+    plain = G.diff_augment(x, policy, torch.Generator().manual_seed(3))
+    assert torch.equal(G.diff_augment(x, policy, torch.Generator().manual_seed(3), p=1.0), plain)
+    assert torch.equal(G.diff_augment(x, policy, torch.Generator().manual_seed(3), p=0.0), x)
+    for name in policy.split(","):
+        out = G.diff_augment(x, name, torch.Generator().manual_seed(4), p=0.3)
+        changed = (out != x).flatten(1).any(dim=1).float().mean()
+        assert 0.22 < changed < 0.38, (name, changed)
+    with pytest.raises(ValueError, match="probability"):
+        G.diff_augment(x, policy, p=1.5)
+
+
+def test_ada_update_moves_towards_more_augmentation_only_while_d_is_sure_of_real_crops():
+    assert G.ada_update(0.2, 0.9, 0.6, 4, 100) == pytest.approx(0.24)  # over-fitting: more
+    assert G.ada_update(0.2, 0.1, 0.6, 4, 100) == pytest.approx(0.16)  # under: less
+    assert G.ada_update(0.2, 0.6, 0.6, 4, 100) == pytest.approx(0.2)
+    assert G.ada_update(0.99, 1.0, 0.6, 4, 100) == 1.0 and G.ada_update(0.01, -1.0, 0.6, 4, 100) == 0.0
+
+
+@pytest.mark.parametrize("real_score, p_after", [(5.0, 1.0), (-5.0, 0.0)])
+def test_ada_steers_the_augmentation_by_the_real_crops_scores(tiny_setup, monkeypatch, real_score, p_after):
+    """With ADA the first steps are not augmented; a D sure of every real crop (scores +5) raises p
+    to 1 in one update (ramp = the update's 4 steps), one that rejects them keeps it at 0. The fake
+    crops' scores are set to the opposite sign, so a controller reading them would go the other way.
+    Off, every augmentation call has p = 1."""
+    cfg, store, split, train, std = tiny_setup
+    seen, real_step, real_augment = [], gan_train.discriminator_step, G.diff_augment
+
+    def spy_augment(x, policy, generator=None, p=1.0):
+        seen.append(p)
+        return real_augment(x, policy, generator, p)
+
+    def forced(*args, **kwargs):
+        d_loss, d_real, d_fake, fake = real_step(*args, **kwargs)
+        return d_loss, torch.full_like(d_real, real_score), torch.full_like(d_fake, -real_score), fake
+
+    monkeypatch.setattr(gan_train, "discriminator_step", forced)
+    monkeypatch.setattr(G, "diff_augment", spy_augment)
+    ada = replace(cfg, gan_steps=8, gan_eval_every=4, gan_ada_target=0.6, gan_ada_ramp=4)
+    result = gan_train.train_or_load_gan(ada, store, split, train, std, "cpu")
+    per_step = len(seen) // 8  # augmentation calls a step: real and fake in D's step, fake in G's
+    assert per_step == 3 and len(seen) == 24
+    assert set(seen[: 4 * per_step]) == {0.0} and set(seen[4 * per_step :]) == {p_after}
+    assert [h["ada_p"] for h in result.history] == [p_after, p_after]
+    seen.clear()
+    plain = gan_train.train_or_load_gan(replace(cfg, gan_steps=8, gan_eval_every=4), store, split, train, std, "cpu")
+    assert set(seen) == {1.0} and "ada_p" not in plain.history[0]
+    with pytest.raises(ValueError, match="gan_ada_target"):
+        replace(cfg, gan_ada_target=1.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_discriminator_pooling_and_projection_in_float32_under_autocast(dtype):
     """Issue 11: the summed features must not go through half precision."""
