@@ -31,9 +31,9 @@ every number measured on them stay as they were.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -356,5 +356,11 @@ def make_demo_deam(
     return truth
 
 
-if __name__ == "__main__":  # python -m emovit.demo_data <root> [num_songs]
-    make_demo_deam(sys.argv[1], num_songs=int(sys.argv[2]) if len(sys.argv) > 2 else 120)
+if __name__ == "__main__":  # python -m emovit.demo_data ROOT [--songs N] [--seed S] [--style band]
+    parser = argparse.ArgumentParser(description="Write a synthetic DEAM-layout data set (all cores).")
+    parser.add_argument("root", help="folder to write (skipped when the same set is already there)")
+    parser.add_argument("--songs", type=int, default=120, help="number of songs (default 120)")
+    parser.add_argument("--seed", type=int, default=0, help="labels and audio seed (default 0)")
+    parser.add_argument("--style", default="demo", choices=sorted(STYLES), help="generator (default demo)")
+    args = parser.parse_args()
+    make_demo_deam(args.root, num_songs=args.songs, seed=args.seed, style=args.style)

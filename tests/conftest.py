@@ -54,8 +54,11 @@ def real_deam() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    """The default demo data set (120 songs of 30 s), written once per test session."""
-    root = tmp_path_factory.mktemp("demo_data")
+    """The default demo data set (120 songs of 30 s, seed 42), written once per test session, or
+    read from $EMOVIT_DEMO_DATA when set: ``make test`` writes it there once for all its lanes
+    (``make_demo_deam`` checks that the folder holds this same set and writes it if not)."""
+    shared = os.environ.get("EMOVIT_DEMO_DATA")
+    root = Path(shared) if shared else tmp_path_factory.mktemp("demo_data")
     make_demo_deam(str(root), num_songs=120, seconds=30.0, seed=42)
     return root
 
