@@ -46,7 +46,7 @@ from emovit.deam import discover
 from emovit.demo_data import make_demo_deam
 from emovit.features import MelParams, extract_features, log_mel
 from emovit.gan import Discriminator, GanArch, Generator
-from emovit.gan_train import generate
+from emovit.gan_train import MEMORY_FORMAT, generate
 from emovit.runtime import describe_environment
 from emovit.split import Standardizer
 from emovit.vit import DevicePreprocessor, build_model, find_pretrained
@@ -233,32 +233,45 @@ def bench_vit(work: Path, s: dict, device: str) -> dict:
 
 
 def bench_gan(s: dict, device: str) -> dict:
-    """Training steps/s (demo-size arch, batch 16) and sampling rate of the full-size generator."""
-    demo = GanArch(n_mels=64, frames=431, z_dim=32, channels=8)
-    gen, disc = Generator(demo).to(device), Discriminator(demo).to(device)
-    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 4e-4)
-    x, y = torch.randn(16, 1, 64, 431, device=device), torch.rand(16, 2, device=device) * 2 - 1
+    """Training steps/s (demo-size arch, batch 16) in the memory layout training uses
+    (``gan_train.MEMORY_FORMAT``) and in PyTorch's default one, in the same run (their ratio is
+    the layout's speed-up), and the sampling rate of the full-size generator."""
 
-    def steps():
-        for _ in range(s["gan_steps"]):
-            d = (
-                torch.relu(1 - disc(x, y)).mean()
-                + torch.relu(1 + disc(gen(torch.randn(16, 32, device=device), y).detach(), y)).mean()
-            )
-            opt_d.zero_grad()
-            d.backward()
-            opt_d.step()
-            g = -disc(gen(torch.randn(16, 32, device=device), y), y).mean()
-            opt_g.zero_grad()
-            g.backward()
-            opt_g.step()
+    def steps_per_s(memory_format: torch.memory_format) -> float:
+        torch.manual_seed(0)
+        demo = GanArch(n_mels=64, frames=431, z_dim=32, channels=8)
+        gen = Generator(demo).to(device, memory_format=memory_format)
+        disc = Discriminator(demo).to(device, memory_format=memory_format)
+        opt_g, opt_d = torch.optim.Adam(gen.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 4e-4)
+        x, y = torch.randn(16, 1, 64, 431, device=device), torch.rand(16, 2, device=device) * 2 - 1
 
-    _, t_train = timed(steps)
-    full = Generator(GanArch(n_mels=128, frames=1292)).to(device)
+        def steps():
+            for _ in range(s["gan_steps"]):
+                d = (
+                    torch.relu(1 - disc(x, y)).mean()
+                    + torch.relu(1 + disc(gen(torch.randn(16, 32, device=device), y).detach(), y)).mean()
+                )
+                opt_d.zero_grad()
+                d.backward()
+                opt_d.step()
+                g = -disc(gen(torch.randn(16, 32, device=device), y), y).mean()
+                opt_g.zero_grad()
+                g.backward()
+                opt_g.step()
+
+        _, t_train = timed(steps)
+        return s["gan_steps"] / t_train
+
+    default_layout = steps_per_s(torch.contiguous_format)
+    training_layout = steps_per_s(MEMORY_FORMAT)
+    full = Generator(GanArch(n_mels=128, frames=1292)).to(device, memory_format=MEMORY_FORMAT)
     labels = np.zeros((s["gan_samples"], 2), np.float32)
     _, t_sample = timed(lambda: generate(full, labels, Standardizer(-40.0, 15.0), device, batch_size=16))
     return {
-        "train_steps_per_s_demo_arch_batch16": s["gan_steps"] / t_train,
+        "train_steps_per_s_demo_arch_batch16": training_layout,
+        "train_steps_per_s_demo_arch_batch16_default_layout": default_layout,
+        "memory_format": str(MEMORY_FORMAT).removeprefix("torch."),
+        "layout_speedup": training_layout / default_layout,
         "samples_per_s_full_arch_128x1292": s["gan_samples"] / t_sample,
         "device": device,
     }
@@ -470,6 +483,13 @@ def write_markdown(r: dict, path: Path) -> None:
             f"while it ran, torch threads {r['predict'].get('torch_threads', '?')}): 20 generated 3-minute "
             "mp3 songs, the demo checkpoint, 10 s windows every 5 s; `*_seconds_per_song` split the "
             "sequential run's time, the rest is `python_overhead`.",
+        ]
+    if "machine" in r.get("gan", {}):
+        lines += [
+            "",
+            "The `gan` rows come from a separate `python -m benchmarks.bench --only gan` run on "
+            f"{r['gan']['machine']['platform']} ({r['gan']['machine']['cpu']}); its two layouts ran one after "
+            "the other in that run, so `layout_speedup` is a ratio within one run.",
         ]
     if "run_all_projection" in r:
         lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])

@@ -282,7 +282,8 @@ def markdown(p: dict) -> list[str]:
         "| each extra training seed, minutes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in p["cards"].items():
+    # in CARDS order, also when p was read back from the key-sorted results.json
+    for name, r in sorted(p["cards"].items(), key=lambda item: list(CARDS).index(item[0])):
         lo, hi = r["optimistic_minutes_by_stage"], r["pessimistic_minutes_by_stage"]
 
         def span(*keys, lo=lo, hi=hi):
@@ -335,6 +336,6 @@ def scenario_markdown(rows: dict) -> list[str]:
         "| defaults | " + " | ".join(f"{c}, minutes" for c in cards) + " |",
         "| --- | " + " | ".join("---" for _ in cards) + " |",
     ]
-    for name, r in rows.items():
+    for name, r in sorted(rows.items(), key=lambda item: list(SCENARIOS).index(item[0])):  # SCENARIOS order
         lines.append(f"| {name} | " + " | ".join(f"{r[c][0]:.0f}-{r[c][1]:.0f}" for c in cards) + " |")
     return lines

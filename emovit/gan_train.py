@@ -87,6 +87,9 @@ GAN_FIELDS = (
 )
 CHECKPOINT_VERSION = 2  # 1: the dense-layer generator trained in epochs (stale)
 ADA_INTERVAL = 4  # steps whose real-crop signs one ADA update averages
+# G and D keep their 4-D weights and activations channels-last (NHWC): on CPU their convolutions run
+# ~1.5x faster a step than in the default layout (oneDNN), and on GPU NHWC is what tensor cores read.
+MEMORY_FORMAT = torch.channels_last
 SELECTION_FD_WEIGHT = 0.25  # weight of ln(Frechet / reference) in the checkpoint-selection score
 
 
@@ -204,7 +207,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    gen, disc = G.Generator(arch).to(device), G.Discriminator(arch).to(device)
+    gen = G.Generator(arch).to(device, memory_format=MEMORY_FORMAT)
+    disc = G.Discriminator(arch).to(device, memory_format=MEMORY_FORMAT)
     monitor = Monitor.build(cfg, store, split, song_ids, labels)
     frames = _valid_frames(store, song_ids, x.shape[3])
     crop = _crop_length(cfg, x.shape[3])
@@ -681,8 +685,8 @@ def load_gan(g_path: str, d_path: str, device: str) -> GanResult:
     gen.load_state_dict(g_ckpt["state_dict"])
     disc.load_state_dict(d_ckpt["state_dict"])
     result = GanResult(
-        gen.to(device).eval(),
-        disc.to(device),
+        gen.to(device, memory_format=MEMORY_FORMAT).eval(),
+        disc.to(device, memory_format=MEMORY_FORMAT),
         arch,
         Standardizer(**g_ckpt["standardizer"]),
         g_ckpt["train_labels"].numpy(),

@@ -26,7 +26,12 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
         "extraction": ["songs_per_s_1_process", "songs_per_s_bare_librosa", "overhead_ratio_vs_bare"],
         "reload": ["open_seconds", "read_all_seconds"],
         "vit": ["images_per_s_real_loader", "images_per_s_premade_tensors", "ratio"],
-        "gan": ["train_steps_per_s_demo_arch_batch16", "samples_per_s_full_arch_128x1292"],
+        "gan": [
+            "train_steps_per_s_demo_arch_batch16",
+            "train_steps_per_s_demo_arch_batch16_default_layout",
+            "layout_speedup",
+            "samples_per_s_full_arch_128x1292",
+        ],
         "predict": [
             "songs_per_s_sequential",
             "songs_per_s_2_decode_threads",

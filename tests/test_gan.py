@@ -544,7 +544,7 @@ def test_ema_weights_load_with_weights_only(tiny_setup):
     cfg, store, split, train, std = tiny_setup
     result = gan_train.train_or_load_gan(cfg, store, split, train, std, "cpu")
     ckpt = torch.load(os.path.join(cfg.output_dir, "generator.pth"), weights_only=True)
-    gen = G.Generator(G.GanArch(**ckpt["arch"]))
+    gen = G.Generator(G.GanArch(**ckpt["arch"])).to(memory_format=gan_train.MEMORY_FORMAT)  # bit for bit
     gen.load_state_dict(ckpt["state_dict"])  # the EMA generator: what samples
     differs = [
         not torch.equal(ckpt["state_dict"][k], ckpt["train_state_dict"][k])
