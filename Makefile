@@ -45,11 +45,11 @@ check: lint check-notebook check-readme  ## the fast loop (< 3 min): ruff, noteb
 # side get through more work than one two-thread job (the demo GAN's convolutions: 1.35x faster on
 # 2 threads, not 2x), and a third lane keeps both cores busy to the end. First the demo data set
 # that the end-to-end runs and the data tests share is written once, on both cores. Lane 1: the demo
-# end-to-end run, the tests that read it and the demo data's own tests. Lane 2: every other test,
-# the full-size smoke run included. Lane 3: the older stack's venv installs (mostly waiting on pip), then test-old. Lanes 1
+# end-to-end run and the tests that read it. Lane 2: every other test, the full-size smoke run
+# included. Lane 3: the older stack's venv installs (mostly waiting on pip), then test-old. Lanes 1
 # and 3 print after lane 2.
 # The learning tests' thresholds were measured at one and two threads (docs/experiments.md).
-LANE_1 := tests/test_notebook_e2e.py tests/test_curves.py tests/test_predict.py tests/test_demo_data.py
+LANE_1 := tests/test_notebook_e2e.py tests/test_curves.py tests/test_predict.py
 LANE_TMP ?= $(or $(TMPDIR),/tmp)/emovit-test-lanes
 DEMO_DATA := $(LANE_TMP)/demo_data
 test: lint check-notebook check-readme  ## the full gate CI runs: ruff, checks, every test and test-old, in three lanes
@@ -62,7 +62,7 @@ test: lint check-notebook check-readme  ## the full gate CI runs: ruff, checks, 
 	$(PY) -m pytest -p no:cacheprovider --basetemp=$(LANE_TMP)/1 $(LANE_1) > $(LANE_TMP)/lane1.log 2>&1 & lane1=$$!; \
 	$(PY) -m pytest --basetemp=$(LANE_TMP)/2 $(addprefix --ignore=,$(LANE_1)); lane2=$$?; \
 	wait $$lane1; lane1=$$?; wait $$lane3; lane3=$$?; \
-	echo "==== lane 1: the demo end-to-end run, the tests that read it, the demo data tests ===="; \
+	echo "==== lane 1: the demo end-to-end run and the tests that read it ===="; \
 	cat $(LANE_TMP)/lane1.log; \
 	echo "==== lane 3: make test-old (the older stack) ===="; \
 	cat $(LANE_TMP)/lane3.log; \
