@@ -141,6 +141,22 @@ def test_seeds_config():
             make_config("kaggle", seeds=bad)
 
 
+def test_the_synthetic_experiment_trains_its_vits_with_each_runs_seed(tmp_path):
+    """tools.synthetic_experiment compares models over training seeds: each run's seed must reach
+    the ViTs, not only the GAN (the demo preset's own seeds list would train every ViT with 42),
+    while the data and split stay at the data seed."""
+    import argparse
+
+    from tools.synthetic_experiment import experiment_config
+
+    args = argparse.Namespace(work=tmp_path, style="band", data_seed=42, songs=120, gan_tag="")
+    for seed in (1, 2, 3):
+        cfg = experiment_config(args, seed, {"synthetic_weight": 0.5})
+        assert (cfg.seed, cfg.training_seeds, cfg.synthetic_weight) == (seed, [seed], 0.5)
+        assert cfg.data_dir == str(tmp_path / "data_band_42_120")
+        assert cfg.cache_dir == str(tmp_path / f"cache_band_base_seed{seed}")
+
+
 def test_the_validation_report_shows_the_seeds_table():
     from tools.validate import _seeds_section
 

@@ -37,11 +37,28 @@ def _value(text: str):
         return text
 
 
+def experiment_config(args, seed: int, overrides: dict):
+    """The demo preset for one training seed: data and split stay at ``args.data_seed``; ``seed``
+    drives the GAN, the ViTs (their only training seed), crops, masks and the bootstrap."""
+    from emovit.config import make_config
+
+    gan_tag = args.gan_tag or "base"
+    return make_config(
+        "demo",
+        data_dir=str(args.work / f"data_{args.style}_{args.data_seed}_{args.songs}"),
+        output_dir=str(args.work / f"run_{args.style}_{gan_tag}_seed{seed}"),
+        seed=seed,
+        seeds=[seed],  # the preset's own list of seeds would otherwise train every ViT with its first
+        num_workers=1,
+        cache_dir=str(args.work / f"cache_{args.style}_{gan_tag}_seed{seed}"),
+        **overrides,
+    )
+
+
 def run_seed(args, seed: int, overrides: dict) -> dict:
     import torch
 
     from emovit.choice import choose_models, deliver, judge_synthetic
-    from emovit.config import make_config
     from emovit.deam import discover
     from emovit.demo_data import make_demo_deam
     from emovit.features import extract_features
@@ -53,18 +70,9 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     from emovit.vit import find_pretrained
 
     torch.set_num_threads(args.threads)
-    data = args.work / f"data_{args.style}_{args.data_seed}_{args.songs}"
+    cfg = experiment_config(args, seed, overrides)
+    data, out = Path(cfg.data_dir), Path(cfg.output_dir)
     gan_tag = args.gan_tag or "base"
-    out = args.work / f"run_{args.style}_{gan_tag}_seed{seed}"
-    cfg = make_config(
-        "demo",
-        data_dir=str(data),
-        output_dir=str(out),
-        seed=seed,
-        num_workers=1,
-        cache_dir=str(args.work / f"cache_{args.style}_{gan_tag}_seed{seed}"),
-        **overrides,
-    )
     style = {} if args.style == "demo" else {"style": args.style}
     make_demo_deam(str(data), num_songs=args.songs, seconds=cfg.demo_song_seconds, seed=args.data_seed, **style)
     songs, _ = discover(cfg.data_dir)
