@@ -84,6 +84,7 @@ class Config:
     gan_style_weight: float = 1.0  # weight of G's loss asking each fake to carry its song's style
     gan_style_source: str = "song"  # style of the paired real "song" (whole clip) or of the real "crop" itself
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
+    synthetic_envelope: float = 0.0  # share of a sample's band levels from training songs (label fit + a song's rest)
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
     mixed_precision: bool = True  # fp16 + GradScaler on T4, bf16 on L4/Ampere+; off on CPU
@@ -156,6 +157,8 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.synthetic_envelope <= 1.0:
+            raise ValueError(f"synthetic_envelope must be in [0, 1] (0 = off), got {self.synthetic_envelope}")
         if not 0.0 <= self.gan_ada_target < 1.0 or self.gan_ada_ramp < 1:
             raise ValueError(
                 f"gan_ada_target must be in [0, 1) (0 = off) and gan_ada_ramp >= 1 step, got "

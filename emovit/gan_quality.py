@@ -10,7 +10,9 @@ the log-mel in dB), which carry loudness, spectral balance and dynamics:
   the real validation songs. Reference: the probe fitted on the real training songs.
 * Frechet distance between the feature distributions of real training songs and synthetic
   samples (a random subset the size of the validation set, since the distance shrinks with
-  sample size). Reference: real training vs real validation songs.
+  sample size). Reference: real training vs real validation songs. The same distance on the band
+  stds alone (``frechet_distance_dynamics``: how each band moves within the window) reads the part
+  of the samples that their band levels do not set.
 * diversity: mean pairwise distance between standardized feature vectors within synthetic
   samples vs within real training songs (mode collapse shows as a much smaller value).
 * variety beyond the labels: the variance of the standardized features that a quadratic fit on
@@ -130,6 +132,11 @@ def gan_quality(
         "value": frechet_distance(f_train, subset),
         "reference": frechet_distance(f_train, f_val),
     }
+    n = f_train.shape[1] // 2  # band means, then band stds
+    out["frechet_distance_dynamics"] = {
+        "value": frechet_distance(f_train[:, n:], subset[:, n:]),
+        "reference": frechet_distance(f_train[:, n:], f_val[:, n:]),
+    }
     scaler = StandardScaler().fit(f_train)
     out["diversity"] = {
         "value": mean_pairwise_distance(scaler.transform(f_syn), seed=seed),
@@ -148,6 +155,8 @@ READS = {
     "near the reference = labels carried",
     "train_synthetic_test_real": "CCC on real validation songs of a probe trained on synthetic samples only; "
     "near the reference = useful training data",
+    "frechet_distance_dynamics": "the same on the band stds alone (movement within the window), which "
+    "the band levels do not set",
     "frechet_distance": "lower is closer to the real training distribution; "
     "the reference is real train vs real validation",
     "diversity": "mean pairwise feature distance; far below the reference = mode collapse",

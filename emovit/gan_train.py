@@ -30,7 +30,11 @@ Training (one step = one discriminator update + one generator update):
 (resampled rows plus small Gaussian jitter, clipped to the training range -- never uniform
 over [-1, 1]), generates spectrograms in batches on the device and stores them like the real
 features: dB, float16, memory-mapped, so both pass through the same ViT preprocessing. Its
-cache file name holds the GAN key AND a digest of the generator's weights.
+cache file name holds the GAN key AND a digest of the generator's weights. With
+``synthetic_envelope`` s > 0 each sample's band levels over its window move the share s of the way
+to :class:`SongEnvelopes`' levels: the training songs' quadratic fit of band levels on the labels,
+plus what one random training song's levels carry beyond it (the GAN keeps making everything that
+moves within the window).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from emovit.config import Config
 from emovit.files import LOG, atomic_path, copy_file, hash_json, load_checkpoint
 from emovit.gan_quality import frechet_distance
 from emovit.metrics import ccc
-from emovit.probe import band_stats, fit_probe
+from emovit.probe import band_stats, fit_probe, song_features
 from emovit.runtime import amp_dtype
 from emovit.split import Standardizer, assert_only_train, ids_of
 
@@ -114,6 +118,7 @@ class GanResult:
     train_generator: G.Generator | None = None  # the training (non-EMA) generator at best_step
     batch_size: int = 0  # crops per step it was trained with
     trained_seconds: float = 0.0  # training seconds of the run that trained it
+    envelope: SongEnvelopes | None = None  # the training songs' band levels, when synthetic_envelope > 0
 
 
 def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0, out_high: float = 4.0) -> G.GanArch:
@@ -184,6 +189,9 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
     arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
+    envelope = None
+    if cfg.synthetic_envelope > 0:  # not part of the key: it changes sampling, not the GAN
+        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels)
     folder = workspace.entry(cfg, "gan", key)  # the checkpoints' home, shared by every run of these settings
     g_path, d_path = os.path.join(folder, "generator.pth"), os.path.join(folder, "discriminator.pth")
     if os.path.exists(g_path) and os.path.exists(d_path):
@@ -200,6 +208,7 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
         if result is not None and result.key == key:
             LOG.info("GAN: reusing %s (same config, features, training songs and labels)", g_path)
             result.reused, result.trained_seconds, result.seconds = True, result.seconds, 0.0
+            result.envelope = envelope
             _export(cfg, folder, g_path, d_path)
             return result
         if result is not None:
@@ -232,7 +241,7 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
             style = G.StyleCodes.fit(means, y, cfg.gan_style_dims)
             codes = (means.float() - G.label_design(y) @ style.coef) @ style.components.T  # (N, k), unit variance
             style, codes = style.to(device), codes.to(device)
-    result = GanResult(gen, disc, arch, standardizer, labels, key)
+    result = GanResult(gen, disc, arch, standardizer, labels, key, envelope=envelope)
     _train(
         result,
         x.to(device),
@@ -743,6 +752,44 @@ def generate(
 
 
 @dataclass
+class SongEnvelopes:
+    """The training songs' band levels, lent to synthetic samples.
+
+    Fitted on N training songs' band means over their whole clips m (N, n_mels, dB) and labels
+    y (N, 2): coef (6, n_mels) is the least-squares quadratic fit m ~ label_design(y) @ coef, and
+    residuals (N, n_mels) what each song's levels carry beyond its labels (mix, register,
+    instrumentation). :meth:`apply` moves a sample's band means over time the given share of the way
+    to fit(its label) + one random song's residual and keeps its movement around them (rhythm,
+    chords, dynamics).
+    Why: the GAN reproduces the labels' share of the band levels and the texture within a window,
+    but from a few hundred songs not their song-to-song spread, which real songs have and the
+    labels do not explain; here that spread is taken from real training songs instead of learned.
+    """
+
+    coef: np.ndarray  # (6, n_mels) float64
+    residuals: np.ndarray  # (N, n_mels) float64
+
+    @classmethod
+    def fit(cls, band_means: np.ndarray, labels: np.ndarray) -> SongEnvelopes:
+        design = G.label_design(torch.from_numpy(np.asarray(labels, np.float64))).numpy()
+        if len(design) <= design.shape[1]:
+            raise ValueError(
+                f"synthetic_envelope fits 6 parameters a band: needs > 6 training songs, got {len(design)}"
+            )
+        m = np.asarray(band_means, np.float64)
+        coef = np.linalg.lstsq(design, m, rcond=None)[0]
+        return cls(coef, m - design @ coef)
+
+    def apply(self, mels: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float = 1.0) -> np.ndarray:
+        """(B, n_mels, T) dB and (B, 2) labels -> (B, n_mels, T) float32, band levels moved by ``share``."""
+        x = np.asarray(mels, np.float32)
+        design = G.label_design(torch.from_numpy(np.asarray(labels, np.float64))).numpy()
+        level = design @ self.coef + self.residuals[rng.integers(0, len(self.residuals), size=len(x))]
+        mean = x.mean(axis=2, keepdims=True)
+        return x + np.float32(share) * (level[:, :, None].astype(np.float32) - mean)
+
+
+@dataclass
 class SyntheticSet:
     mels: np.ndarray  # (n, n_mels, T) float16 dB, memory-mapped
     labels: np.ndarray  # (n, 2) valence, arousal on [-1, 1]
@@ -753,10 +800,14 @@ class SyntheticSet:
 
 def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
     """``cfg.num_synthetic`` samples, cached under ``<cache>/synthetic`` by GAN key, generator
-    weights, count, seed and jitter."""
+    weights, count, seed, jitter and envelope share."""
     start = time.perf_counter()
+    if cfg.synthetic_envelope > 0 and result.envelope is None:
+        raise ValueError("synthetic_envelope > 0 needs the GAN from train_or_load_gan with that setting")
     digest = result.weights_digest or weights_digest(result.generator)
     stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
+    if cfg.synthetic_envelope > 0:  # the default keeps the names of sets written before the option
+        stem += f"_envelope{cfg.synthetic_envelope}"
     folder = workspace.entry(cfg, "synthetic", stem)
     mel_path, label_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("npy", "labels.npy"))
     reused = os.path.exists(mel_path) and os.path.exists(label_path)
@@ -770,6 +821,11 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
             generate(
                 result.generator, labels, result.standardizer, device, cfg.gan_sample_batch_size, seed=cfg.seed, out=mm
             )
+            if cfg.synthetic_envelope > 0:
+                rng = np.random.default_rng(cfg.seed + 3)
+                for i in range(0, len(labels), 256):
+                    block = result.envelope.apply(mm[i : i + 256], labels[i : i + 256], rng, cfg.synthetic_envelope)
+                    mm[i : i + 256] = block.astype(np.float16)
             mm.flush()
             del mm
         with atomic_path(label_path) as tmp:

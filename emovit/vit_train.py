@@ -84,7 +84,14 @@ NOT_TRAINING_FIELDS = (
 # Fields that only shape the synthetic set and how it is used: left out of the run key of a model
 # trained without synthetic data (a GAN tweak must not retrain the real-only reference). The
 # synthetic set's size still reaches that key through the run's steps per epoch.
-SYNTHETIC_FIELDS = ("num_synthetic", "synthetic_label_jitter", "synthetic_weight", "synthetic_epochs", "synthetic_dims")
+SYNTHETIC_FIELDS = (
+    "num_synthetic",
+    "synthetic_envelope",
+    "synthetic_label_jitter",
+    "synthetic_weight",
+    "synthetic_epochs",
+    "synthetic_dims",
+)
 CHECKPOINT_FORMAT = 2  # best_vit_model.pth: 2 = run key, image height/width, test crops
 
 

@@ -266,6 +266,34 @@ def test_style_sources_train_or_refuse_clearly(tiny_setup):
         replace(cfg, gan_style_source="songs")
 
 
+def test_song_envelopes_set_each_samples_band_levels_and_keep_its_movement():
+    """apply() moves each sample's band means over time to the labels' quadratic fit plus one
+    training song's residual (or the given share of the way there), leaving every frame's deviation
+    from its band mean as it was; the residuals are what the fit leaves (orthogonal to the label
+    design); too few songs are refused."""
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(-1, 1, (30, 2))
+    means = rng.normal(-40, 8, (30, 16)) + 5 * labels[:, :1]
+    env = gan_train.SongEnvelopes.fit(means, labels)
+    design = G.label_design(torch.from_numpy(labels)).numpy()
+    np.testing.assert_allclose(design.T @ env.residuals, 0, atol=1e-8)
+    np.testing.assert_allclose(design @ env.coef + env.residuals, means, atol=1e-8)
+    x = rng.normal(-50, 10, (5, 16, 40)).astype(np.float32)
+    y = rng.uniform(-1, 1, (5, 2))
+    out = env.apply(x, y, np.random.default_rng(7))
+    picked = np.random.default_rng(7).integers(0, 30, size=5)
+    expected = G.label_design(torch.from_numpy(y)).numpy() @ env.coef + env.residuals[picked]
+    np.testing.assert_allclose(out.mean(axis=2), expected, atol=1e-3)
+    np.testing.assert_allclose(out - out.mean(axis=2, keepdims=True), x - x.mean(axis=2, keepdims=True), atol=1e-3)
+    part = env.apply(x, y, np.random.default_rng(7), share=0.25)  # a quarter of the way, same song drawn
+    np.testing.assert_allclose(part.mean(axis=2), 0.75 * x.mean(axis=2) + 0.25 * expected, atol=1e-3)
+    np.testing.assert_allclose(env.apply(x, y, np.random.default_rng(7), share=0.0), x)
+    with pytest.raises(ValueError, match="synthetic_envelope"):
+        gan_train.SongEnvelopes.fit(means[:6], labels[:6])
+    with pytest.raises(ValueError, match="synthetic_envelope"):
+        replace(make_config("demo"), synthetic_envelope=1.5)
+
+
 @pytest.mark.parametrize("margin", [0, 3])
 def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
     """Without edges a time-convolutional G is shift-equivariant: the output for a window of a long
@@ -703,6 +731,11 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
     labels = rng.uniform(-1, 1, size=(30, 2))
     q = gan_quality(real, labels, real, labels, real[:, :, 5:15], labels)
     assert q["frechet_distance"]["value"] == pytest.approx(q["frechet_distance"]["reference"], abs=1e-6)
+    # other band levels, the same movement within each window: only the band-means half of the distance sees it
+    moved = real[:, :, 5:15] + rng.normal(0, 3, size=(30, 4, 1)).astype(np.float32)
+    q = gan_quality(real, labels, real, labels, moved, labels)
+    assert q["frechet_distance"]["value"] > 1.0
+    assert q["frechet_distance_dynamics"]["value"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_variety_beyond_the_labels():

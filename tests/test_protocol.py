@@ -19,6 +19,7 @@ from conftest import tiny_config
 
 import emovit.runs as runs
 import emovit.vit_train as vt
+from emovit import gan as G
 from emovit import gan_train
 from emovit.config import Config, make_config, replace
 from emovit.deam import discover
@@ -127,6 +128,33 @@ def test_gan_and_synthetic_labels_are_the_training_songs(pipeline, monkeypatch):
     assert (synthetic.labels >= lo - 1e-6).all() and (synthetic.labels <= hi + 1e-6).all()
 
 
+def test_synthetic_band_levels_come_from_training_songs_only(pipeline, monkeypatch):
+    """With synthetic_envelope 1 the envelopes are fitted on the training songs' clips
+    (a spy on the features they read) and every synthetic sample's band means over time are the
+    labels' fit plus one of those songs' residuals."""
+    cfg, store, split, standardizer = pipeline
+    train_ids = ids_of(split, "train")
+    read = []
+    real_features = gan_train.song_features
+
+    def spy(store_, song_ids):
+        read.append(sorted(int(s) for s in song_ids))
+        return real_features(store_, song_ids)
+
+    monkeypatch.setattr(gan_train, "song_features", spy)
+    env_cfg = replace(cfg, synthetic_envelope=1.0, cache_dir=str(cfg.cache_path) + "_env")
+    gan = gan_train.train_or_load_gan(env_cfg, store, split, train_ids, standardizer, "cpu")
+    assert read == [sorted(int(s) for s in train_ids)]
+    expected = song_features(store, train_ids)[:, : store.mels.shape[1]]
+    design = torch.from_numpy(_labels(store, train_ids).astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(gan.envelope.residuals, expected - G.label_design(design).numpy() @ gan.envelope.coef)
+    synthetic = gan_train.synthesize(gan, env_cfg, "cpu")
+    levels = synthetic.mels.astype(np.float32).mean(axis=2)
+    fit = G.label_design(torch.from_numpy(synthetic.labels.astype(np.float64))).numpy() @ gan.envelope.coef
+    gap = np.abs((levels - fit)[:, None, :] - gan.envelope.residuals[None]).max(axis=2)  # (samples, songs)
+    assert (gap.min(axis=1) < 0.1).all()  # dB; float16 storage
+
+
 def test_gan_checkpoint_is_chosen_on_validation_songs_only(pipeline):
     """The GAN's monitor (which picks its kept checkpoint) reads validation songs, never test songs,
     and its probe is fitted on the training songs."""
@@ -222,7 +250,8 @@ def test_epoch_sampler_cycles_a_small_set():
 
 # ---- keys: every cache key moves with the split, the labels and every training setting ---
 
-CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop"}  # fields whose values are checked: another allowed value
+# fields whose values are checked: another allowed value
+CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop"}
 
 
 def _changed(value):

@@ -267,6 +267,16 @@ MUTATIONS = [
         "the gate's mask also removes a dimension from the REAL rows' loss",
     ),
     Mutation(
+        "envelopes_fitted_with_val_songs",
+        "emovit/gan_train.py",
+        "        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels)",
+        "        both = song_ids + [int(s) for s in ids_of(split, 'val')]\n"
+        "        both_labels = store.songs.set_index('song_id').loc[both, ['valence', 'arousal']].to_numpy()\n"
+        "        envelope = SongEnvelopes.fit(song_features(store, both)[:, : arch.n_mels], both_labels)",
+        tuple(PROTOCOL),
+        "the synthetic samples' band levels taken from training + validation songs",
+    ),
+    Mutation(
         "judge_trained_with_val_songs",
         "emovit/runs.py",
         "    train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)",
