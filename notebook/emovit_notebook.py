@@ -291,7 +291,9 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # probe trained on real songs, like a real song with those labels. **Train on synthetic,
 # test on real** near its reference means the synthetic set alone teaches the probe what
 # real songs teach it. A **Frechet distance** near the real-vs-real reference means the
-# feature distributions match; **diversity** far below its reference means mode collapse.
+# feature distributions match; its **dynamics** row is the same distance on how each band moves
+# within the window alone, the part `synthetic_envelope` (which can lend the samples the training
+# songs' band levels) never sets. **Diversity** far below its reference means mode collapse.
 # **Variety beyond the labels** is the feature variance a fit on (valence, arousal) leaves:
 # real songs of one emotion still differ in tempo, level and instruments, and a generator that
 # ignores its noise makes them all alike -- which diversity misses, since the labels vary.
