@@ -250,8 +250,7 @@ def test_epoch_sampler_cycles_a_small_set():
 
 # ---- keys: every cache key moves with the split, the labels and every training setting ---
 
-# fields whose values are checked: another allowed value
-CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop"}
+CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop"}  # fields whose values are checked: another allowed value
 
 
 def _changed(value):
