@@ -774,7 +774,8 @@ class SongEnvelopes:
         design = G.label_design(torch.from_numpy(np.asarray(labels, np.float64))).numpy()
         if len(design) <= design.shape[1]:
             raise ValueError(
-                f"synthetic_envelope fits 6 parameters a band: needs > 6 training songs, got {len(design)}"
+                f"synthetic_envelope fits 6 parameters a band: needs > 6 training songs, got {len(design)} "
+                "(use more songs, or synthetic_envelope=0 to keep the generator's own band levels)"
             )
         m = np.asarray(band_means, np.float64)
         coef = np.linalg.lstsq(design, m, rcond=None)[0]
@@ -787,6 +788,17 @@ class SongEnvelopes:
         level = design @ self.coef + self.residuals[rng.integers(0, len(self.residuals), size=len(x))]
         mean = x.mean(axis=2, keepdims=True)
         return x + np.float32(share) * (level[:, :, None].astype(np.float32) - mean)
+
+
+def lend_levels(result: GanResult, mels: np.ndarray, labels: np.ndarray, share: float, rng: np.random.Generator):
+    """G's samples (B, n_mels, T) dB and their (B, 2) labels -> the samples as the synthetic set
+    stores them: band levels moved ``share`` of the way to the training songs' (:class:`SongEnvelopes`),
+    float32; with share 0 the samples are returned as they are."""
+    if share == 0:
+        return mels
+    if result.envelope is None:
+        raise ValueError("synthetic_envelope > 0 needs the GAN from train_or_load_gan with that setting")
+    return result.envelope.apply(mels, labels, rng, share)
 
 
 @dataclass
@@ -802,11 +814,11 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
     """``cfg.num_synthetic`` samples, cached under ``<cache>/synthetic`` by GAN key, generator
     weights, count, seed, jitter and envelope share."""
     start = time.perf_counter()
-    if cfg.synthetic_envelope > 0 and result.envelope is None:
+    if cfg.synthetic_envelope > 0 and result.envelope is None:  # before any sampling
         raise ValueError("synthetic_envelope > 0 needs the GAN from train_or_load_gan with that setting")
     digest = result.weights_digest or weights_digest(result.generator)
     stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
-    if cfg.synthetic_envelope > 0:  # the default keeps the names of sets written before the option
+    if cfg.synthetic_envelope > 0:  # share 0 keeps the names of sets written before the option
         stem += f"_envelope{cfg.synthetic_envelope}"
     folder = workspace.entry(cfg, "synthetic", stem)
     mel_path, label_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("npy", "labels.npy"))
@@ -824,7 +836,7 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
             if cfg.synthetic_envelope > 0:
                 rng = np.random.default_rng(cfg.seed + 3)
                 for i in range(0, len(labels), 256):
-                    block = result.envelope.apply(mm[i : i + 256], labels[i : i + 256], rng, cfg.synthetic_envelope)
+                    block = lend_levels(result, mm[i : i + 256], labels[i : i + 256], cfg.synthetic_envelope, rng)
                     mm[i : i + 256] = block.astype(np.float16)
             mm.flush()
             del mm

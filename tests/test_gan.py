@@ -2,6 +2,7 @@
 pooling, checkpoints (EMA, stale architectures), cache keys, and a learning test."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -288,6 +289,12 @@ def test_song_envelopes_set_each_samples_band_levels_and_keep_its_movement():
     part = env.apply(x, y, np.random.default_rng(7), share=0.25)  # a quarter of the way, same song drawn
     np.testing.assert_allclose(part.mean(axis=2), 0.75 * x.mean(axis=2) + 0.25 * expected, atol=1e-3)
     np.testing.assert_allclose(env.apply(x, y, np.random.default_rng(7), share=0.0), x)
+    # lend_levels: what synthesize and the notebook's figure call with a GAN result
+    lent = gan_train.lend_levels(SimpleNamespace(envelope=env), x, y, 0.25, np.random.default_rng(7))
+    np.testing.assert_allclose(lent, part)
+    assert gan_train.lend_levels(SimpleNamespace(envelope=None), x, y, 0.0, None) is x
+    with pytest.raises(ValueError, match="synthetic_envelope"):
+        gan_train.lend_levels(SimpleNamespace(envelope=None), x, y, 0.7, np.random.default_rng(0))
     with pytest.raises(ValueError, match="synthetic_envelope"):
         gan_train.SongEnvelopes.fit(means[:6], labels[:6])
     with pytest.raises(ValueError, match="synthetic_envelope"):
@@ -541,7 +548,8 @@ def test_checkpoint_roundtrip_reuse_and_same_samples(tiny_setup):
     assert np.isfinite(np.asarray(synthetic.mels, np.float32)).all()
     assert gan_train.synthesize(again, cfg, "cpu").reused
     # Fewer training songs -> a different key -> trained again, not reused.
-    assert not gan_train.train_or_load_gan(cfg, store, split, train[:-1], std, "cpu").reused
+    fewer = replace(cfg, synthetic_envelope=0.0)  # 6 songs: too few for the band-level fit
+    assert not gan_train.train_or_load_gan(fewer, store, split, train[:-1], std, "cpu").reused
 
 
 def test_band_normalization_is_fitted_on_training_song_crops_only(tiny_setup, monkeypatch):
