@@ -246,7 +246,7 @@ print(probe_val_ccc, "validation CCC of the ridge probe")
 # settings, songs and labels reuses `generator.pth`.
 #
 # Last, each sample's **band levels** (every band's mean over the window) move
-# `synthetic_envelope` (0.7) of the way to levels taken from the training songs: a quadratic fit
+# `synthetic_envelope` (0.7 by default) of the way to levels taken from the training songs: a quadratic fit
 # of their levels on (valence, arousal), plus what one random training song's levels carry beyond
 # its labels (its mix, register, instruments). What moves within the window -- rhythm, chords,
 # dynamics -- stays the generator's. Why: from a few hundred songs the generator learns the
@@ -304,7 +304,8 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # real songs teach it. A **Frechet distance** near the real-vs-real reference means the
 # feature distributions match; its **dynamics** row is the same distance on how each band moves
 # within the window alone, the part `synthetic_envelope` (which lends the samples the training
-# songs' band levels) never sets: it is the generator's own. **Diversity** far below its reference means mode collapse.
+# songs' band levels) never sets: it is the generator's own. **Diversity** far below its
+# reference means mode collapse.
 # **Variety beyond the labels** is the feature variance a fit on (valence, arousal) leaves:
 # real songs of one emotion still differ in tempo, level and instruments, and a generator that
 # ignores its noise makes them all alike -- which diversity misses, since the labels vary.
