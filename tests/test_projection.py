@@ -39,6 +39,25 @@ def test_gan_flops_scale_with_batch():
     assert one["crop_frames"] == cfg.gan_crop_frames and one["batch"] == 8
 
 
+def test_gan_flops_are_counted_once_per_gan_setting(monkeypatch):
+    """The count is cached on the GAN's fields only: a change elsewhere reuses it, a change of the
+    GAN's width or of the counted batch counts again, and a caller's copy cannot alter the cache."""
+    counted = []
+    count = projection._count_gan_flops
+    monkeypatch.setattr(projection, "_GAN_FLOPS", {})
+    monkeypatch.setattr(projection, "_count_gan_flops", lambda cfg, batch: counted.append(batch) or count(cfg, batch))
+    cfg = make_config("demo")
+    first = projection.gan_flops(cfg)
+    assert projection.gan_flops(replace(cfg, vit_epochs=3, seeds=[1, 2], num_synthetic=7)) == first
+    step = first["step_flops"]
+    first["step_flops"] = 0
+    assert projection.gan_flops(cfg)["step_flops"] == step > 0 and counted == [2]
+    wider = projection.gan_flops(replace(cfg, gan_channels=2 * cfg.gan_channels))
+    assert counted == [2, 2] and wider["step_flops"] > 2 * step
+    assert projection.gan_flops(cfg, batch=1)["step_flops"] == pytest.approx(step, rel=0.01)  # scaled: linear
+    assert counted == [2, 2, 1]
+
+
 def test_preset_counts_of_the_kaggle_preset():
     c = projection.preset_counts(make_config("kaggle"))
     assert (c["train_songs"], c["val_songs"], c["test_songs"]) == (1262, 270, 270)
