@@ -80,7 +80,7 @@ $(OLD_VENV)/.installed: requirements.txt requirements-dev.txt constraints-old.tx
 # thresholds left to the main stack) and the parsers of DEAM's files; the rest runs once, in `test`.
 DEMO_ARMS := {"vit_no_augment": {"random_crop": false, "spec_augment": false, "test_crops": 1}}
 test-old: $(OLD_VENV)/.installed  ## the end-to-end notebook and the DEAM parsers on the stack Kaggle's image has
-	EMOVIT_E2E_OVERRIDES='{"gan_steps": 40, "seeds": [42, 7], "vit_epochs": 2, "arms": $(DEMO_ARMS)}' $(OLD_VENV)/bin/python -m pytest -p no:cacheprovider \
+	EMOVIT_E2E_OVERRIDES='{"gan_steps": 40, "seeds": [42, 7], "vit_epochs": 1, "arms": $(DEMO_ARMS)}' $(OLD_VENV)/bin/python -m pytest -p no:cacheprovider \
 	    -m "(notebook and not learning) or not slow" tests/test_notebook_e2e.py tests/test_predict.py \
 	    tests/test_curves.py tests/test_deam.py tests/test_features.py tests/test_opensmile.py
 

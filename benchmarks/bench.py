@@ -67,6 +67,7 @@ SIZES = {
         "n_mels": 64,
         "predict_songs": 2,
         "predict_seconds": 25.0,
+        "write_workers": 1,  # the few test songs are written in this process: no worker start-up
     },
     "default": {
         "songs": 160,
@@ -80,6 +81,7 @@ SIZES = {
         "n_mels": 128,
         "predict_songs": 20,
         "predict_seconds": 180.0,
+        "write_workers": 0,  # the test songs are written on every core
     },
 }
 
@@ -95,7 +97,9 @@ def bench_extraction(work: Path, s: dict) -> dict:
     import librosa
 
     root = work / "songs"
-    make_demo_deam(str(root), num_songs=s["songs"], seconds=s["song_seconds"], seed=1)  # 44.1 kHz mp3, like DEAM
+    make_demo_deam(  # 44.1 kHz mp3, like DEAM
+        str(root), num_songs=s["songs"], seconds=s["song_seconds"], seed=1, num_workers=s["write_workers"]
+    )
     songs, _ = discover(str(root))
     cfg = make_config(
         "kaggle", data_dir=str(root), output_dir=str(work / "out"), clip_seconds=s["clip"], n_mels=s["n_mels"]
@@ -324,7 +328,9 @@ def bench_predict(work: Path, s: dict, device: str, checkpoint: str | None = Non
     from emovit.vit_train import save_best
 
     root = work / "my_songs"
-    make_demo_deam(str(root), num_songs=s["predict_songs"], seconds=s["predict_seconds"], seed=5)
+    make_demo_deam(
+        str(root), num_songs=s["predict_songs"], seconds=s["predict_seconds"], seed=5, num_workers=s["write_workers"]
+    )
     given = checkpoint is not None
     if not given:
         cfg = make_config("demo", output_dir=str(work / "predict"))
