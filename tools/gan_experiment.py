@@ -8,6 +8,7 @@ generator style and seed, and prints / writes ``gan_quality.json`` plus the GAN'
     OMP_NUM_THREADS=1 python -m tools.gan_experiment --style demo --seed 42
     OMP_NUM_THREADS=1 python -m tools.gan_experiment --style band --seed 42 --set gan_steps=1500
     OMP_NUM_THREADS=1 python -m tools.gan_experiment --style band --seed 7 --eval-songs 150
+    OMP_NUM_THREADS=1 python -m tools.gan_experiment --style band --seed 7 --gan-seed 1 --tag g1
 
 ``--eval-songs N`` also scores the GAN on N songs generated with seed + 1000 ("heldout" columns):
 the same generator, songs that nothing was trained or chosen on, and ten times the validation
@@ -55,6 +56,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="also judge the synthetic set with the real-only ViT (trained once per data set, cached)",
     )
+    parser.add_argument(
+        "--gan-seed",
+        type=int,
+        default=None,
+        help="seed of the GAN's training only (initial weights, crops, augmentation); the data, split, "
+        "synthetic labels, band-level draws and probes keep --seed, so runs differ by the GAN alone",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Config override")
     args = parser.parse_args(argv)
 
@@ -92,7 +100,8 @@ def main(argv=None) -> int:
     train_ids = ids_of(split, "train")
     standardizer = Standardizer.fit(store.mels, store.songs.set_index("song_id").loc[train_ids, "row"])
     start, cpu0 = time.perf_counter(), time.process_time()
-    gan = train_or_load_gan(cfg, store, split, train_ids, standardizer, "cpu")
+    gan_cfg = cfg if args.gan_seed is None else replace(cfg, seed=args.gan_seed)
+    gan = train_or_load_gan(gan_cfg, store, split, train_ids, standardizer, "cpu")
     stage_gan, cpu_gan = time.perf_counter() - start, time.process_time() - cpu0
     synthetic = synthesize(gan, cfg, "cpu")
     stage = time.perf_counter() - start
@@ -144,6 +153,7 @@ def main(argv=None) -> int:
     summary = {
         "style": args.style,
         "seed": args.seed,
+        "gan_seed": args.seed if args.gan_seed is None else args.gan_seed,
         "overrides": overrides,
         "train_songs": len(train_ids),
         "gan_train_seconds": gan.seconds,
