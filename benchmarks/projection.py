@@ -100,13 +100,12 @@ def gan_flops(cfg, batch: int = 2) -> dict:
     sample. Counted on real CPU tensors at ``batch`` (autocast has no meta device; ~3 s a count)
     and scaled to ``cfg.gan_batch_size`` (FLOPs are linear in the batch; DiffAugment adds none).
 
-    Counted once per process for each setting of the fields the GAN's code reads (``gan_*``,
-    ``n_mels``, ``num_frames``): the scenarios of :func:`scenarios` change only other fields."""
-    gan_fields = {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(cfg)
-        if f.name.startswith("gan_") or f.name in ("n_mels", "num_frames")
-    }
+    Counted once per process for each setting of what a trained GAN depends on (the fields of its
+    checkpoint key, ``gan_train.GAN_FIELDS``, and the spectrogram size): the scenarios of
+    :func:`scenarios` change only other fields."""
+    from emovit.gan_train import GAN_FIELDS
+
+    gan_fields = {k: getattr(cfg, k) for k in (*GAN_FIELDS, "n_mels", "num_frames")}
     key = (json.dumps(gan_fields, sort_keys=True, default=repr), batch)
     if key not in _GAN_FLOPS:
         _GAN_FLOPS[key] = _count_gan_flops(cfg, batch)
@@ -334,7 +333,6 @@ SCENARIOS = {
 
 def scenarios(cfg, **kwargs) -> dict:
     """{scenario: T4 minutes (optimistic, pessimistic) and each card's} for ``SCENARIOS``."""
-
     known = {f.name for f in dataclasses.fields(cfg)}
     out = {}
     for name, overrides in SCENARIOS.items():
