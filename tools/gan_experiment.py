@@ -15,6 +15,10 @@ the same generator, songs that nothing was trained or chosen on, and ten times t
 set, so a CCC moves less between settings and the Frechet distance is less biased by the
 sample size (with 14 songs its real-vs-real reference is 4-5x the one with 150).
 
+``--checkpoint-draws K`` (with ``--eval-songs``) keeps the EMA weights of every monitor check and
+scores each on K fresh draws of the synthetic set (labels, noise and borrowed band levels drawn
+anew) against the held-out songs: how the checkpoints differ, and how much one draw moves a reading.
+
 Data sets are written once under ``--work`` (default outputs/gan_experiment) and reused.
 """
 
@@ -63,8 +67,18 @@ def main(argv=None) -> int:
         help="seed of the GAN's training only (initial weights, crops, augmentation); the data, split, "
         "synthetic labels, band-level draws and probes keep --seed, so runs differ by the GAN alone",
     )
+    parser.add_argument(
+        "--checkpoint-draws",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --eval-songs: score every monitor check's EMA weights on K draws of the synthetic set "
+        "against the held-out songs (the GAN must be trained in this run, not reused)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Config override")
     args = parser.parse_args(argv)
+    if args.checkpoint_draws and not args.eval_songs:
+        parser.error("--checkpoint-draws needs --eval-songs (the checks are scored on the held-out songs)")
 
     import torch
 
@@ -101,7 +115,24 @@ def main(argv=None) -> int:
     standardizer = Standardizer.fit(store.mels, store.songs.set_index("song_id").loc[train_ids, "row"])
     start, cpu0 = time.perf_counter(), time.process_time()
     gan_cfg = cfg if args.gan_seed is None else replace(cfg, seed=args.gan_seed)
+    snapshots = []
+    if args.checkpoint_draws:  # copy the EMA weights the monitor reads at each check; training is untouched
+        import copy
+
+        from emovit import gan_train
+
+        monitor_evaluate = gan_train.Monitor.evaluate
+
+        def keep_weights(monitor, gen, *a, **k):
+            snapshots.append(copy.deepcopy(gen.state_dict()))
+            return monitor_evaluate(monitor, gen, *a, **k)
+
+        gan_train.Monitor.evaluate = keep_weights
     gan = train_or_load_gan(gan_cfg, store, split, train_ids, standardizer, "cpu")
+    if args.checkpoint_draws:
+        gan_train.Monitor.evaluate = monitor_evaluate
+        if gan.reused:
+            raise SystemExit("--checkpoint-draws: the GAN was reused from --work's cache; use another --work")
     stage_gan, cpu_gan = time.perf_counter() - start, time.process_time() - cpu0
     synthetic = synthesize(gan, cfg, "cpu")
     stage = time.perf_counter() - start
@@ -128,6 +159,10 @@ def main(argv=None) -> int:
             synthetic.labels,
             seed=cfg.seed,
         )
+    checkpoints = []
+    if snapshots:
+        draws = args.checkpoint_draws
+        checkpoints = checkpoint_draws(gan, snapshots, cfg, store, train_ids, eval_store, eval_ids, draws)
     judge = None
     if args.vit_judge:  # the notebook's judge: a ViT trained on the real training songs only
         from emovit.choice import judge_synthetic
@@ -162,11 +197,54 @@ def main(argv=None) -> int:
         "gan_stage_seconds_train_and_sample": stage,
         "torch_threads": torch.get_num_threads(),
         "vit_judge": judge,
+        "checkpoints": checkpoints,
         "table": table.drop(columns="how to read").to_dict(orient="records"),
     }
     (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
     return 0
+
+
+MEASURES = ("train_synthetic_test_real_valence", "train_synthetic_test_real_arousal", "frechet_distance")
+
+
+def checkpoint_draws(gan, snapshots, cfg, store, train_ids, eval_store, eval_ids, draws: int) -> list[dict]:
+    """Held-out ratios (TSTR valence / arousal, Frechet) of every check's EMA weights over ``draws``
+    draws of ``cfg.num_synthetic`` samples, as the synthetic set makes them: one row per check with
+    each measure's mean and standard deviation over the draws."""
+    import numpy as np
+
+    from emovit.gan_quality import gan_quality
+    from emovit.gan_train import generate, lend_levels, sample_labels
+
+    labels = store.songs.set_index("song_id")[["valence", "arousal"]]
+    real_train, train_labels = store.centre_windows(train_ids), labels.loc[train_ids].to_numpy()
+    real_eval = eval_store.centre_windows(eval_ids)
+    eval_labels = eval_store.songs.set_index("song_id").loc[eval_ids, ["valence", "arousal"]].to_numpy()
+    keep = gan.generator.state_dict()
+    rows = []
+    for step, weights in zip((h["step"] for h in gan.history), snapshots):
+        gan.generator.load_state_dict(weights)
+        gan.generator.eval()
+        readings = []
+        for k in range(draws):
+            y = sample_labels(gan.train_labels, cfg.num_synthetic, cfg.synthetic_label_jitter, cfg.seed + 100 + k)
+            batch = cfg.gan_sample_batch_size
+            mels = generate(gan.generator, y, gan.standardizer, "cpu", batch, seed=cfg.seed + 200 + k)
+            mels = lend_levels(gan, mels, y, cfg.synthetic_envelope, np.random.default_rng(cfg.seed + 300 + k))
+            q = gan_quality(real_train, train_labels, real_eval, eval_labels, mels, y, seed=k)
+            readings.append({m: q[m]["value"] / q[m]["reference"] for m in MEASURES})
+        row = {"step": step, "kept": step == gan.best_step}
+        for m in readings[0]:
+            values = [r[m] for r in readings]
+            row[m] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        rows.append(row)
+        print(
+            f"check {step}{' (kept)' if row['kept'] else ''}: held-out ratios over {draws} draws -- "
+            + ", ".join(f"{m} {row[m]['mean']:.2f} +- {row[m]['std']:.2f}" for m in readings[0])
+        )
+    gan.generator.load_state_dict(keep)
+    return rows
 
 
 if __name__ == "__main__":
