@@ -128,11 +128,14 @@ def main(argv=None) -> int:
             return monitor_evaluate(monitor, gen, *a, **k)
 
         gan_train.Monitor.evaluate = keep_weights
-    gan = train_or_load_gan(gan_cfg, store, split, train_ids, standardizer, "cpu")
-    if args.checkpoint_draws:
-        gan_train.Monitor.evaluate = monitor_evaluate
+        try:
+            gan = train_or_load_gan(gan_cfg, store, split, train_ids, standardizer, "cpu")
+        finally:
+            gan_train.Monitor.evaluate = monitor_evaluate
         if gan.reused:
             raise SystemExit("--checkpoint-draws: the GAN was reused from --work's cache; use another --work")
+    else:
+        gan = train_or_load_gan(gan_cfg, store, split, train_ids, standardizer, "cpu")
     stage_gan, cpu_gan = time.perf_counter() - start, time.process_time() - cpu0
     synthetic = synthesize(gan, cfg, "cpu")
     stage = time.perf_counter() - start
@@ -221,7 +224,7 @@ def checkpoint_draws(gan, snapshots, cfg, store, train_ids, eval_store, eval_ids
     real_train, train_labels = store.centre_windows(train_ids), labels.loc[train_ids].to_numpy()
     real_eval = eval_store.centre_windows(eval_ids)
     eval_labels = eval_store.songs.set_index("song_id").loc[eval_ids, ["valence", "arousal"]].to_numpy()
-    keep = gan.generator.state_dict()
+    keep = {k: v.clone() for k, v in gan.generator.state_dict().items()}  # loading a check overwrites these tensors
     rows = []
     for step, weights in zip((h["step"] for h in gan.history), snapshots):
         gan.generator.load_state_dict(weights)
