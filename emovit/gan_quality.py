@@ -7,7 +7,12 @@ the log-mel in dB), which carry loudness, spectral balance and dynamics:
   training songs predicts each synthetic sample's labels; CCC against the labels it was
   conditioned on. Reference: the same probe on the real validation songs.
 * train on synthetic, test on real: the probe fitted on synthetic samples only, scored on
-  the real validation songs. Reference: the probe fitted on the real training songs.
+  the real validation songs. Reference: the probe fitted on the real training songs. Both share
+  one penalty per row (the real probe's CV choice, times the synthetic rows over the real ones),
+  so the two differ in their training data alone: a set of k copies of the training songs reads
+  exactly the reference. A penalty chosen by CV among synthetic rows cannot: rows that share a
+  source (a copy, the same song's level lent to several samples) agree with each other, so CV
+  picks almost none, and such a probe reads real songs worse (those copies: ~0.7x).
 * Frechet distance between the feature distributions of real training songs and synthetic
   samples (a random subset the size of the validation set, since the distance shrinks with
   sample size). Reference: real training vs real validation songs. The same distance on the band
@@ -114,7 +119,8 @@ def gan_quality(
     f_train, f_val = band_stats(w_train), band_stats(centre_crop(real_val, frames))
     f_syn = band_stats(synthetic)
     real_probe = fit_probe(f_train, train_labels)
-    syn_probe = fit_probe(f_syn, synthetic_labels)
+    penalty = real_probe[-1].alpha_ * len(f_syn) / len(f_train)  # the real probe's, per row
+    syn_probe = fit_probe(f_syn, synthetic_labels, alpha=penalty)
     on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
     out: dict = {"n_real_train": len(f_train), "n_real_val": len(f_val), "n_synthetic": len(f_syn)}
     for d, dim in enumerate(DIMENSIONS):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -72,13 +72,16 @@ def opensmile_features(paths: list[str]) -> np.ndarray:
     return np.stack(rows)
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray):
-    """Standardize + ridge with the penalty chosen by efficient leave-one-out CV.
+def fit_probe(features: np.ndarray, labels: np.ndarray, alpha: float | None = None):
+    """Standardize + ridge with the penalty chosen by efficient leave-one-out CV, or ``alpha`` if given.
 
     Args:
         features: (N, F) from :func:`band_stats`.
         labels: (N, 2) valence, arousal on [-1, 1].
-    Returns a fitted scikit-learn pipeline; ``predict`` gives (M, 2).
+        alpha: a fixed ridge penalty (on the summed squared error of the N rows), for a probe that
+            must share another probe's penalty; None chooses it by leave-one-out CV.
+    Returns a fitted scikit-learn pipeline; ``predict`` gives (M, 2); its last step's ``alpha_``
+    (CV) or ``alpha`` (fixed) is the penalty used.
     """
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
-    return model.fit(features, labels)
+    ridge = RidgeCV(alphas=np.logspace(-2, 4, 25)) if alpha is None else Ridge(alpha=alpha)
+    return make_pipeline(StandardScaler(), ridge).fit(features, labels)
