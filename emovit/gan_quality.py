@@ -159,7 +159,8 @@ def gan_quality(
 READS = {
     "label_fidelity": "CCC of the real-trained probe on synthetic samples vs their conditioning labels; "
     "near the reference = labels carried",
-    "train_synthetic_test_real": "CCC on real validation songs of a probe trained on synthetic samples only; "
+    "train_synthetic_test_real": "CCC on real validation songs of the probe (its penalty too) trained on "
+    "synthetic samples only; "
     "near the reference = useful training data",
     "frechet_distance_dynamics": "the same on the band stds alone (movement within the window), which "
     "the band levels do not set",

@@ -301,7 +301,8 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # fidelity** near its reference means a spectrogram generated for (V, A) sounds, to a linear
 # probe trained on real songs, like a real song with those labels. **Train on synthetic,
 # test on real** near its reference means the synthetic set alone teaches the probe what
-# real songs teach it. A **Frechet distance** near the real-vs-real reference means the
+# real songs teach it (the same probe and penalty, trained on the samples instead of the songs).
+# A **Frechet distance** near the real-vs-real reference means the
 # feature distributions match; its **dynamics** row is the same distance on how each band moves
 # within the window alone, the part `synthetic_envelope` (which lends the samples the training
 # songs' band levels) never sets: it is the generator's own. **Diversity** far below its

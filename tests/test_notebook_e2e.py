@@ -97,20 +97,20 @@ def test_gan_learns_labels_on_demo_data(demo_run):
     probe trained on them alone works on real songs.
 
     Reference = the same ridge probe (trained on real training songs) scored on real
-    validation songs. The notebook run itself (make validate, commit 0e4a8fd, 2 threads;
-    demo preset: 600 steps of 256-frame crops at batch 8) measured label fidelity 1.12x
-    (valence) / 1.02x (arousal), train-synthetic-test-real 0.79x / 0.93x, Frechet 1.43x,
-    diversity 0.83x. tools/gan_experiment.py runs of the same settings on four generator x
-    seed data sets (one thread; docs/experiments.md section 1) gave, on the 14 validation songs, TSTR
-    arousal 0.64x-0.96x, and on 150 held-out songs fidelity 0.66x-0.93x / 0.80x-1.02x and TSTR
-    arousal 0.61x-0.91x (those TSTR figures with the synthetic probe's penalty chosen by CV among
-    the samples; with the real probe's penalty, as now, six GANs read 0.93x-1.01x on the held-out
-    songs, so the 0.4x bound below is looser than it was). Thread count changes the trajectory, and 14 validation songs make
-    every CCC noisy (TSTR valence ranged 0.32x-0.98x), so the thresholds leave margin and TSTR
-    valence is not asserted. Asserted: fidelity above half the reference for valence and 0.7x
-    for arousal; TSTR arousal above 0.4x; Frechet below 2.5x; diversity within 0.4-1.5x (no
-    mode collapse, not noise). An unconditioned or collapsed generator scores near 0 on the
-    first three; a noise generator fails the last two.
+    validation songs. The notebook run itself (make validate, commit 0e4a8fd, 2 threads; demo
+    preset: 600 steps of 256-frame crops at batch 8) measured label fidelity 1.12x (valence) / 1.02x
+    (arousal), train-synthetic-test-real 0.79x / 0.93x, Frechet 1.43x, diversity 0.83x.
+    tools/gan_experiment.py runs of the same settings on four generator x seed data sets (one
+    thread; docs/experiments.md section 1) gave, on the 14 validation songs, TSTR arousal
+    0.64x-0.96x, and on 150 held-out songs fidelity 0.66x-0.93x / 0.80x-1.02x and TSTR arousal
+    0.61x-0.91x (those TSTR figures with the synthetic probe's penalty chosen by CV among the
+    samples; with the real probe's penalty, as now, six GANs read 0.93x-1.01x on the held-out songs,
+    so the 0.4x bound below is looser than it was). Thread count changes the trajectory, and 14
+    validation songs make every CCC noisy (TSTR valence ranged 0.32x-0.98x), so the thresholds leave
+    margin and TSTR valence is not asserted. Asserted: fidelity above half the reference for valence
+    and 0.7x for arousal; TSTR arousal above 0.4x; Frechet below 2.5x; diversity within 0.4-1.5x (no
+    mode collapse, not noise). An unconditioned or collapsed generator scores near 0 on the first
+    three; a noise generator fails the last two.
     """
     outputs, _ = demo_run
     q = json.loads((outputs / "gan_quality.json").read_text())
