@@ -103,14 +103,13 @@ def test_gan_learns_labels_on_demo_data(demo_run):
     tools/gan_experiment.py runs of the same settings on four generator x seed data sets (one
     thread; docs/experiments.md section 1) gave, on the 14 validation songs, TSTR arousal
     0.64x-0.96x, and on 150 held-out songs fidelity 0.66x-0.93x / 0.80x-1.02x and TSTR arousal
-    0.61x-0.91x (those TSTR figures with the synthetic probe's penalty chosen by CV among the
-    samples; with the real probe's penalty, as now, six GANs read 0.93x-1.01x on the held-out songs,
-    so the 0.4x bound below is looser than it was). Thread count changes the trajectory, and 14
-    validation songs make every CCC noisy (TSTR valence ranged 0.32x-0.98x), so the thresholds leave
-    margin and TSTR valence is not asserted. Asserted: fidelity above half the reference for valence
-    and 0.7x for arousal; TSTR arousal above 0.4x; Frechet below 2.5x; diversity within 0.4-1.5x (no
-    mode collapse, not noise). An unconditioned or collapsed generator scores near 0 on the first
-    three; a noise generator fails the last two.
+    0.61x-0.91x (TSTR there with a penalty chosen by CV among the samples, which reads lower; with
+    the shared penalty gan_quality uses, six GANs read 0.93x-1.01x on the held-out songs). Thread
+    count changes the trajectory, and 14 validation songs make every CCC noisy (TSTR valence ranged
+    0.32x-0.98x), so the thresholds leave margin and TSTR valence is not asserted. Asserted:
+    fidelity above half the reference for valence and 0.7x for arousal; TSTR arousal above 0.4x;
+    Frechet below 2.5x; diversity within 0.4-1.5x (no mode collapse, not noise). An unconditioned or
+    collapsed generator scores near 0 on the first three; a noise generator fails the last two.
     """
     outputs, _ = demo_run
     q = json.loads((outputs / "gan_quality.json").read_text())
