@@ -7,7 +7,8 @@ headless demo run of the built notebook (papermill). The report states when and 
 measured values -- read from that run's metrics.json, gan_quality.json and run_summary.json.
 Nothing in it is typed by hand.
 
-    python -m tools.validate                    # everything (about 10 minutes on 2 cores)
+    python -m tools.validate                    # everything: checks, the whole test suite, the demo run
+    python -m tools.validate --skip-checks      # the demo run alone (~17 minutes on 2 idle cores)
     python -m tools.validate --run-dir DIR --skip-checks   # report from an existing run (tests)
 """
 
