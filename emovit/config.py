@@ -88,6 +88,7 @@ class Config:
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
     mixed_precision: bool = True  # fp16 + GradScaler on T4, bf16 on L4/Ampere+; off on CPU
+    require_gpu: bool = True  # stop in the setup cell when no GPU is visible (these sizes take days on a CPU)
 
     # --- Vision Transformer: weights and input ------------------------------------------
     vit_model_name: str = "google/vit-base-patch16-224-in21k"  # hub name, tried third ("" = never)
@@ -242,6 +243,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vit_model_name": "",
         "pretrained_search_dir": "",
         "allow_random_vit": True,
+        "require_gpu": False,  # sized for a CPU
         "random_vit_hidden": 128,
         "random_vit_layers": 4,
         "random_vit_heads": 4,

@@ -184,7 +184,8 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     """
     song_ids = sorted(int(s) for s in song_ids)
     assert_only_train(song_ids, split, stage="GAN")
-    labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32)
+    # copy=True: pandas may hand out a read-only array, which torch.from_numpy warns about
+    labels = store.songs.set_index("song_id").loc[song_ids, ["valence", "arousal"]].to_numpy(np.float32, copy=True)
     x = torch.from_numpy(np.ascontiguousarray(store.song_mels(song_ids)))  # (N, n_mels, T_store) float16 dB
     x = standardizer(x.float()).to(torch.float16).unsqueeze(1)  # (N, 1, n_mels, T_store)
     arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))

@@ -74,7 +74,9 @@ def fit_and_test(
     """
     start = time.perf_counter()
     synthetic = synthetic if uses_synthetic(cfg, synthetic) else None
-    model = build_model(cfg, pretrained)
+    n = torchrun.processes(cfg)
+    via_torchrun = n > 1 and not distributed.current().active  # several GPUs: torchrun's processes train
+    model = None if via_torchrun else build_model(cfg, pretrained)  # those processes build their own
     pre = DevicePreprocessor.from_config(cfg, standardizer, pretrained)
     train_ds, val_ds, test_ds = make_datasets(store, split, synthetic, cfg)
     steps_per_epoch = steps_per_epoch or max(1, -(-len(train_ds) // cfg.vit_batch_size))
@@ -84,8 +86,7 @@ def fit_and_test(
         kind = f"vit/{name}/seed{cfg.seed}"
         folder = workspace.entry(cfg, kind, key)
         best_path, last_path = (os.path.join(folder, f) for f in ("best_vit_model.pth", "last_vit_model.pth"))
-    n = torchrun.processes(cfg)
-    if n > 1 and not distributed.current().active:  # several GPUs: the training processes are torchrun's
+    if via_torchrun:
         run, outputs = _fit_with_torchrun(
             cfg, store, split, synthetic, standardizer, pretrained, key, best_path, last_path, steps_per_epoch, n
         )

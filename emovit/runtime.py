@@ -74,9 +74,20 @@ def parse_arch(name: str) -> tuple[str, int, str] | None:
     return (match.group(1), int(match.group(2)), match.group(3)) if match else None
 
 
-def check_gpu() -> None:
-    """Stop with a clear message when a visible GPU cannot run this PyTorch build."""
+NO_GPU = (
+    "No GPU is visible, and this preset's sizes (the GAN and two ViT-B/16 fine-tunes on DEAM) take "
+    "days on a CPU. On Kaggle: Settings -> Accelerator -> GPU T4 x2 (or L4), then Run All. To try the "
+    'pipeline on a CPU, use PRESET = "demo"; to run these sizes on a CPU anyway, set '
+    'OVERRIDES = {"require_gpu": False}.'
+)
+
+
+def check_gpu(require: bool = False) -> None:
+    """Stop with a clear message when a visible GPU cannot run this PyTorch build, or, with
+    ``require``, when no GPU is visible at all (rather than training for days on the CPU)."""
     if not torch.cuda.is_available():
+        if require:
+            raise RuntimeError(NO_GPU)
         return
     for i in range(torch.cuda.device_count()):
         problem = gpu_compatibility_problem(

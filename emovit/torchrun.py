@@ -14,9 +14,12 @@ and a cluster's ``torchrun --nnodes`` use the same entry point.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -27,7 +30,7 @@ import torch
 from emovit import distributed
 from emovit.config import Config
 from emovit.features import FeatureStore, MelParams
-from emovit.files import LOG, atomic_path, atomic_write_json
+from emovit.files import LOG, atomic_path, atomic_write_json, setup_logging
 from emovit.gan_train import SyntheticSet
 from emovit.split import Standardizer
 from emovit.vit import DevicePreprocessor, Pretrained, build_model
@@ -85,6 +88,10 @@ def write_job(
     return path
 
 
+# A traceback's last line as torchrun relays it from a training process: "[rank0]: torch.OutOfMemoryError: ..."
+RANK_EXCEPTION = re.compile(r"^\[rank\d+\]:\s*[\w.]*(Error|Exception|Interrupt)\b")
+
+
 def launch(job_path: str, n: int, extra_env: dict | None = None) -> None:
     """Run the job on ``n`` processes with torchrun, its output streamed here; raises on failure."""
     cmd = [
@@ -100,13 +107,26 @@ def launch(job_path: str, n: int, extra_env: dict | None = None) -> None:
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
     LOG.info("ViT: training on %d processes: %s", n, " ".join(cmd[2:]))
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        tail = []
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            tail = (tail + [line])[-40:]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the blocks this process keeps cached (GAN, judge) go back to rank 0's GPU
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail, pending, causes = "", "", []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0) as proc:
+        # Bytes as they come, carriage returns kept: a progress bar redraws in place in the cell
+        # instead of printing a line per refresh.
+        for chunk in iter(lambda: proc.stdout.read(65536), b""):
+            text = decoder.decode(chunk)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            tail = (tail + text)[-20000:]
+            *lines, pending = (pending + text).split("\n")
+            causes += [line.strip() for line in lines if RANK_EXCEPTION.match(line)]
     if proc.returncode:
-        raise RuntimeError(f"torchrun training failed (exit {proc.returncode}); its last lines:\n{''.join(tail)}")
+        lines = [line.rsplit("\r", 1)[-1] for line in tail.splitlines() if line.strip()]  # a bar's last state
+        cause = f": {causes[0]}" if causes else ""  # the first rank's exception, e.g. CUDA out of memory
+        raise RuntimeError(
+            f"torchrun training failed (exit {proc.returncode}){cause}; its last lines:\n" + "\n".join(lines[-40:])
+        )
 
 
 def _inputs(job: dict):
@@ -133,6 +153,7 @@ def _inputs(job: dict):
 def run_job(job_path: str) -> None:
     """One rank's work: train, then predict the validation and test songs (rank 0 writes them)."""
     ranks, device = distributed.init()
+    setup_logging(logging.INFO if ranks.main else logging.WARNING)  # rank 0 says what all do; the rest, problems
     with open(job_path, encoding="utf-8") as f:
         job = json.load(f)
     cfg = Config(**job["config"])

@@ -202,7 +202,8 @@ def for_devices(model: ViTRegressor, device: str, dtype: torch.dtype | None) -> 
     ddp = nn.parallel.DistributedDataParallel(
         model, device_ids=[torch.cuda.current_device() if index is None else index]
     )
-    ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)  # half the all-reduce bytes over PCIe
+    if dtype == torch.float16:  # gradients are loss-scaled, so fp16 keeps small ones; bf16 runs have no scaler
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)  # half the all-reduce bytes over PCIe
     return ddp
 
 

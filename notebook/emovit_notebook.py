@@ -53,7 +53,8 @@ OVERRIDES = {
 # ## Setup
 # The package's modules are written to a temporary folder that is put first on
 # `sys.path`; `%autoreload 2` reloads a module when its cell is edited and re-run. Then the run
-# checks what it needs before spending any GPU time: a GPU this PyTorch can use, and the ViT
+# checks what it needs before spending any GPU time: a GPU this PyTorch can use (without one the
+# kaggle preset stops rather than train for days on the CPU; `require_gpu`), and the ViT
 # weights (a folder you named, an attached model under `/kaggle/input`, or the hub).
 
 # %%
@@ -99,7 +100,7 @@ from emovit.workspace import start_run
 
 setup_logging()
 cfg = make_config(PRESET, data_dir=DATA_DIR or None, output_dir=OUTPUT_DIR or None, **OVERRIDES)
-check_gpu()  # stops here, with what to do, if this PyTorch cannot run on the GPU (e.g. P100)
+check_gpu(cfg.require_gpu)  # stops here, with what to do, if no GPU is visible or this PyTorch cannot run on it
 pretrained = find_pretrained(cfg)  # stops here, with what to attach, if no ViT weights are reachable
 cfg, run = start_run(cfg)  # this run's folder under runs/ (cfg.output_dir from here on) and its row in runs.csv
 cfg.save()
@@ -346,9 +347,10 @@ print(
 # ## Training
 # AdamW with warmup and cosine decay, layer-wise learning-rate decay, mixed precision
 # (fp16 with loss scaling on a T4, bf16 on an L4), gradient clipping; the epoch with the best
-# mean CCC on the **real validation songs** is kept. If the run stops (Kaggle session limit, an
-# error), re-run the cell: training resumes after its last completed epoch (resume states in the
-# cache folder).
+# mean CCC on the **real validation songs** is kept. If the run stops within a session (an error,
+# an interrupt), re-run the cell: training resumes after its last completed epoch (resume states in
+# the cache folder). A new Kaggle session starts without `/kaggle/temp`, where the cache lives, so
+# it starts over unless `cache_dir` points under `/kaggle/working` with *Persistence* on.
 #
 # **Every GPU**: with two or more (Kaggle's *T4 x2*), each ViT trains with PyTorch's
 # DistributedDataParallel, one process per GPU started by `torchrun` in a subprocess whose output

@@ -32,7 +32,7 @@ from emovit.deam import discover
 from emovit.features import extract_features
 from emovit.files import atomic_write_text, load_checkpoint
 from emovit.report import write_zip
-from emovit.runtime import gpu_compatibility_problem, load_scaler_state, parse_arch, scaler_step
+from emovit.runtime import check_gpu, gpu_compatibility_problem, load_scaler_state, parse_arch, scaler_step
 from emovit.split import Standardizer, ids_of, split_songs
 from emovit.vit import DevicePreprocessor, ViTRegressor, build_model, find_pretrained, for_devices
 
@@ -278,3 +278,13 @@ def test_atomic_write_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
     assert "fsync" in kinds and kinds.index("fsync") < kinds.index("replace")  # data on disk before the name
     assert events[kinds.index("replace")][1] == events[kinds.index("fsync")][1]  # the same (temporary) file
     assert load_checkpoint(str(target))["w"].sum() == 2
+
+
+def test_no_visible_gpu_stops_only_a_run_that_requires_one(monkeypatch):
+    """The kaggle preset requires a GPU and the demo preset does not; ``check_gpu`` stops a run that
+    requires one when none is visible, with where to switch it on, and lets every other run through."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert make_config("kaggle").require_gpu and not make_config("demo").require_gpu
+    with pytest.raises(RuntimeError, match="No GPU is visible.*Accelerator.*require_gpu"):
+        check_gpu(require=True)
+    assert check_gpu(require=False) is None

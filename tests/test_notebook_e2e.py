@@ -431,11 +431,39 @@ def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tm
                 "PRESET": "kaggle",
                 "DATA_DIR": str(demo_root),
                 "OUTPUT_DIR": str(out),
-                "OVERRIDES": {"vit_model_name": "", "pretrained_search_dir": str(tmp_path / "nothing")},
+                "OVERRIDES": {
+                    "vit_model_name": "",
+                    "pretrained_search_dir": str(tmp_path / "nothing"),
+                    "require_gpu": False,
+                },
             },
         )
     assert "No ViT weights reachable" in str(err.value) and "Add Input" in str(err.value)
     nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
     failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
     assert "pretrained = find_pretrained(cfg)" in failed.source  # the setup cell
+    assert not out.exists()  # no run folder, no cache, no features
+
+
+def test_the_kaggle_preset_without_a_gpu_stops_in_the_setup_cell(demo_root, tmp_path, monkeypatch):
+    """Kaggle starts a notebook with no accelerator: the kaggle preset then stops in the setup cell
+    and says where to switch a GPU on, instead of training a ViT-B/16 for days on the CPU; nothing is
+    written. (``CUDA_VISIBLE_DEVICES=""`` hides any GPU from the kernel, so this holds on every machine.)"""
+    import papermill
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    out = tmp_path / "outputs"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(
+            str(ROOT / "vit_with_gans_emotion_prediction.ipynb"),
+            str(tmp_path / "run.ipynb"),
+            kernel_name="python3",
+            cwd=str(tmp_path),
+            progress_bar=False,
+            parameters={"PRESET": "kaggle", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out)},
+        )
+    assert "No GPU is visible" in str(err.value) and "Accelerator" in str(err.value)
+    nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
+    failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    assert "check_gpu(cfg.require_gpu)" in failed.source  # the setup cell
     assert not out.exists()  # no run folder, no cache, no features

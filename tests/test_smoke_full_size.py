@@ -64,6 +64,7 @@ SMOKE_OVERRIDES = {
     "pretrained_search_dir": "",
     "vit_model_name": "",
     "synthetic_dims": "both",
+    "require_gpu": False,  # the kaggle preset stops without a GPU; this run is its sizes on the CPU
 }
 # Appended to the executed copy only: the kernel's own peak RSS (and its largest child's).
 RSS_CELL = """import json, resource
