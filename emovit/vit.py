@@ -84,7 +84,11 @@ def image_stats(location: str, norm: str) -> tuple[tuple, tuple]:
     except OSError:
         path = None
     if not path:
-        LOG.info("ViT: no preprocessor_config.json at %s; using the in21k statistics 0.5 / 0.5", location)
+        LOG.warning(
+            "ViT: no preprocessor_config.json at %s, so the checkpoint does not say how its images were "
+            "normalized; assuming the in21k statistics 0.5 / 0.5 (image_norm='imagenet-1k' for ImageNet-1k's)",
+            location,
+        )
         return IN21K_DEFAULT
     with open(path, encoding="utf-8") as f:
         proc = json.load(f)
