@@ -414,9 +414,9 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
     assert f"| label_fidelity_arousal | {quality['label_fidelity_arousal']['value']:.3f} |" in text
 
 
-def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tmp_path):
-    """No local folder, nothing under the search folder, no hub name, no random ViT allowed: the
-    setup cell stops with what to attach -- before any data is read or any GPU time is spent."""
+def _kaggle_preset_stops(demo_root: Path, tmp_path: Path, overrides: dict) -> tuple[str, str, Path]:
+    """Run the built notebook with the kaggle preset until it fails: (the error, the source of the
+    cell that raised it, the output folder the run was given)."""
     import papermill
 
     out = tmp_path / "outputs"
@@ -427,21 +427,20 @@ def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tm
             kernel_name="python3",
             cwd=str(tmp_path),
             progress_bar=False,
-            parameters={
-                "PRESET": "kaggle",
-                "DATA_DIR": str(demo_root),
-                "OUTPUT_DIR": str(out),
-                "OVERRIDES": {
-                    "vit_model_name": "",
-                    "pretrained_search_dir": str(tmp_path / "nothing"),
-                    "require_gpu": False,
-                },
-            },
+            parameters={"PRESET": "kaggle", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out), "OVERRIDES": overrides},
         )
-    assert "No ViT weights reachable" in str(err.value) and "Add Input" in str(err.value)
     nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
     failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
-    assert "pretrained = find_pretrained(cfg)" in failed.source  # the setup cell
+    return str(err.value), failed.source, out
+
+
+def test_without_reachable_weights_the_run_stops_in_the_setup_cell(demo_root, tmp_path):
+    """No local folder, nothing under the search folder, no hub name, no random ViT allowed: the
+    setup cell stops with what to attach -- before any data is read or any GPU time is spent."""
+    overrides = {"vit_model_name": "", "pretrained_search_dir": str(tmp_path / "nothing"), "require_gpu": False}
+    error, cell, out = _kaggle_preset_stops(demo_root, tmp_path, overrides)
+    assert "No ViT weights reachable" in error and "Add Input" in error
+    assert "pretrained = find_pretrained(cfg)" in cell  # the setup cell
     assert not out.exists()  # no run folder, no cache, no features
 
 
@@ -449,21 +448,8 @@ def test_the_kaggle_preset_without_a_gpu_stops_in_the_setup_cell(demo_root, tmp_
     """Kaggle starts a notebook with no accelerator: the kaggle preset then stops in the setup cell
     and says where to switch a GPU on, instead of training a ViT-B/16 for days on the CPU; nothing is
     written. (``CUDA_VISIBLE_DEVICES=""`` hides any GPU from the kernel, so this holds on every machine.)"""
-    import papermill
-
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    out = tmp_path / "outputs"
-    with pytest.raises(papermill.PapermillExecutionError) as err:
-        papermill.execute_notebook(
-            str(ROOT / "vit_with_gans_emotion_prediction.ipynb"),
-            str(tmp_path / "run.ipynb"),
-            kernel_name="python3",
-            cwd=str(tmp_path),
-            progress_bar=False,
-            parameters={"PRESET": "kaggle", "DATA_DIR": str(demo_root), "OUTPUT_DIR": str(out)},
-        )
-    assert "No GPU is visible" in str(err.value) and "Accelerator" in str(err.value)
-    nb = nbformat.read(str(tmp_path / "run.ipynb"), as_version=4)
-    failed = next(c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
-    assert "check_gpu(cfg.require_gpu)" in failed.source  # the setup cell
+    error, cell, out = _kaggle_preset_stops(demo_root, tmp_path, {})
+    assert "No GPU is visible" in error and "Accelerator" in error
+    assert "check_gpu(cfg.require_gpu)" in cell  # the setup cell
     assert not out.exists()  # no run folder, no cache, no features
