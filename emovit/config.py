@@ -77,6 +77,8 @@ class Config:
     gan_margin: int = 3  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
     gan_d_batch_spread: bool = False  # D's band-statistics MLP also reads the batch's spread of each statistic
+    gan_upsample: str = "nearest"  # G's 2x upsampling: "nearest" or "bilinear" (smooth across neighbouring bands)
+    gan_d_lags: int = 0  # D also reads each band's autocorrelation at lags 1, 2, 4, ... up to this (0 = off)
     gan_d_slow_frames: int = 0  # D also reads how much each band's level moves between segments this long (0 = off)
     gan_slow_noise: int = 0  # half of G's noise drifts over this many 16-frame columns (0 = off)
     gan_aux_weight: float = 1.0  # weight of G's loss from a frozen band-statistics probe of real crops (0 = off)
@@ -154,10 +156,13 @@ class Config:
             "synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
             "deliver": ("auto", "synthetic", "real_only"),
             "gan_style_source": ("song", "crop"),
+            "gan_upsample": ("nearest", "bilinear"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.gan_d_lags < 0:
+            raise ValueError(f"gan_d_lags must be >= 0 (0 = off), got {self.gan_d_lags}")
         if not 0.0 <= self.synthetic_envelope <= 1.0:
             raise ValueError(f"synthetic_envelope must be in [0, 1] (0 = off), got {self.synthetic_envelope}")
         if not 0.0 <= self.gan_ada_target < 1.0 or self.gan_ada_ramp < 1:

@@ -17,9 +17,9 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
 * **Band statistics in the discriminator** (``d_band_stats``): a spectrally normalised MLP reads
   each band's mean and std over time, standardized by real training crops, so samples must
   match songs' dynamics and register, not only their average spectrum.
-  Options, off: ``d_batch_spread`` adds the batch's std of each statistic (ProGAN's minibatch
-  std); ``d_slow_frames`` each band's movement between segments (chord, section changes), and
-  ``slow_noise`` lets half of G's noise drift over bars so G can make it (its reach: ~47 frames).
+  Options, off: ``d_batch_spread`` (the batch's std of each statistic), ``d_slow_frames`` (movement
+  between segments), ``d_lags`` (each band's autocorrelation at lags 1, 2, 4, ...: held notes,
+  beats), ``slow_noise`` (G's noise drifts over bars), ``upsample="bilinear"`` (smooth 2x steps).
 * **Style beyond the labels** (``gan_style_dims``, off): a cGAN tends to ignore its noise, so
   songs of one emotion come out as near copies. With k style dims, z's first k entries are, in
   training, the paired real song's (or, ``gan_style_source`` "crop", crop's) :class:`StyleCodes`
@@ -73,6 +73,8 @@ class GanArch:
     d_batch_spread: bool = False  # D's statistics MLP also reads the batch's spread of each statistic
     d_slow_frames: int = 0  # D's statistics also hold each band's movement over segments this long (0 = off)
     slow_noise: int = 0  # half of G's noise channels averaged over this many starting-grid columns (0 = off)
+    d_lags: int = 0  # D's statistics also hold each band's autocorrelation at lags 1, 2, 4, ... <= d_lags
+    upsample: str = "nearest"  # G's 2x upsampling: "nearest" or "bilinear"
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -105,8 +107,9 @@ class ConditionalBatchNorm(nn.Module):
 class GBlock(nn.Module):
     """Residual up-block: (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int):
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, upsample: str = "nearest"):
         super().__init__()
+        self.upsample = upsample
         self.bn1 = ConditionalBatchNorm(c_in, cond_dim)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.bn2 = ConditionalBatchNorm(c_out, cond_dim)
@@ -114,9 +117,9 @@ class GBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2, mode="nearest")
+        h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2, mode=self.upsample)
         h = self.conv2(F.relu(self.bn2(self.conv1(h), c)))
-        return h + self.skip(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return h + self.skip(F.interpolate(x, scale_factor=2, mode=self.upsample))
 
 
 def generator_widths(channels: int) -> list[int]:
@@ -139,7 +142,9 @@ class Generator(nn.Module):
         self.const = nn.Parameter(torch.randn(1, widths[0], arch.rows0, 1))  # per-row identity, extended in time
         self.global_proj = nn.Linear(cond_dim, widths[0] * arch.rows0)
         self.inp = nn.Conv2d(widths[0] + arch.noise_dim, widths[0], 3, padding=1)
-        self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], cond_dim) for i in range(UPSAMPLINGS))
+        self.blocks = nn.ModuleList(
+            GBlock(widths[i], widths[i + 1], cond_dim, arch.upsample) for i in range(UPSAMPLINGS)
+        )
         self.out_bn = nn.BatchNorm2d(widths[-1])
         self.out = nn.Conv2d(widths[-1], 1, 3, padding=1)
         if arch.band_condition:  # (label embedding, z) -> a level per mel band, before the tanh
@@ -222,7 +227,7 @@ class Discriminator(nn.Module):
             # crops a band's mean varies by ~0.5 and its std by ~0.2 standardized units, and the
             # fakes' deficits are fractions of that -- too small for a spectrally normalised
             # (1-Lipschitz) MLP to score without this rescaling (docs/experiments.md, section 1.3)
-            n_stats = (3 if arch.d_slow_frames else 2) * arch.n_mels
+            n_stats = (3 if arch.d_slow_frames else 2) * arch.n_mels + len(lags(arch.d_lags)) * arch.n_mels
             self.register_buffer("stats_shift", torch.zeros(n_stats))
             self.register_buffer("stats_scale", torch.ones(n_stats))
             self.stats = nn.Sequential(
@@ -256,10 +261,12 @@ class Discriminator(nn.Module):
     def band_statistics(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, W) -> (B, 2 or 3 * n_mels): :func:`band_moments`, then with ``d_slow_frames``
         each band's :func:`slow_movement`."""
-        moments = band_moments(x)
-        if not self.arch.d_slow_frames:
-            return moments
-        return torch.cat([moments, slow_movement(x, self.arch.d_slow_frames)], dim=1)
+        parts = [band_moments(x)]
+        if self.arch.d_slow_frames:
+            parts.append(slow_movement(x, self.arch.d_slow_frames))
+        if self.arch.d_lags:
+            parts.append(band_autocorrelation(x, lags(self.arch.d_lags)))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def set_band_normalization(self, real: torch.Tensor) -> None:
@@ -289,6 +296,20 @@ def slow_movement(x: torch.Tensor, frames: int) -> torch.Tensor:
     if segments < 2:
         raise ValueError(f"slow movement needs two {frames}-frame segments; the crop has {x.shape[3]} frames")
     return x[:, 0, :, : segments * frames].unflatten(2, (segments, frames)).mean(dim=3).std(dim=2)
+
+
+def lags(most: int) -> list[int]:
+    """1, 2, 4, ... up to ``most`` (empty for 0)."""
+    return [2**i for i in range(most.bit_length()) if 2**i <= most] if most > 0 else []
+
+
+def band_autocorrelation(x: torch.Tensor, lag_list: list[int]) -> torch.Tensor:
+    """(B, 1, n_mels, W) -> (B, len(lag_list) * n_mels): each band's autocorrelation over time at
+    each lag (deviations from its mean): how long a level holds (notes, chords) and how it repeats
+    (beats), which a band's mean and std cannot tell apart from frame-to-frame jitter."""
+    d = x[:, 0] - x[:, 0].mean(dim=2, keepdim=True)
+    var = (d * d).mean(dim=2).clamp_min(1e-6)
+    return torch.cat([(d[:, :, k:] * d[:, :, :-k]).mean(dim=2) / var for k in lag_list], dim=1)
 
 
 class BandProbe(nn.Module):

@@ -85,6 +85,8 @@ GAN_FIELDS = (
     "gan_style_weight",
     "gan_style_source",
     "gan_d_slow_frames",
+    "gan_d_lags",
+    "gan_upsample",
     "gan_slow_noise",
     "mixed_precision",
     "seed",
@@ -135,6 +137,8 @@ def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4
         band_condition=cfg.gan_band_condition,
         d_batch_spread=cfg.gan_d_batch_spread,
         d_slow_frames=cfg.gan_d_slow_frames,
+        d_lags=cfg.gan_d_lags,
+        upsample=cfg.gan_upsample,
         slow_noise=cfg.gan_slow_noise,
     )
 

@@ -1,6 +1,7 @@
 """Conditional GAN: shapes, conditioning, train-only guard, NaN handling, no D-step graph, fp32
 pooling, checkpoints (EMA, stale architectures), cache keys, and a learning test."""
 
+import math
 import os
 from types import SimpleNamespace
 
@@ -80,6 +81,61 @@ def test_slow_movement_lets_the_discriminator_hear_level_changes():
         assert torch.allclose(seen, seen_shuffled, atol=1e-5) != bool(slow)
         assert disc(steps, torch.rand(6, 2)).shape == (6,)
     assert G.slow_movement(steps, 16).mean() > 3 * G.slow_movement(shuffled, 16).mean()  # steps move, shuffled do not
+
+
+def test_lag_statistics_let_the_discriminator_hear_held_notes_and_beats():
+    """gan_d_lags: D's band statistics gain each band's autocorrelation over time at lags 1, 2, 4, ...
+    A band that holds a level and one that repeats a beat have the same moments as their shuffled
+    frames, which the lags alone tell apart; the values are the autocorrelation (a sine of period 32
+    frames reads cos(2 pi k / 32) at lag k, i.i.d. noise ~0)."""
+    assert G.lags(0) == [] and G.lags(16) == [1, 2, 4, 8, 16] and G.lags(12) == [1, 2, 4, 8]
+    t = torch.arange(512, dtype=torch.float32)
+    sine = torch.sin(2 * math.pi * t / 32)[None, None, None].expand(1, 1, 2, 512)
+    ac = G.band_autocorrelation(sine, [1, 8, 16]).view(3, 2)
+    torch.testing.assert_close(ac[:, 0], torch.tensor([math.cos(2 * math.pi / 32), 0.0, -1.0]), atol=0.03, rtol=0)
+    torch.manual_seed(0)
+    noise = torch.randn(4, 1, 2, 4096)
+    assert G.band_autocorrelation(noise, [1, 4]).abs().max() < 0.1
+    held = torch.randn(6, 1, 32, 64).repeat_interleave(4, dim=3)  # each level held for 4 frames
+    shuffled = held[..., torch.randperm(256)]
+    torch.testing.assert_close(G.band_moments(held), G.band_moments(shuffled))
+    base = dict(n_mels=32, frames=256, z_dim=8, channels=4, d_band_stats=True)
+    for most in (0, 8):
+        disc = G.Discriminator(G.GanArch(**base, d_lags=most))
+        disc.set_band_normalization(torch.cat([held, shuffled]))
+        assert disc.stats_shift.shape == ((2 + len(G.lags(most))) * 32,)
+        seen, seen_shuffled = disc.band_statistics(held), disc.band_statistics(shuffled)
+        assert torch.allclose(seen, seen_shuffled, atol=1e-5) != bool(most)
+        assert disc(held, torch.rand(6, 2)).shape == (6,)
+    lag2 = G.band_autocorrelation(held, [2]).mean()
+    assert lag2 > 0.4 > G.band_autocorrelation(shuffled, [2]).abs().mean()  # held levels persist (0.5 expected)
+
+
+def test_bilinear_upsampling_reaches_the_generator_and_its_key():
+    """gan_upsample: "bilinear" replaces G's nearest-neighbour 2x steps with the same weights (a
+    checkpoint of either loads into the other; the outputs differ), is part of the GAN's key, so a
+    GAN trained one way is never reused as the other, and any other value is a clear error. The
+    same for gan_d_lags, which sizes D's statistics."""
+    cfg = tiny_config(gan_upsample="bilinear")
+    arch = gan_train.arch_from_config(cfg, n_mels=32)
+    assert arch.upsample == "bilinear" and gan_train.arch_from_config(tiny_config(), n_mels=32).upsample == "nearest"
+    torch.manual_seed(0)
+    smooth, blocky = G.Generator(arch), G.Generator(replace_arch(arch, upsample="nearest"))
+    blocky.load_state_dict(smooth.state_dict())
+    smooth.eval(), blocky.eval()
+    z, y = torch.randn(2, arch.z_dim), torch.rand(2, 2) * 2 - 1
+    noise = torch.randn(smooth.noise_shape(2, 64))
+    a, b = smooth(z, y, noise, frames=64), blocky(z, y, noise, frames=64)
+    assert a.shape == b.shape == (2, 1, 32, 64) and not torch.allclose(a, b)
+    assert {"gan_upsample", "gan_d_lags"} <= set(gan_train.GAN_FIELDS)
+    with pytest.raises(ValueError, match="gan_upsample must be one of"):
+        tiny_config(gan_upsample="cubic")
+    with pytest.raises(ValueError, match="gan_d_lags must be >= 0"):
+        tiny_config(gan_d_lags=-1)
+
+
+def replace_arch(arch, **changes):
+    return G.GanArch(**{**arch.to_dict(), **changes})
 
 
 def test_slow_noise_drifts_over_its_columns_and_keeps_unit_variance():
