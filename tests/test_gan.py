@@ -58,6 +58,19 @@ def test_band_statistics_branch_of_the_discriminator():
     assert torch.allclose(stats, swapped, atol=1e-5)
 
 
+def _d_statistics_hear_time_order(x: torch.Tensor, shuffled: torch.Tensor, extra: int, **option) -> None:
+    """D's band statistics (x: (B, 1, 32, W)) without and with ``option``, which adds ``extra`` per
+    band: equal for x and its shuffled frames without it, different with it; D scores the batch."""
+    base = dict(n_mels=32, frames=x.shape[3], z_dim=8, channels=4, d_band_stats=True)
+    for arch, n_extra in ((G.GanArch(**base), 0), (G.GanArch(**base, **option), extra)):
+        disc = G.Discriminator(arch)
+        disc.set_band_normalization(torch.cat([x, shuffled]))
+        assert disc.stats_shift.shape == ((2 + n_extra) * 32,)
+        same = torch.allclose(disc.band_statistics(x), disc.band_statistics(shuffled), atol=1e-5)
+        assert same == (n_extra == 0)
+        assert disc(x, torch.rand(len(x), 2)).shape == (len(x),)
+
+
 def test_slow_movement_lets_the_discriminator_hear_level_changes():
     """gan_d_slow_frames: D's band statistics gain each band's std over time of its level averaged
     over segments (slow_movement). A crop whose bands step between two levels (chord or section
@@ -72,14 +85,7 @@ def test_slow_movement_lets_the_discriminator_hear_level_changes():
     steps = torch.randn(6, 1, 32, 64) * 0.3 + (torch.arange(64) >= 32).float() * level
     shuffled = steps[..., torch.randperm(64)]
     torch.testing.assert_close(G.band_moments(steps), G.band_moments(shuffled))
-    base = dict(n_mels=32, frames=64, z_dim=8, channels=4, d_band_stats=True)
-    for slow in (0, 16):
-        disc = G.Discriminator(G.GanArch(**base, d_slow_frames=slow))
-        disc.set_band_normalization(torch.cat([steps, shuffled]))
-        assert disc.stats_shift.shape == ((3 if slow else 2) * 32,)
-        seen, seen_shuffled = disc.band_statistics(steps), disc.band_statistics(shuffled)
-        assert torch.allclose(seen, seen_shuffled, atol=1e-5) != bool(slow)
-        assert disc(steps, torch.rand(6, 2)).shape == (6,)
+    _d_statistics_hear_time_order(steps, shuffled, 1, d_slow_frames=16)
     assert G.slow_movement(steps, 16).mean() > 3 * G.slow_movement(shuffled, 16).mean()  # steps move, shuffled do not
 
 
@@ -99,14 +105,7 @@ def test_lag_statistics_let_the_discriminator_hear_held_notes_and_beats():
     held = torch.randn(6, 1, 32, 64).repeat_interleave(4, dim=3)  # each level held for 4 frames
     shuffled = held[..., torch.randperm(256)]
     torch.testing.assert_close(G.band_moments(held), G.band_moments(shuffled))
-    base = dict(n_mels=32, frames=256, z_dim=8, channels=4, d_band_stats=True)
-    for most in (0, 8):
-        disc = G.Discriminator(G.GanArch(**base, d_lags=most))
-        disc.set_band_normalization(torch.cat([held, shuffled]))
-        assert disc.stats_shift.shape == ((2 + len(G.lags(most))) * 32,)
-        seen, seen_shuffled = disc.band_statistics(held), disc.band_statistics(shuffled)
-        assert torch.allclose(seen, seen_shuffled, atol=1e-5) != bool(most)
-        assert disc(held, torch.rand(6, 2)).shape == (6,)
+    _d_statistics_hear_time_order(held, shuffled, 4, d_lags=8)
     lag2 = G.band_autocorrelation(held, [2]).mean()
     assert lag2 > 0.4 > G.band_autocorrelation(shuffled, [2]).abs().mean()  # held levels persist (0.5 expected)
 
