@@ -250,7 +250,8 @@ def test_epoch_sampler_cycles_a_small_set():
 
 # ---- keys: every cache key moves with the split, the labels and every training setting ---
 
-CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop"}  # fields whose values are checked: another allowed value
+# fields whose values are checked: another allowed value
+CHOICES = {"auto": "both", "kaggle": "demo", "song": "crop", "nearest": "bilinear"}
 
 
 def _changed(value):
