@@ -222,12 +222,12 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(DBlock(widths[i], widths[i + 1], first=i == 0) for i in range(UPSAMPLINGS))
         self.blocks.append(DBlock(widths[-1], widths[-1], down=False))  # capacity at low resolution (cheap)
         self.features_dim = widths[-1] * arch.rows0
-        if arch.d_band_stats:  # (B, 2 or 3 * n_mels) band mean / std (/ slow movement) over time -> (B, widths[-1])
+        if arch.d_band_stats:  # (B, n_stats) band mean / std (/ slow movement / lags) over time -> (B, widths[-1])
             # standardized with the real crops' statistics (set_band_normalization): across real
             # crops a band's mean varies by ~0.5 and its std by ~0.2 standardized units, and the
             # fakes' deficits are fractions of that -- too small for a spectrally normalised
             # (1-Lipschitz) MLP to score without this rescaling (docs/experiments.md, section 1.3)
-            n_stats = (3 if arch.d_slow_frames else 2) * arch.n_mels + len(lags(arch.d_lags)) * arch.n_mels
+            n_stats = (2 + bool(arch.d_slow_frames) + len(lags(arch.d_lags))) * arch.n_mels
             self.register_buffer("stats_shift", torch.zeros(n_stats))
             self.register_buffer("stats_scale", torch.ones(n_stats))
             self.stats = nn.Sequential(
@@ -259,8 +259,8 @@ class Discriminator(nn.Module):
             return torch.cat([phi, F.leaky_relu(self.stats(moments), 0.2)], dim=1)
 
     def band_statistics(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, n_mels, W) -> (B, 2 or 3 * n_mels): :func:`band_moments`, then with ``d_slow_frames``
-        each band's :func:`slow_movement`."""
+        """(B, 1, n_mels, W) -> (B, n_stats): :func:`band_moments`, then with ``d_slow_frames`` each
+        band's :func:`slow_movement`, then with ``d_lags`` its :func:`band_autocorrelation`."""
         parts = [band_moments(x)]
         if self.arch.d_slow_frames:
             parts.append(slow_movement(x, self.arch.d_slow_frames))
@@ -300,7 +300,7 @@ def slow_movement(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 def lags(most: int) -> list[int]:
     """1, 2, 4, ... up to ``most`` (empty for 0)."""
-    return [2**i for i in range(most.bit_length()) if 2**i <= most] if most > 0 else []
+    return [2**i for i in range(max(most, 0).bit_length())]
 
 
 def band_autocorrelation(x: torch.Tensor, lag_list: list[int]) -> torch.Tensor:
