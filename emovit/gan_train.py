@@ -748,7 +748,7 @@ def generate(
     out = np.empty((n, gen.arch.n_mels, gen.arch.frames), np.float16) if out is None else out
     rng = torch.Generator(device="cpu").manual_seed(seed)
     for i in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", leave=False):
-        y = torch.from_numpy(np.asarray(labels[i : i + batch_size], np.float32)).to(device)
+        y = torch.from_numpy(np.array(labels[i : i + batch_size], np.float32)).to(device)  # a copy: may be read-only
         z = torch.randn(len(y), gen.arch.z_dim, generator=rng).to(device)
         noise = torch.randn(gen.noise_shape(len(y)), generator=rng).to(device)
         x = standardizer.inverse(gen(z, y, noise=noise).float()).squeeze(1)

@@ -32,6 +32,7 @@ def test_dry_run_writes_the_report(tmp_path):
         assert row["gan"]["steps_per_s"] > 0 and row["vit"]["images_per_s"] > 0
         assert row["gan"]["sample_finite"] and row["gan"]["sample_shape"] == [2, 1, 16, 64]  # full length
         assert row["vit"]["parameter_dtypes"] == ["torch.float32"]
+        assert row["gan"]["memory_format"] == "channels_last"  # the layout gan_train trains in
     ckpt = report["precisions"]["fp16"]["checkpoint"]
     assert ckpt["loader"] == "emovit.predict.Predictor" and ckpt["match"] and ckpt["max_abs_diff_vs_device_fp32"] < 2e-3
 
@@ -46,3 +47,18 @@ def test_achieved_tflops_use_the_projection_counts():
 
     gan_step = projection.gan_flops(make_config("kaggle"))["step_flops"]
     assert out["gan_tflops"] == 2 * gan_step / 1e12 and out["gan_mfu"] == out["gan_tflops"] / 65.0
+
+
+def test_run_results_read_the_one_run_folder(tmp_path):
+    """The notebook writes its summary and metrics in runs/<run id>/, not at the output folder's top."""
+    with pytest.raises(RuntimeError, match="expected one finished run"):
+        gpu_check.run_results(tmp_path)
+    for run, value in (("a1", 1), ("b2", 2)):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "metrics.json").write_text(json.dumps({"v": value}))
+    (tmp_path / "runs" / "a1" / "run_summary.json").write_text(json.dumps({"timings_seconds": {"gan": 9}}))
+    summary, metrics = gpu_check.run_results(tmp_path)  # b2 never finished: no summary
+    assert summary == {"timings_seconds": {"gan": 9}} and metrics == {"v": 1}
+    (tmp_path / "runs" / "b2" / "run_summary.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="found"):
+        gpu_check.run_results(tmp_path)

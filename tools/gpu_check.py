@@ -95,11 +95,16 @@ def peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
-def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
+def gan_run(
+    s: dict, device: str, dtype: torch.dtype, steps: int, memory_format: torch.memory_format | None = None
+) -> dict:
     """The GAN training loop's step at full size (emovit.gan_train: its own D step, G step and EMA
-    update on ``gan_crop_frames`` crops, the kaggle preset's settings)."""
+    update on ``gan_crop_frames`` crops, the kaggle preset's settings, G and D in training's memory
+    layout unless ``memory_format`` says otherwise)."""
     from emovit.config import make_config
-    from emovit.gan_train import discriminator_step, generator_step_loss, update_ema
+    from emovit.gan_train import MEMORY_FORMAT, discriminator_step, generator_step_loss, update_ema
+
+    memory_format = MEMORY_FORMAT if memory_format is None else memory_format
 
     torch.manual_seed(0)
     cfg = make_config("kaggle", gan_crop_frames=s["gan_crop"])
@@ -110,8 +115,9 @@ def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
         channels=s["gan_channels"],
         d_band_stats=cfg.gan_d_band_stats,
     )
-    gen, disc = G.Generator(arch).to(device), G.Discriminator(arch).to(device)
-    ema = G.Generator(arch).to(device).eval()
+    gen = G.Generator(arch).to(device, memory_format=memory_format)
+    disc = G.Discriminator(arch).to(device, memory_format=memory_format)
+    ema = G.Generator(arch).to(device, memory_format=memory_format).eval()
     ema.load_state_dict(gen.state_dict())
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan_lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan_lr_d, betas=(0.0, 0.99))
@@ -121,7 +127,7 @@ def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
     real = torch.randn(bs, 1, s["n_mels"], crop, device=device).clamp(-4, 4)
     labels = torch.rand(bs, 2, device=device) * 2 - 1
     autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
-    aug_rng = torch.Generator(device=device).manual_seed(0)
+    aug_rng = torch.Generator().manual_seed(0)  # a CPU generator, as gan_train's (diff_augment draws on the CPU)
     reset_peak(device)
     losses, start = [], None
     warmup = min(2, steps - 1)
@@ -150,6 +156,7 @@ def gan_run(s: dict, device: str, dtype: torch.dtype, steps: int) -> dict:
         "batch": bs,
         "crop_frames": crop,
         "steps_per_s": timed / seconds,
+        "memory_format": str(memory_format).removeprefix("torch."),
         "peak_gpu_gib": peak_gib(device),
         "losses_finite": all(math.isfinite(v) for row in losses for v in row),
         "sample_shape": list(sample.shape),
@@ -272,6 +279,15 @@ def achieved(vit: dict, gan: dict, s: dict, peak_tflops: float | None) -> dict:
     return out
 
 
+def run_results(output_dir: Path) -> tuple[dict, dict]:
+    """(run_summary.json, metrics.json) of the one run under ``output_dir``: each run writes its
+    results in its own folder ``runs/<run id>/``."""
+    folders = sorted(p.parent for p in output_dir.glob("runs/*/run_summary.json"))
+    if len(folders) != 1:
+        raise RuntimeError(f"expected one finished run under {output_dir}/runs, found {[str(f) for f in folders]}")
+    return tuple(json.loads((folders[0] / name).read_text()) for name in ("run_summary.json", "metrics.json"))
+
+
 def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
     """The built notebook, kaggle preset, on ``songs`` generated songs (needs the full stack)."""
     import papermill
@@ -294,8 +310,7 @@ def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
             "OVERRIDES": overrides,
         },
     )
-    summary = json.loads((work / "out" / "run_summary.json").read_text())
-    metrics = json.loads((work / "out" / "metrics.json").read_text())
+    summary, metrics = run_results(work / "out")
     return {
         "songs": songs,
         "overrides": overrides,
