@@ -499,13 +499,87 @@ def write_markdown(r: dict, path: Path) -> None:
         ]
     if "run_all_projection" in r:
         lines += ["", "## Projected Run All time (kaggle preset)", ""] + projection_markdown(r["run_all_projection"])
+    gpu = path.with_name("gpu.json")  # tools/gpu_check.py's report, where a GPU has run it
+    if gpu.exists():
+        lines += [""] + gpu_markdown(json.loads(gpu.read_text()))
+    else:
+        lines += ["", "No GPU figures yet: no GPU was available to this project's sessions."]
     lines += [
         "",
-        "No GPU figures yet: no GPU was available to this project's sessions. Targets: ViT "
-        "loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min on a T4.",
+        "Targets: ViT loader/pre-made ratio >= 0.9, full-scale peak RSS <= 6 GB, full Kaggle Run All <= 30 min "
+        "on a T4.",
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def gpu_markdown(g: dict) -> list[str]:
+    """RESULTS.md's GPU section from benchmarks/gpu.json (``python -m tools.gpu_check``'s report,
+    with the extra GAN measurements and the notebook run where they were taken)."""
+    card, m = g["card"], g["machine"]
+    lines = [
+        "## Measured on a GPU",
+        "",
+        f"{card['name']} ({card['memory_gib']:.0f} GiB, compute capability "
+        f"{'.'.join(map(str, card['capability']))}), torch {m['torch']}, transformers {m['transformers']}, "
+        f"CUDA {m['cuda']}, {m['cpu_cores']} CPU cores; full-size models (`benchmarks/gpu.json`). "
+        f"{g.get('sources', '')}",
+        "",
+        "| precision | ViT-B/16 images/s | ViT TFLOP/s (MFU) | ViT peak GiB | GAN steps/s | GAN layout | GAN peak GiB "
+        "|",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in g["precisions"].items():
+        vit, gan, a = row["vit"], row["gan"], row.get("achieved", {})
+        mfu = f"{a['vit_tflops']:.1f} ({a['vit_mfu']:.1%})" if "vit_mfu" in a else "-"
+        lines.append(
+            f"| {name} | {vit['images_per_s']:.0f} | {mfu} | {vit['peak_gpu_gib']:.1f} | {gan['steps_per_s']:.1f} "
+            f"| {gan.get('memory_format', '?')} | {gan['peak_gpu_gib']:.1f} |"
+        )
+    ckpt = g["precisions"].get("fp16", {}).get("checkpoint")
+    if ckpt:
+        lines += [
+            "",
+            f"Checkpoint: {ckpt['megabytes']:.0f} MB, written on the GPU and read on the CPU by {ckpt['loader']}: "
+            f"largest output difference {ckpt['max_abs_diff_vs_device_fp32']:.1e} "
+            f"({'matches' if ckpt['match'] else 'DOES NOT MATCH'}). DistributedDataParallel: "
+            f"{g.get('ddp', {}).get('skipped', g.get('ddp', {}).get('speedup_vs_one_gpu', '-'))}.",
+        ]
+    if "gan_layouts" in g:
+        lines += [
+            "",
+            "GAN step (fp16, batch 32) by memory layout, in one process:",
+            "",
+            "| layout | steps/s | GPU kernel ms per step | kernels per step |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, row in g["gan_layouts"].items():
+            lines.append(
+                f"| {name} | {row['steps_per_s']:.1f} | {row['kernel_ms_per_step_incl_setup']:.1f} "
+                f"| {row['kernels_per_step_incl_setup']:.0f} |"
+            )
+    if "gan_batch_scaling" in g:
+        by = g["gan_batch_scaling"]["by_batch"]
+        lines += [
+            "",
+            "GAN steps/s by batch size ("
+            + g["gan_batch_scaling"]["memory_format"]
+            + "): "
+            + ", ".join(f"batch {b} {v['steps_per_s']:.1f} ({v['samples_per_s']:.0f} crops/s)" for b, v in by.items())
+            + ".",
+        ]
+    nb = g.get("notebook", {})
+    if "timings_seconds" in nb:
+        t = nb["timings_seconds"]
+        lines += [
+            "",
+            f"The built notebook, kaggle preset, {nb['songs']} generated songs, overrides "
+            f"`{json.dumps({k: v for k, v in nb['overrides'].items() if 'dir' not in k and 'name' not in k})}` "
+            f"(ViT weights from {nb['vit_weights']}): {nb['notebook_seconds']:.0f} s. Stage seconds: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(t.items()) if k != "total_run")
+            + ".",
+        ]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -271,7 +271,8 @@ def markdown(p: dict) -> list[str]:
     """A table of the projection (for RESULTS.md and the README)."""
     c, v, g = p["counts"], p["vit"], p["gan"]
     lines = [
-        f"**Projection, not a measurement** (no GPU has run it yet): FLOPs from `FlopCounterMode`, times the steps "
+        f"**Projection, not a measurement** (no T4 or L4 has run it; what an H200 measured is in "
+        "`benchmarks/RESULTS.md`): FLOPs from `FlopCounterMode`, times the steps "
         f"of the `kaggle` preset on DEAM ({c['songs']} songs: {c['train_songs']} train / {c['val_songs']} val / "
         f"{c['test_songs']} test), divided by each card's peak at an assumed MFU of "
         f"{p['mfu']['vit'][0]:.0%}-{p['mfu']['vit'][1]:.0%} (ViT) and "

@@ -5,7 +5,7 @@
 # data set attached (*Add Input* -> `imsparsh/deam-mediaeval-dataset-emotional-analysis-in-music`),
 # and the ViT weights: *Internet* on, or the model attached (README, step 4). The setup cell checks
 # all three in its first minute. **Time**: a default Run All is projected at 11-23 minutes on one
-# T4 (a FLOP-count projection; no GPU has measured it yet).
+# T4 (a FLOP-count projection; no T4 has timed it yet, an H200 ran it end to end).
 #
 # This notebook predicts the **valence** (pleasant vs unpleasant) and **arousal** (calm vs
 # energetic) of music from audio. It reads DEAM (1802 songs with song-level ratings), turns each

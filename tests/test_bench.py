@@ -51,3 +51,22 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     assert "PROJECTION" in projection["label"] and set(projection["cards"]) == {"T4", "T4 x2", "L4"}
     assert all(0 < card["optimistic_minutes"] < card["pessimistic_minutes"] for card in projection["cards"].values())
     assert "kaggle preset as is" in projection["scenarios"]
+
+
+def test_results_markdown_has_a_gpu_section_only_where_gpu_check_ran(tmp_path):
+    """RESULTS.md renders tools/gpu_check.py's report when benchmarks/gpu.json exists beside it, and
+    says there are no GPU figures when it does not."""
+    from benchmarks.bench import write_markdown
+
+    r = {"machine": {"platform": "p", "cpu": "c", "torch": "t", "device": "cpu", "gpus": []}}
+    write_markdown(r, tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "No GPU figures yet" in text and "Measured on a GPU" not in text
+    report = json.loads((ROOT / "benchmarks" / "gpu.json").read_text())
+    (tmp_path / "gpu.json").write_text(json.dumps(report))
+    write_markdown(r, tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "No GPU figures yet" not in text and f"{report['card']['name']} (" in text
+    fp16 = report["precisions"]["fp16"]
+    assert f"| fp16 | {fp16['vit']['images_per_s']:.0f} |" in text
+    assert f"{report['notebook']['notebook_seconds']:.0f} s" in text
