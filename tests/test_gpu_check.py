@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tools import gpu_check
 
@@ -62,3 +63,20 @@ def test_run_results_read_the_one_run_folder(tmp_path):
     (tmp_path / "runs" / "b2" / "run_summary.json").write_text("{}")
     with pytest.raises(RuntimeError, match="found"):
         gpu_check.run_results(tmp_path)
+
+
+def test_random_vit_folder_loads_through_the_notebooks_local_dir_path(tmp_path):
+    """The notebook check's weights on a machine with no hub: a saved folder that find_pretrained takes
+    from vit_local_dir, with the in21k image statistics and the requested sizes."""
+    from emovit.config import make_config
+    from emovit.vit import build_model, find_pretrained
+
+    folder = gpu_check.random_vit_folder(tmp_path / "vit", gpu_check.DRY)
+    cfg = make_config("kaggle", vit_local_dir=str(folder), pretrained_search_dir="", vit_model_name="")
+    pretrained = find_pretrained(cfg)
+    assert pretrained.source == "local_dir" and pretrained.location == str(folder)
+    assert tuple(pretrained.image_mean) == (0.5, 0.5, 0.5) and tuple(pretrained.image_std) == (0.5, 0.5, 0.5)
+    backbone = build_model(cfg, pretrained).backbone
+    assert backbone.config.hidden_size == gpu_check.DRY["vit"]["hidden_size"]
+    saved = gpu_check.vit_model(gpu_check.DRY).backbone.state_dict()  # the same seed: the same weights
+    assert all(torch.equal(v, saved[k]) for k, v in backbone.state_dict().items())

@@ -25,7 +25,8 @@ whatever the card) and "bf16" (bf16 autocast, no scaler: the L4/Ampere+ path, wh
     outputs on the same log-mels.
 Then, with ``--notebook-songs N`` (needs papermill, librosa, pandas, scikit-learn, matplotlib)
 and while the time used is under ``--budget-s`` / 2: the built notebook on N generated songs
-with the kaggle preset and ``--notebook-overrides``.
+with the kaggle preset and ``--notebook-overrides`` (a random ViT-B/16 saved in a local folder
+unless they name weights: no hub needed).
 
 ``--dry`` runs the same code on the CPU with tiny sizes in seconds (tests/test_gpu_check.py),
 so the script cannot rot.
@@ -288,13 +289,28 @@ def run_results(output_dir: Path) -> tuple[dict, dict]:
     return tuple(json.loads((folders[0] / name).read_text()) for name in ("run_summary.json", "metrics.json"))
 
 
+def random_vit_folder(folder: Path, s: dict) -> Path:
+    """A ViT of ``s["vit"]``'s sizes with random weights, saved as a model folder (config, weights, a
+    preprocessor_config.json with in21k's mean and std 0.5) for ``vit_local_dir``: the notebook's
+    real loading path on a GPU machine with no hub access."""
+    from transformers import ViTImageProcessor
+
+    vit_model(s).backbone.save_pretrained(folder)
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
 def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
-    """The built notebook, kaggle preset, on ``songs`` generated songs (needs the full stack)."""
+    """The built notebook, kaggle preset, on ``songs`` generated songs (needs the full stack). Unless
+    ``overrides`` name ViT weights, a random ViT-B/16 from a local folder (the pipeline, not accuracy)."""
     import papermill
 
     from emovit.demo_data import make_demo_deam
 
     start = time.perf_counter()
+    if "vit_local_dir" not in overrides and "vit_model_name" not in overrides:
+        folder = str(random_vit_folder(work / "vit-b16-random", FULL))
+        overrides = {**overrides, "vit_local_dir": folder, "pretrained_search_dir": "", "vit_model_name": ""}
     make_demo_deam(str(work / "deam"), num_songs=songs, seconds=45.0, seed=5)
     generated = time.perf_counter() - start
     papermill.execute_notebook(
@@ -373,7 +389,11 @@ def main(argv=None) -> int:
         help="the card's dense fp16/bf16 peak for the MFU figures (default: PEAK_TFLOPS by name)",
     )
     parser.add_argument("--notebook-songs", type=int, default=0, help="then run the notebook on this many songs")
-    parser.add_argument("--notebook-overrides", type=json.loads, default={"vit_epochs": 1, "gan_steps": 50})
+    parser.add_argument(
+        "--notebook-overrides",
+        type=json.loads,
+        default={"vit_epochs": 1, "gan_steps": 60, "gan_eval_every": 30, "seeds": [42, 1]},
+    )
     parser.add_argument("--budget-s", type=float, default=420.0, help="start the notebook only under half of this")
     parser.add_argument(
         "--ddp-worker",
