@@ -307,10 +307,10 @@ def run_notebook(songs: int, overrides: dict, work: Path) -> dict:
 
     from emovit.demo_data import make_demo_deam
 
-    start = time.perf_counter()
     if "vit_local_dir" not in overrides and "vit_model_name" not in overrides:
         folder = str(random_vit_folder(work / "vit-b16-random", FULL))
         overrides = {**overrides, "vit_local_dir": folder, "pretrained_search_dir": "", "vit_model_name": ""}
+    start = time.perf_counter()
     make_demo_deam(str(work / "deam"), num_songs=songs, seconds=45.0, seed=5)
     generated = time.perf_counter() - start
     papermill.execute_notebook(
