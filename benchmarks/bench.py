@@ -568,6 +568,32 @@ def gpu_markdown(g: dict) -> list[str]:
             + ", ".join(f"batch {b} {v['steps_per_s']:.1f} ({v['samples_per_s']:.0f} crops/s)" for b, v in by.items())
             + ".",
         ]
+    rep = g.get("repeats")
+    if rep:
+        lines += [
+            "",
+            "The same steps in separate runs ("
+            + rep["note"]
+            + "): "
+            + "; ".join(
+                f"{k.replace('_', ' ')} {', '.join(f'{x:.0f}' if x > 50 else f'{x:.1f}' for x in v)} "
+                f"(max/min {max(v) / min(v):.2f})"
+                for k, v in rep.items()
+                if k != "note"
+            )
+            + ". Figures from one run are comparable with each other; across runs they vary by this much.",
+        ]
+    down = g.get("gan_downsample")
+    if down:
+        lines += [
+            "",
+            f"D's down-sampling ({down['note']}): largest difference {down['max_abs_diff_float64']:.1e}; "
+            + ", ".join(
+                f"{k} {v['steps_per_s']:.1f} steps/s, pooling kernels {v['pool_kernel_ms_per_step']:.2f} ms a step"
+                for k, v in down["by_variant"].items()
+            )
+            + ".",
+        ]
     nb = g.get("notebook", {})
     if "timings_seconds" in nb:
         t = nb["timings_seconds"]

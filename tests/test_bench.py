@@ -70,3 +70,6 @@ def test_results_markdown_has_a_gpu_section_only_where_gpu_check_ran(tmp_path):
     fp16 = report["precisions"]["fp16"]
     assert f"| fp16 | {fp16['vit']['images_per_s']:.0f} |" in text
     assert f"{report['notebook']['notebook_seconds']:.0f} s" in text
+    ratio = max(report["repeats"]["vit_fp16_images_per_s"]) / min(report["repeats"]["vit_fp16_images_per_s"])
+    assert f"(max/min {ratio:.2f})" in text
+    assert f"largest difference {report['gan_downsample']['max_abs_diff_float64']:.1e}" in text
