@@ -98,6 +98,14 @@ def movement_over_time(mels: np.ndarray, parts: int = 4) -> float:
     return total / len(mels)
 
 
+def ccc_interval(y_true: np.ndarray, y_pred: np.ndarray, rows: np.ndarray) -> list[float]:
+    """95% percentile bootstrap interval [low, high] of the CCC of 1-D arrays (N,), over the
+    resampled row indices ``rows`` (B, N). Passing the same ``rows`` to two predictions of the same
+    songs makes their intervals paired."""
+    boots = [ccc(y_true[i], y_pred[i]) for i in rows]
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
 def gan_quality(
     real_train: np.ndarray,
     train_labels: np.ndarray,
@@ -106,13 +114,18 @@ def gan_quality(
     synthetic: np.ndarray,
     synthetic_labels: np.ndarray,
     seed: int = 0,
+    n_boot: int = 1000,
 ) -> dict:
-    """Every measure as {"value": synthetic, "reference": real-data value} per dimension.
+    """Every measure as {"value": synthetic, "reference": real-data value} per dimension; the CCC
+    measures also carry "interval" and "reference_interval", 95% bootstrap intervals (validation
+    songs resampled, the same resamples for a measure and its reference; synthetic samples for
+    label fidelity's value). With few validation songs they are wide: read a ratio against them.
 
     Args:
         real_train, real_val, synthetic: log-mels (N, n_mels, T) in dB (memmaps are fine); real
             songs longer than the synthetic ones are centre-cropped to their length first.
         *_labels: (N, 2) valence, arousal on [-1, 1].
+        n_boot: bootstrap resamples for the intervals.
     """
     frames = synthetic.shape[2]
     w_train = centre_crop(real_train, frames)
@@ -123,14 +136,24 @@ def gan_quality(
     syn_probe = fit_probe(f_syn, synthetic_labels, alpha=penalty)
     on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
     out: dict = {"n_real_train": len(f_train), "n_real_val": len(f_val), "n_synthetic": len(f_syn)}
+    boot = np.random.default_rng([seed, 1])  # its own stream: the Frechet subset below stays the same
+    val_rows = boot.integers(0, len(f_val), size=(n_boot, len(f_val)))
+    syn_rows = boot.integers(0, len(f_syn), size=(n_boot, len(f_syn)))
+    y_val, y_syn = np.asarray(val_labels, dtype=np.float64), np.asarray(synthetic_labels, dtype=np.float64)
     for d, dim in enumerate(DIMENSIONS):
+        reference = {
+            "reference": ccc(y_val[:, d], on_val[:, d]),
+            "reference_interval": ccc_interval(y_val[:, d], on_val[:, d], val_rows),
+        }
         out[f"label_fidelity_{dim}"] = {
-            "value": ccc(synthetic_labels[:, d], on_syn[:, d]),
-            "reference": ccc(val_labels[:, d], on_val[:, d]),
+            "value": ccc(y_syn[:, d], on_syn[:, d]),
+            "interval": ccc_interval(y_syn[:, d], on_syn[:, d], syn_rows),
+            **reference,
         }
         out[f"train_synthetic_test_real_{dim}"] = {
-            "value": ccc(val_labels[:, d], syn_on_val[:, d]),
-            "reference": ccc(val_labels[:, d], on_val[:, d]),
+            "value": ccc(y_val[:, d], syn_on_val[:, d]),
+            "interval": ccc_interval(y_val[:, d], syn_on_val[:, d], val_rows),
+            **reference,
         }
     rng = np.random.default_rng(seed)
     subset = f_syn[rng.choice(len(f_syn), min(len(f_val), len(f_syn)), replace=False)]
@@ -174,8 +197,14 @@ READS = {
 }
 
 
+def format_interval(interval) -> str:
+    """[low, high] -> "[+0.123, +0.456]"; "" where a measure has no interval."""
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+
+
 def quality_table(quality: dict) -> pd.DataFrame:
-    """The measures as rows: measure, synthetic value, real reference, how to read it."""
+    """The measures as rows: measure, synthetic value, real reference, their 95% intervals (the CCC
+    measures), how to read it."""
     rows = []
     for name, v in quality.items():
         if isinstance(v, dict) and "value" in v:
@@ -184,7 +213,9 @@ def quality_table(quality: dict) -> pd.DataFrame:
                 {
                     "measure": name,
                     "synthetic": round(v["value"], 3),
+                    "synthetic 95% interval": format_interval(v.get("interval")),
                     "real reference": round(v["reference"], 3),
+                    "reference 95% interval": format_interval(v.get("reference_interval")),
                     "how to read": READS[base],
                 }
             )

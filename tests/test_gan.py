@@ -801,6 +801,42 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
     assert q["frechet_distance_dynamics"]["value"] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_gan_quality_intervals_are_paired_and_shrink_with_validation_songs():
+    """The CCC measures carry 95% bootstrap intervals. A train-on-synthetic measure and its reference
+    resample the same validation songs: a synthetic set of two copies of the training songs teaches
+    the probe exactly what the songs do, so its interval equals the reference's. And the intervals
+    say how far a reading can move with the songs: 14 validation songs give wider ones than 300."""
+    from emovit.gan_quality import gan_quality, quality_table
+
+    rng = np.random.default_rng(1)
+
+    def songs(n):  # (n, 6 bands, 30 frames) in dB: band levels follow the labels, plus song noise
+        lab = rng.uniform(-1, 1, (n, 2))
+        level = 4 * lab[:, 0, None] * np.linspace(-1, 1, 6) + 4 * lab[:, 1, None]
+        mels = -40 + level[:, :, None] + rng.normal(0, 3, (n, 6, 1)) + rng.normal(0, 1, (n, 6, 30))
+        return mels.astype(np.float32), lab
+
+    train, train_lab = songs(80)
+    widths = {}
+    for n_val in (14, 300):
+        val, val_lab = songs(n_val)
+        q = gan_quality(train, train_lab, val, val_lab, np.concatenate([train, train]), np.concatenate([train_lab] * 2))
+        for dim in ("valence", "arousal"):
+            tstr, fid = q[f"train_synthetic_test_real_{dim}"], q[f"label_fidelity_{dim}"]
+            assert tstr["value"] == pytest.approx(tstr["reference"], abs=1e-5)  # float32 features
+            np.testing.assert_allclose(tstr["interval"], tstr["reference_interval"], atol=1e-5)
+            for m in (tstr, fid):
+                assert m["interval"][0] < m["value"] < m["interval"][1]
+                assert m["reference_interval"][0] < m["reference"] < m["reference_interval"][1]
+            widths[n_val, dim] = tstr["interval"][1] - tstr["interval"][0]
+        table = quality_table(q).set_index("measure")
+        low, high = q["label_fidelity_valence"]["interval"]
+        assert table.loc["label_fidelity_valence", "synthetic 95% interval"] == f"[{low:+.3f}, {high:+.3f}]"
+        assert table.loc["diversity", "synthetic 95% interval"] == ""
+    for dim in ("valence", "arousal"):
+        assert widths[14, dim] > 2 * widths[300, dim]
+
+
 def test_variety_beyond_the_labels():
     """label_residual_variance is the unbiased variance a quadratic fit on the labels leaves: 0 for
     features the labels determine, the noise's variance for label + noise. In gan_quality, a
