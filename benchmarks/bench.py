@@ -587,13 +587,18 @@ def gpu_markdown(g: dict) -> list[str]:
     if down:
         lines += [
             "",
-            f"D's down-sampling ({down['note']}): largest difference {down['max_abs_diff_float64']:.1e}; "
-            + ", ".join(
-                f"{k} {v['steps_per_s']:.1f} steps/s, pooling kernels {v['pool_kernel_ms_per_step']:.2f} ms a step"
-                for k, v in down["by_variant"].items()
-            )
-            + ".",
+            f"D's 2x2 down-sampling ({down['note']}):",
+            "",
+            "| implementation | largest difference (fp32) | micro fwd+bwd ms | GAN step kernel ms | GAN steps/s |",
+            "| --- | --- | --- | --- | --- |",
         ]
+        for name, m in down["micro"].items():
+            steps = [v for k, v in down["step"].items() if k == name or k == name + "_again"]
+            kernel = " / ".join(f"{v['kernel_ms_per_step_incl_setup']:.1f}" for v in steps) or "-"
+            rate = " / ".join(f"{v['steps_per_s']:.1f}" for v in steps) or "-"
+            lines.append(
+                f"| {name} | {m['max_abs_diff_fp32']:.1e} | {m['fwd_bwd_ms_all_four_shapes']:.2f} | {kernel} | {rate} |"
+            )
     nb = g.get("notebook", {})
     if "timings_seconds" in nb:
         t = nb["timings_seconds"]

@@ -315,8 +315,8 @@ plots.label_distributions(gan.train_labels, synthetic.labels, cfg.output_dir);
 # real songs change chords and sections, and a generator that learned from short crops can make
 # windows that hold still -- which every per-window statistic above misses, the Frechet distance too.
 # The four CCC rows carry 95% bootstrap intervals. On the demo's 14 validation songs they are wide
-# (train-on-synthetic valence easily spans 0.7), so a low ratio there can be the songs, not the
-# generator; on DEAM's 270 they narrow.
+# (train-on-synthetic valence 0.28-0.78 in one demo run), so a low ratio there can be the songs
+# rather than the generator; DEAM's 270 validation songs narrow them about fourfold.
 
 # %%
 from emovit.gan_quality import assess_gan, quality_table
