@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 
 from emovit import gan as G
@@ -799,6 +800,29 @@ def test_frame_table_of_quality_and_centre_crop(tmp_path):
     q = gan_quality(real, labels, real, labels, moved, labels)
     assert q["frechet_distance"]["value"] > 1.0
     assert q["frechet_distance_dynamics"]["value"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_d_down_sampling_is_the_2x2_mean_on_every_path():
+    """D halves its maps with the mean of each 2x2 block. The GPU path (a reshape of the channels-last
+    NHWC view, for its cheaper backward) gives avg_pool2d's values and gradients; odd sizes and CPU
+    tensors take avg_pool2d(ceil_mode=True) itself, so CPU training is unchanged bit for bit."""
+    from emovit.gan import halve, halve_nhwc
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fast, pooled = halve_nhwc(a), F.avg_pool2d(b, 2)
+    assert fast.shape == (3, 5, 4, 6)
+    torch.testing.assert_close(fast, pooled, rtol=0, atol=1e-12)
+    g = torch.randn_like(pooled)
+    fast.backward(g), pooled.backward(g)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+    for odd in (torch.randn(2, 3, 7, 12), torch.randn(2, 3, 8, 5)):
+        assert torch.equal(halve(odd), F.avg_pool2d(odd, 2, ceil_mode=True))
+    assert torch.equal(halve(x), F.avg_pool2d(x, 2, ceil_mode=True))  # CPU: avg_pool2d itself
+    if torch.cuda.is_available():
+        xc = x.float().cuda()
+        torch.testing.assert_close(halve(xc), F.avg_pool2d(xc, 2), rtol=0, atol=1e-6)
 
 
 def test_gan_quality_intervals_are_paired_and_shrink_with_validation_songs():
