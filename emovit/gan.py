@@ -195,12 +195,12 @@ def halve_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4)).permute(0, 3, 1, 2)
 
 
-def halve(x: torch.Tensor) -> torch.Tensor:
+def halve(x: torch.Tensor, nhwc: bool | None = None) -> torch.Tensor:
     """D's down-sampling: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)), the mean of each 2x2 block
-    (``F.avg_pool2d(x, 2, ceil_mode=True)``). On CUDA, even-sized channels-last maps take
-    :func:`halve_nhwc`; elsewhere, and on the CPU, avg_pool2d itself."""
+    (``F.avg_pool2d(x, 2, ceil_mode=True)``). Even-sized channels-last maps take :func:`halve_nhwc`
+    where ``nhwc`` allows it (default: on CUDA); odd sizes, and the CPU, avg_pool2d itself."""
     even = x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
-    if x.is_cuda and even and x.is_contiguous(memory_format=torch.channels_last):
+    if (x.is_cuda if nhwc is None else nhwc) and even and x.is_contiguous(memory_format=torch.channels_last):
         return halve_nhwc(x)
     return F.avg_pool2d(x, 2, ceil_mode=True)
 

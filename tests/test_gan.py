@@ -817,8 +817,11 @@ def test_d_down_sampling_is_the_2x2_mean_on_every_path():
     g = torch.randn_like(pooled)
     fast.backward(g), pooled.backward(g)
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
-    for odd in (torch.randn(2, 3, 7, 12), torch.randn(2, 3, 8, 5)):
-        assert torch.equal(halve(odd), F.avg_pool2d(odd, 2, ceil_mode=True))
+    torch.testing.assert_close(halve(x, nhwc=True), pooled, rtol=0, atol=1e-12)  # the path CUDA takes
+    for shape, halved in (((2, 3, 7, 12), (2, 3, 4, 6)), ((2, 3, 8, 5), (2, 3, 4, 3))):  # ceil_mode's edge means
+        odd = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        assert halve(odd, nhwc=True).shape == halved
+        assert torch.equal(halve(odd, nhwc=True), F.avg_pool2d(odd, 2, ceil_mode=True))
     assert torch.equal(halve(x), F.avg_pool2d(x, 2, ceil_mode=True))  # CPU: avg_pool2d itself
     if torch.cuda.is_available():
         xc = x.float().cuda()
@@ -854,8 +857,9 @@ def test_gan_quality_intervals_are_paired_and_shrink_with_validation_songs():
                 assert m["reference_interval"][0] < m["reference"] < m["reference_interval"][1]
             widths[n_val, dim] = tstr["interval"][1] - tstr["interval"][0]
         table = quality_table(q).set_index("measure")
-        low, high = q["label_fidelity_valence"]["interval"]
-        assert table.loc["label_fidelity_valence", "synthetic 95% interval"] == f"[{low:+.3f}, {high:+.3f}]"
+        for column, key in (("synthetic 95% interval", "interval"), ("reference 95% interval", "reference_interval")):
+            low, high = q["label_fidelity_valence"][key]
+            assert table.loc["label_fidelity_valence", column] == f"[{low:+.3f}, {high:+.3f}]"
         assert table.loc["diversity", "synthetic 95% interval"] == ""
     for dim in ("valence", "arousal"):
         assert widths[14, dim] > 2 * widths[300, dim]

@@ -412,8 +412,12 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
             assert row in text, row
     quality = json.loads((outputs / "gan_quality.json").read_text())
     tstr = quality["train_synthetic_test_real_valence"]
-    low, high = tstr["interval"]
-    assert f"| train_synthetic_test_real_valence | {tstr['value']:.3f} | [{low:+.3f}, {high:+.3f}] |" in text
+    (low, high), (ref_low, ref_high) = tstr["interval"], tstr["reference_interval"]
+    row = (
+        f"| train_synthetic_test_real_valence | {tstr['value']:.3f} | [{low:+.3f}, {high:+.3f}] "
+        f"| {tstr['reference']:.3f} | [{ref_low:+.3f}, {ref_high:+.3f}] |"
+    )
+    assert row in text, row
 
 
 def _kaggle_preset_stops(demo_root: Path, tmp_path: Path, overrides: dict) -> tuple[str, str, Path]:
