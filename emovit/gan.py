@@ -189,8 +189,7 @@ def slow_noise(noise: torch.Tensor, columns: int) -> torch.Tensor:
 def halve_nhwc(x: torch.Tensor) -> torch.Tensor:
     """2x2 mean pooling of a channels-last (B, C, H, W) tensor with even H and W -> (B, C, H/2, W/2),
     as a reshape of its NHWC view and a mean: the same numbers as ``F.avg_pool2d(x, 2)``, with a
-    backward that is one broadcast; on a GPU it cost 0.58x avg_pool2d's forward + backward in D's
-    shapes (``benchmarks/gpu.json``)."""
+    backward that is one broadcast, cheaper on GPUs than avg_pool2d's (``benchmarks/gpu.json``)."""
     b, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4)).permute(0, 3, 1, 2)
 

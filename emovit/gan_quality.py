@@ -136,7 +136,7 @@ def gan_quality(
     syn_probe = fit_probe(f_syn, synthetic_labels, alpha=penalty)
     on_syn, on_val, syn_on_val = real_probe.predict(f_syn), real_probe.predict(f_val), syn_probe.predict(f_val)
     out: dict = {"n_real_train": len(f_train), "n_real_val": len(f_val), "n_synthetic": len(f_syn)}
-    boot = np.random.default_rng([seed, 1])  # its own stream: the Frechet subset below stays the same
+    boot = np.random.default_rng([seed, 1])  # its own stream: the Frechet subset does not depend on n_boot
     val_rows = boot.integers(0, len(f_val), size=(n_boot, len(f_val)))
     syn_rows = boot.integers(0, len(f_syn), size=(n_boot, len(f_syn)))
     y_val, y_syn = np.asarray(val_labels, dtype=np.float64), np.asarray(synthetic_labels, dtype=np.float64)

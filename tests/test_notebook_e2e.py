@@ -411,6 +411,7 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
             row = f"| {label} | {dim} | {c['value']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |"
             assert row in text, row
     quality = json.loads((outputs / "gan_quality.json").read_text())
+    assert f"| label_fidelity_arousal | {quality['label_fidelity_arousal']['value']:.3f} |" in text
     tstr = quality["train_synthetic_test_real_valence"]
     (low, high), (ref_low, ref_high) = tstr["interval"], tstr["reference_interval"]
     row = (
