@@ -10,6 +10,8 @@ from training and validation songs only.
   the synthetic samples is at least ``synthetic_gate_ratio`` times it. The synthetic-trained
   model's loss then uses the synthetic labels of the passed dimensions only (a mask on synthetic
   rows; real rows always count on both). With no dimension passed, no second model is trained.
+  Both judge CCCs are reported with 95% bootstrap intervals (samples, validation songs resampled):
+  with few validation songs the denominator of the rule is loose, and the interval shows it.
 * **The choice**, after it trains. Per dimension the run delivers the synthetic-trained model
   only when its kept checkpoint beats the real-only one on the validation songs convincingly:
   a higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap
@@ -24,6 +26,7 @@ weights and validation predictions; the choice reads the two models' validation 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,7 +35,7 @@ import torch
 
 from emovit.config import Config
 from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
-from emovit.metrics import DIMENSIONS, ccc
+from emovit.metrics import DIMENSIONS, ccc, ccc_interval, format_interval
 from emovit.results import prediction_frame, score
 from emovit.runs import Outcome
 from emovit.vit import DevicePreprocessor, model_from_config_dict
@@ -42,6 +45,7 @@ DELIVER_CHOICES = ("auto", "synthetic", "real_only")
 DELIVERED = "delivered"  # name of the delivered model in metrics.json and the results table
 DELIVERED_FORMAT = 3  # best_vit_model.pth of a delivered model: members + per-dimension sources
 CHOICE_RESAMPLES = 2000  # paired bootstrap resamples of the validation songs behind the choice
+GATE_RESAMPLES = 1000  # bootstrap resamples behind the judge's reported intervals (the rule reads the values)
 
 
 def val_ccc(outcome) -> dict[str, float]:
@@ -78,6 +82,12 @@ class Judgement:
     forced: bool  # synthetic_dims was set (not "auto") or use_synthetic is off: the rule is reported, not applied
     n_samples: int
     judge: str = "vit_real_only"
+    synthetic_interval: dict = dataclasses.field(
+        default_factory=dict
+    )  # {dim: 95% interval [low, high], samples resampled}
+    val_interval: dict = dataclasses.field(
+        default_factory=dict
+    )  # {dim: 95% interval [low, high], validation songs resampled}
 
     @property
     def any(self) -> bool:
@@ -91,7 +101,9 @@ class Judgement:
                 {
                     "dimension": dim,
                     "judge CCC on synthetic": round(self.synthetic_ccc[dim], 3),
+                    "synthetic 95% interval": format_interval(self.synthetic_interval.get(dim)),
                     "judge CCC on real validation": round(self.val_ccc[dim], 3),
+                    "validation 95% interval": format_interval(self.val_interval.get(dim)),
                     "ratio": round(self.synthetic_ccc[dim] / self.val_ccc[dim], 2)
                     if self.val_ccc[dim]
                     else float("nan"),
@@ -148,10 +160,20 @@ def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     pred, labels = predict_dataset(model, pre, MelDataset([part], synthetic.mels.shape[2], "centre"), cfg, device)
     on_synthetic = {dim: ccc(labels[:, d], pred[:, d]) for d, dim in enumerate(DIMENSIONS)}
     on_val = val_ccc(judge)
+    boot = np.random.default_rng([cfg.seed, 2])  # the intervals say how firm each reading is; the rule reads values
+    syn_rows = boot.integers(0, n, size=(GATE_RESAMPLES, n))
+    val = judge.val_predictions
+    val_rows = boot.integers(0, len(val), size=(GATE_RESAMPLES, len(val)))
+    syn_interval = {dim: ccc_interval(labels[:, d], pred[:, d], syn_rows) for d, dim in enumerate(DIMENSIONS)}
+    val_interval = {
+        dim: ccc_interval(val[f"{dim}_true"].to_numpy(), val[f"{dim}_pred"].to_numpy(), val_rows) for dim in DIMENSIONS
+    }
     passed = gate(on_synthetic, on_val, cfg.synthetic_gate_ratio)
     forced = cfg.synthetic_dims != "auto" or not cfg.use_synthetic
     dims = ("none" if not cfg.use_synthetic else cfg.synthetic_dims) if forced else dims_of(passed)
-    result = Judgement(on_synthetic, on_val, passed, cfg.synthetic_gate_ratio, dims, forced, n, judge.name)
+    result = Judgement(
+        on_synthetic, on_val, passed, cfg.synthetic_gate_ratio, dims, forced, n, judge.name, syn_interval, val_interval
+    )
     LOG.info(
         "judge: CCC on synthetic %s vs real validation %s -> synthetic labels used: %s%s",
         {d: round(v, 3) for d, v in on_synthetic.items()},

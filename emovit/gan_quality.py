@@ -41,7 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 from emovit.files import atomic_write_json
 from emovit.gan import count_parameters
-from emovit.metrics import DIMENSIONS, ccc
+from emovit.metrics import DIMENSIONS, ccc, ccc_interval, format_interval
 from emovit.probe import band_stats, fit_probe
 from emovit.split import ids_of
 
@@ -96,14 +96,6 @@ def movement_over_time(mels: np.ndarray, parts: int = 4) -> float:
         means = x.reshape(len(x), x.shape[1], parts, seg).mean(axis=3, dtype=np.float64)
         total += float(means.var(axis=2).sum())
     return total / len(mels)
-
-
-def ccc_interval(y_true: np.ndarray, y_pred: np.ndarray, rows: np.ndarray) -> list[float]:
-    """95% percentile bootstrap interval [low, high] of the CCC of 1-D arrays (N,), over the
-    resampled row indices ``rows`` (B, N). Passing the same ``rows`` to two predictions of the same
-    songs makes their intervals paired."""
-    boots = [ccc(y_true[i], y_pred[i]) for i in rows]
-    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 
 
 def gan_quality(
@@ -195,11 +187,6 @@ READS = {
     "movement_over_time": "how much band levels move within a window (over its quarters); far below the "
     "reference = samples that hold still where real songs change",
 }
-
-
-def format_interval(interval) -> str:
-    """[low, high] -> "[+0.123, +0.456]"; "" where a measure has no interval."""
-    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
 
 
 def quality_table(quality: dict) -> pd.DataFrame:

@@ -72,3 +72,16 @@ def with_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, s
             }
     out["mean_ccc"] = float(np.mean([out[d]["ccc"]["value"] for d in DIMENSIONS]))
     return out
+
+
+def ccc_interval(y_true: np.ndarray, y_pred: np.ndarray, rows: np.ndarray) -> list[float]:
+    """95% percentile bootstrap interval [low, high] of the CCC of 1-D arrays (N,), over the
+    resampled row indices ``rows`` (B, N). Passing the same ``rows`` to two predictions of the same
+    songs makes their intervals paired."""
+    boots = [ccc(y_true[i], y_pred[i]) for i in rows]
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def format_interval(interval) -> str:
+    """[low, high] -> "[+0.123, +0.456]"; "" where a measure has no interval."""
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""

@@ -419,6 +419,8 @@ plots.vit_training_curves(
 # The linear probe of the GAN section hears loudness and spectral balance; the judge hears what
 # a ViT learns from real songs -- rhythm, harmony, register -- so it can refuse samples the probe
 # accepts. `synthetic_dims` set to `"both"`, `"valence"`, `"arousal"` or `"none"` overrides it.
+# Each CCC carries a 95% bootstrap interval (the samples, the validation songs resampled): when the
+# validation interval is wide, the gate's call on a dimension near the line is a close one.
 
 # %% module="emovit/choice.py"
 

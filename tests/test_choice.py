@@ -254,6 +254,16 @@ def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffle
     judgement = judge_synthetic(reference, _synthetic_set(tmp_path / "shuffled.npy", mels, shuffled), cfg, "cpu")
     assert judgement.dims == "arousal", judgement.table()
     assert judgement.synthetic_ccc["arousal"] == pytest.approx(ideal.synthetic_ccc["arousal"])
+    # The intervals: the shuffled valence reading lies wholly below the carried one; the validation
+    # interval is the judge's own (the same whatever the samples) and wider on 12 songs than on 144 samples.
+    assert judgement.synthetic_interval["valence"][1] < ideal.synthetic_interval["valence"][0]
+    assert judgement.val_interval == ideal.val_interval
+    for dim in ("valence", "arousal"):
+        low, high = ideal.val_interval[dim]
+        assert low < ideal.val_ccc[dim] < high
+        assert ideal.synthetic_interval[dim][1] - ideal.synthetic_interval[dim][0] < high - low
+    row = ideal.table().set_index("dimension").loc["arousal"]
+    assert row["validation 95% interval"] == f"[{low:+.3f}, {high:+.3f}]"
     forced = judge_synthetic(
         reference, _synthetic_set(tmp_path / "f.npy", mels, shuffled), replace(cfg, synthetic_dims="both"), "cpu"
     )

@@ -419,6 +419,13 @@ def test_validation_report_matches_the_runs_metrics(demo_run, tmp_path):
         f"| {tstr['reference']:.3f} | [{ref_low:+.3f}, {ref_high:+.3f}] |"
     )
     assert row in text, row
+    gate = metrics["gate"]  # the judge's two readings of valence, each with its interval
+    (low, high), (val_low, val_high) = gate["synthetic_interval"]["valence"], gate["val_interval"]["valence"]
+    row = (
+        f"| valence | {gate['synthetic_ccc']['valence']:+.3f} [{low:+.3f}, {high:+.3f}] "
+        f"| {gate['val_ccc']['valence']:+.3f} [{val_low:+.3f}, {val_high:+.3f}] | {gate['passed']['valence']} |"
+    )
+    assert row in text, row
 
 
 def _kaggle_preset_stops(demo_root: Path, tmp_path: Path, overrides: dict) -> tuple[str, str, Path]:

@@ -181,9 +181,15 @@ def render(run: dict, checks: list[dict], meta: dict) -> str:
 def _delivered_section(m: dict) -> list[str]:
     """The gate (the judge's CCC on synthetic vs real validation songs) and the per-dimension choice
     behind the delivered model, from metrics.json."""
+    from emovit.metrics import format_interval
+
     gate, choice = m.get("gate"), m.get("choice")
     if not gate or not choice:
         return []
+
+    def interval(reading: dict, key: str, dim: str) -> str:  # a run from before the intervals has none
+        return format_interval(reading.get(key, {}).get(dim))
+
     out = [
         "",
         "## Demo run: what the delivered model is made of",
@@ -192,15 +198,16 @@ def _delivered_section(m: dict) -> list[str]:
         f"trained with `synthetic_dims` = {gate['dims']!r}{' (forced)' if gate['forced'] else ''}.",
         f"Choice: {choice['rule']}.",
         "",
-        "| dimension | judge CCC on synthetic | judge CCC on validation | passes | validation CCC per model "
-        "| P(synthetic-trained better) | delivered from |",
+        "| dimension | judge CCC on synthetic [95%] | judge CCC on validation [95%] | passes "
+        "| validation CCC per model | P(synthetic-trained better) | delivered from |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for dim in ("valence", "arousal"):
         val = ", ".join(f"{k} {v:+.3f}" for k, v in choice["val_ccc"][dim].items())
         better = choice["prob_better"].get(dim)
         out.append(
-            f"| {dim} | {gate['synthetic_ccc'][dim]:+.3f} | {gate['val_ccc'][dim]:+.3f} | {gate['passed'][dim]} "
+            f"| {dim} | {gate['synthetic_ccc'][dim]:+.3f} {interval(gate, 'synthetic_interval', dim)} "
+            f"| {gate['val_ccc'][dim]:+.3f} {interval(gate, 'val_interval', dim)} | {gate['passed'][dim]} "
             f"| {val} | {'' if better is None else f'{better:.2f}'} | {choice['sources'][dim]} |"
         )
     return out
