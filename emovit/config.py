@@ -77,7 +77,7 @@ class Config:
     gan_margin: int = 3  # G's starting-grid columns (16 frames each) generated past each time edge and dropped
     gan_band_condition: bool = False  # G adds a label- and noise-dependent level per mel band to its output
     gan_d_batch_spread: bool = False  # D's band-statistics MLP also reads the batch's spread of each statistic
-    gan_upsample: str = "nearest"  # G's 2x upsampling: "nearest" or "bilinear" (smooth across neighbouring bands)
+    gan_upsample: str = "nearest"  # G's 2x upsampling: "nearest", "bilinear", "bilinear-freq" (bands only)
     gan_d_lags: int = 0  # D also reads each band's autocorrelation at lags 1, 2, 4, ... up to this (0 = off)
     gan_d_slow_frames: int = 0  # D also reads how much each band's level moves between segments this long (0 = off)
     gan_slow_noise: int = 0  # half of G's noise drifts over this many 16-frame columns (0 = off)
@@ -156,7 +156,7 @@ class Config:
             "synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
             "deliver": ("auto", "synthetic", "real_only"),
             "gan_style_source": ("song", "crop"),
-            "gan_upsample": ("nearest", "bilinear"),
+            "gan_upsample": ("nearest", "bilinear", "bilinear-freq"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -19,7 +19,8 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   match songs' dynamics and register, not only their average spectrum.
   Options, off: ``d_batch_spread`` (the batch's std of each statistic), ``d_slow_frames`` (movement
   between segments), ``d_lags`` (each band's autocorrelation at lags 1, 2, 4, ...: held notes,
-  beats), ``slow_noise`` (G's noise drifts over bars), ``upsample="bilinear"`` (smooth 2x steps).
+  beats), ``slow_noise`` (G's noise drifts over bars), ``upsample`` (smooth 2x steps: "bilinear",
+  or "bilinear-freq": across bands only, frames repeated so onsets stay sharp).
 * **Style beyond the labels** (``gan_style_dims``, off): a cGAN tends to ignore its noise, so
   songs of one emotion come out as near copies. With k style dims, z's first k entries are, in
   training, the paired real song's (or, ``gan_style_source`` "crop", crop's) :class:`StyleCodes`
@@ -31,8 +32,7 @@ Design and why (the measurements behind each choice: docs/experiments.md, sectio
   (ADA's adaptive strength an option, :func:`ada_update`), a sampling EMA of G, steps not epochs,
   checkpoints kept by label fidelity and Frechet distance on validation songs; optionally a frozen
   band-statistics probe of real crops whose error on the fakes' labels joins G's loss (:class:`BandProbe`).
-* **Precision.** D's time pooling, projection and head run in float32 under autocast (a sum over
-  ~10^4 positions in fp16 loses precision and can overflow).
+* **Precision.** D's pooling, projection and head run in float32 under autocast (fp16 sums overflow).
 
 Shapes: the generator maps z (B, z_dim), y (B, 2) and a noise sequence (B, noise_dim, n_mels /
 16, ceil(frames / 16) + 2 margin) to x (B, 1, n_mels, frames) in the STANDARDIZED log-mel space
@@ -74,7 +74,7 @@ class GanArch:
     d_slow_frames: int = 0  # D's statistics also hold each band's movement over segments this long (0 = off)
     slow_noise: int = 0  # half of G's noise channels averaged over this many starting-grid columns (0 = off)
     d_lags: int = 0  # D's statistics also hold each band's autocorrelation at lags 1, 2, 4, ... <= d_lags
-    upsample: str = "nearest"  # G's 2x upsampling: "nearest" or "bilinear"
+    upsample: str = "nearest"  # G's 2x upsampling: "nearest", "bilinear" or "bilinear-freq" (bands only)
     name: str = ARCH_NAME
 
     def to_dict(self) -> dict:
@@ -117,9 +117,18 @@ class GBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2, mode=self.upsample)
+        h = upsample(F.relu(self.bn1(x, c)), self.upsample)
         h = self.conv2(F.relu(self.bn2(self.conv1(h), c)))
-        return h + self.skip(F.interpolate(x, scale_factor=2, mode=self.upsample))
+        return h + self.skip(upsample(x, self.upsample))
+
+
+def upsample(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 2H, 2W); H is the mel bands, W the frames. "bilinear-freq" interpolates
+    across bands and repeats frames: a smooth spectrum without blurring onsets in time."""
+    if mode == "bilinear-freq":
+        frames = F.interpolate(x, scale_factor=(1, 2), mode="nearest")
+        return F.interpolate(frames, scale_factor=(2, 1), mode="bilinear")
+    return F.interpolate(x, scale_factor=2, mode=mode)
 
 
 def generator_widths(channels: int) -> list[int]:

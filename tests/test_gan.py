@@ -130,6 +130,25 @@ def test_bilinear_upsampling_reaches_the_generator_and_its_key():
     assert {"gan_upsample", "gan_d_lags"} <= set(gan_train.GAN_FIELDS)
     with pytest.raises(ValueError, match="gan_upsample must be one of"):
         tiny_config(gan_upsample="cubic")
+    across = G.Generator(replace_arch(arch, upsample="bilinear-freq"))
+    across.load_state_dict(smooth.state_dict())
+    c = across.eval()(z, y, noise, frames=64)
+    assert c.shape == a.shape and not torch.allclose(c, a) and not torch.allclose(c, b)
+    assert gan_train.arch_from_config(tiny_config(gan_upsample="bilinear-freq"), n_mels=32).upsample == "bilinear-freq"
+
+
+def test_bilinear_freq_upsampling_interpolates_bands_and_repeats_frames():
+    """(B, C, bands, frames) -> twice each: every frame is repeated as it is (onsets stay one step),
+    every band profile is the bilinear one, and a map constant across bands comes out as nearest's."""
+    x = torch.randn(2, 3, 4, 5)
+    up = G.upsample(x, "bilinear-freq")
+    assert up.shape == (2, 3, 8, 10)
+    assert torch.equal(up[..., 0::2], up[..., 1::2])
+    bands = F.interpolate(x, scale_factor=(2, 1), mode="bilinear")
+    torch.testing.assert_close(up[..., 0::2], bands)
+    flat = x[:, :, :1].expand(-1, -1, 4, -1)
+    torch.testing.assert_close(G.upsample(flat, "bilinear-freq"), G.upsample(flat, "nearest"))
+    torch.testing.assert_close(G.upsample(x, "bilinear"), F.interpolate(x, scale_factor=2, mode="bilinear"))
     with pytest.raises(ValueError, match="gan_d_lags must be >= 0"):
         tiny_config(gan_d_lags=-1)
 
