@@ -25,7 +25,7 @@ from emovit import gan_train
 from emovit.choice import DELIVERED, Choice, choose_models, deliver, dims_of, gate, judge_synthetic
 from emovit.config import replace
 from emovit.gan_train import SyntheticSet
-from emovit.metrics import ccc
+from emovit.metrics import ccc, with_intervals
 from emovit.runs import Outcome, Trainer
 from emovit.split import Standardizer, ids_of, split_songs
 from emovit.vit import RoutedRegressor, find_pretrained, regressor_from_checkpoint
@@ -258,9 +258,15 @@ def test_the_gate_opens_for_samples_that_carry_the_labels_and_closes_for_shuffle
     # interval is the judge's own (the same whatever the samples) and wider on 12 songs than on 144 samples.
     assert judgement.synthetic_interval["valence"][1] < ideal.synthetic_interval["valence"][0]
     assert judgement.val_interval == ideal.val_interval
+    frame = reference.val_predictions  # an independent bootstrap of the same 12 songs agrees with it
+    cols = [[f"{d}_{k}" for d in ("valence", "arousal")] for k in ("true", "pred")]
+    independent = with_intervals(frame[cols[0]].to_numpy(), frame[cols[1]].to_numpy(), n_boot=4000, seed=123)
     for dim in ("valence", "arousal"):
         low, high = ideal.val_interval[dim]
         assert low < ideal.val_ccc[dim] < high
+        ref = independent[dim]["ccc"]
+        # 0.15: twice the largest Monte Carlo gap seen between 1000- and 4000-resample intervals here
+        assert abs(low - ref["low"]) < 0.15 and abs(high - ref["high"]) < 0.15, (low, high, ref)
         assert ideal.synthetic_interval[dim][1] - ideal.synthetic_interval[dim][0] < high - low
     row = ideal.table().set_index("dimension").loc["arousal"]
     assert row["validation 95% interval"] == f"[{low:+.3f}, {high:+.3f}]"
