@@ -82,12 +82,10 @@ class Judgement:
     forced: bool  # synthetic_dims was set (not "auto") or use_synthetic is off: the rule is reported, not applied
     n_samples: int
     judge: str = "vit_real_only"
-    synthetic_interval: dict = dataclasses.field(
-        default_factory=dict
-    )  # {dim: 95% interval [low, high], samples resampled}
-    val_interval: dict = dataclasses.field(
-        default_factory=dict
-    )  # {dim: 95% interval [low, high], validation songs resampled}
+    # {dim: 95% bootstrap interval [low, high]} of synthetic_ccc (samples resampled) and of val_ccc
+    # (validation songs resampled); reported beside the values, which are what the rule reads
+    synthetic_interval: dict = dataclasses.field(default_factory=dict)
+    val_interval: dict = dataclasses.field(default_factory=dict)
 
     @property
     def any(self) -> bool:
