@@ -34,7 +34,9 @@ cache file name holds the GAN key AND a digest of the generator's weights. With
 ``synthetic_envelope`` s > 0 each sample's band levels over its window move the share s of the way
 to :class:`SongEnvelopes`' levels: the training songs' quadratic fit of band levels on the labels,
 plus what one random training song's levels carry beyond it (the GAN keeps making everything that
-moves within the window).
+moves within the window). ``synthetic_dynamics`` d > 0 does the same for how far each band moves
+around its level (its std over the window, in log): every frame's deviation is scaled, so the
+notes stay on their rows and in their frames.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class GanResult:
     train_generator: G.Generator | None = None  # the training (non-EMA) generator at best_step
     batch_size: int = 0  # crops per step it was trained with
     trained_seconds: float = 0.0  # training seconds of the run that trained it
-    envelope: SongEnvelopes | None = None  # the training songs' band levels, when synthetic_envelope > 0
+    envelope: SongEnvelopes | None = None  # the training songs' band levels, when synthetic_envelope or _dynamics > 0
 
 
 def arch_from_config(cfg: Config, n_mels: int | None = None, out_low: float = -4.0, out_high: float = 4.0) -> G.GanArch:
@@ -195,8 +197,9 @@ def train_or_load_gan(cfg: Config, store, split, song_ids, standardizer: Standar
     arch = arch_from_config(cfg, n_mels=x.shape[2], out_low=round(float(x.min()), 3), out_high=round(float(x.max()), 3))
     key = gan_key(cfg, arch, store.path, song_ids, labels, standardizer)
     envelope = None
-    if cfg.synthetic_envelope > 0:  # not part of the key: it changes sampling, not the GAN
-        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels)
+    if cfg.synthetic_envelope > 0 or cfg.synthetic_dynamics > 0:  # not part of the key: sampling, not the GAN
+        window_stds = np.asarray(store.centre_windows(song_ids), np.float32).std(axis=2)  # a sample's length
+        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels, window_stds)
     folder = workspace.entry(cfg, "gan", key)  # the checkpoints' home, shared by every run of these settings
     g_path, d_path = os.path.join(folder, "generator.pth"), os.path.join(folder, "discriminator.pth")
     if os.path.exists(g_path) and os.path.exists(d_path):
@@ -758,24 +761,29 @@ def generate(
 
 @dataclass
 class SongEnvelopes:
-    """The training songs' band levels, lent to synthetic samples.
+    """The training songs' band levels and dynamics, lent to synthetic samples.
 
-    Fitted on N training songs' band means over their whole clips m (N, n_mels, dB) and labels
-    y (N, 2): coef (6, n_mels) is the least-squares quadratic fit m ~ label_design(y) @ coef, and
-    residuals (N, n_mels) what each song's levels carry beyond its labels (mix, register,
-    instrumentation). :meth:`apply` moves a sample's band means over time the given share of the way
-    to fit(its label) + one random song's residual and keeps its movement around them (rhythm,
-    chords, dynamics).
-    Why: the GAN reproduces the labels' share of the band levels and the texture within a window,
-    but from a few hundred songs not their song-to-song spread, which real songs have and the
-    labels do not explain; here that spread is taken from real training songs instead of learned.
+    Fitted on N training songs' band means over their whole clips m (N, n_mels, dB), labels
+    y (N, 2) and, optionally, band stds over a window as long as a sample s (N, n_mels, dB): coef
+    (6, n_mels) is the least-squares quadratic fit m ~ label_design(y) @ coef and residuals (N,
+    n_mels) what each song's levels carry beyond its labels (mix, register, instrumentation);
+    dyn_coef and dyn_residuals the same for log(s), how far each band moves around its level (drum
+    intensity, note attacks). :meth:`apply` moves a sample's band means over time the given share
+    of the way to fit(its label) + one random song's residual, and its log band stds the
+    ``dynamics`` share of the way to that song's, by scaling every frame's deviation from its band
+    mean: rhythm, chords and where the notes lie stay G's.
+    Why: the GAN reproduces the labels' share of the band statistics and the texture within a
+    window, but from a few hundred songs not their song-to-song spread, which real songs have and
+    the labels do not explain; here that spread is taken from real training songs instead of learned.
     """
 
     coef: np.ndarray  # (6, n_mels) float64
     residuals: np.ndarray  # (N, n_mels) float64
+    dyn_coef: np.ndarray | None = None  # (6, n_mels) float64: fit of the log band stds, when given
+    dyn_residuals: np.ndarray | None = None  # (N, n_mels) float64
 
     @classmethod
-    def fit(cls, band_means: np.ndarray, labels: np.ndarray) -> SongEnvelopes:
+    def fit(cls, band_means: np.ndarray, labels: np.ndarray, band_stds: np.ndarray | None = None) -> SongEnvelopes:
         design = G.label_design(torch.from_numpy(np.asarray(labels, np.float64))).numpy()
         if len(design) <= design.shape[1]:
             raise ValueError(
@@ -784,26 +792,53 @@ class SongEnvelopes:
             )
         m = np.asarray(band_means, np.float64)
         coef = np.linalg.lstsq(design, m, rcond=None)[0]
-        return cls(coef, m - design @ coef)
+        env = cls(coef, m - design @ coef)
+        if band_stds is not None:
+            log_s = np.log(np.asarray(band_stds, np.float64) + STD_FLOOR_DB)
+            env.dyn_coef = np.linalg.lstsq(design, log_s, rcond=None)[0]
+            env.dyn_residuals = log_s - design @ env.dyn_coef
+        return env
 
-    def apply(self, mels: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float = 1.0) -> np.ndarray:
-        """(B, n_mels, T) dB and (B, 2) labels -> (B, n_mels, T) float32, band levels moved by ``share``."""
+    def apply(
+        self, mels: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float = 1.0, dynamics: float = 0.0
+    ) -> np.ndarray:
+        """(B, n_mels, T) dB and (B, 2) labels -> (B, n_mels, T) float32, band levels moved by ``share``
+        and band stds (in log) by ``dynamics``, both toward one song drawn per sample."""
         x = np.asarray(mels, np.float32)
         design = G.label_design(torch.from_numpy(np.asarray(labels, np.float64))).numpy()
-        level = design @ self.coef + self.residuals[rng.integers(0, len(self.residuals), size=len(x))]
+        song = rng.integers(0, len(self.residuals), size=len(x))
+        level = design @ self.coef + self.residuals[song]
         mean = x.mean(axis=2, keepdims=True)
+        if dynamics > 0:
+            if self.dyn_coef is None:
+                raise ValueError("synthetic_dynamics > 0 needs SongEnvelopes fitted with band_stds")
+            target = design @ self.dyn_coef + self.dyn_residuals[song]  # (B, n_mels) log dB
+            own = np.log(x.std(axis=2).astype(np.float64) + STD_FLOOR_DB)
+            x = mean + (x - mean) * np.exp(dynamics * (target - own)).astype(np.float32)[:, :, None]
         return x + np.float32(share) * (level[:, :, None].astype(np.float32) - mean)
 
 
-def lend_levels(result: GanResult, mels: np.ndarray, labels: np.ndarray, share: float, rng: np.random.Generator):
+STD_FLOOR_DB = 1e-2  # added to a band's std before its log: a constant band is scaled from 0.01 dB, not 0
+
+
+def lend_levels(
+    result: GanResult,
+    mels: np.ndarray,
+    labels: np.ndarray,
+    share: float,
+    rng: np.random.Generator,
+    dynamics: float = 0.0,
+):
     """G's samples (B, n_mels, T) dB and their (B, 2) labels -> the samples as the synthetic set
-    stores them: band levels moved ``share`` of the way to the training songs' (:class:`SongEnvelopes`),
-    float32; with share 0 the samples are returned as they are."""
-    if share == 0:
+    stores them: band levels moved ``share`` and band stds ``dynamics`` of the way to the training
+    songs' (:class:`SongEnvelopes`), float32; with both 0 the samples are returned as they are."""
+    if share == 0 and dynamics == 0:
         return mels
     if result.envelope is None:
-        raise ValueError("synthetic_envelope > 0 needs the GAN from train_or_load_gan with that setting")
-    return result.envelope.apply(mels, labels, rng, share)
+        raise ValueError(
+            "synthetic_envelope or synthetic_dynamics > 0 needs the GAN from train_or_load_gan with that setting"
+        )
+    return result.envelope.apply(mels, labels, rng, share, dynamics)
 
 
 @dataclass
@@ -819,12 +854,17 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
     """``cfg.num_synthetic`` samples, cached under ``<cache>/synthetic`` by GAN key, generator
     weights, count, seed, jitter and envelope share."""
     start = time.perf_counter()
-    if cfg.synthetic_envelope > 0 and result.envelope is None:  # before any sampling
-        raise ValueError("synthetic_envelope > 0 needs the GAN from train_or_load_gan with that setting")
+    lends = cfg.synthetic_envelope > 0 or cfg.synthetic_dynamics > 0
+    if lends and result.envelope is None:  # before any sampling
+        raise ValueError(
+            "synthetic_envelope or synthetic_dynamics > 0 needs the GAN from train_or_load_gan with that setting"
+        )
     digest = result.weights_digest or weights_digest(result.generator)
     stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
     if cfg.synthetic_envelope > 0:  # share 0 keeps the names of sets written before the option
         stem += f"_envelope{cfg.synthetic_envelope}"
+    if cfg.synthetic_dynamics > 0:
+        stem += f"_dynamics{cfg.synthetic_dynamics}"
     folder = workspace.entry(cfg, "synthetic", stem)
     mel_path, label_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("npy", "labels.npy"))
     reused = os.path.exists(mel_path) and os.path.exists(label_path)
@@ -838,10 +878,17 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
             generate(
                 result.generator, labels, result.standardizer, device, cfg.gan_sample_batch_size, seed=cfg.seed, out=mm
             )
-            if cfg.synthetic_envelope > 0:
+            if lends:
                 rng = np.random.default_rng(cfg.seed + 3)
                 for i in range(0, len(labels), 256):
-                    block = lend_levels(result, mm[i : i + 256], labels[i : i + 256], cfg.synthetic_envelope, rng)
+                    block = lend_levels(
+                        result,
+                        mm[i : i + 256],
+                        labels[i : i + 256],
+                        cfg.synthetic_envelope,
+                        rng,
+                        cfg.synthetic_dynamics,
+                    )
                     mm[i : i + 256] = block.astype(np.float16)
             mm.flush()
             del mm

@@ -87,6 +87,7 @@ NOT_TRAINING_FIELDS = (
 SYNTHETIC_FIELDS = (
     "num_synthetic",
     "synthetic_envelope",
+    "synthetic_dynamics",
     "synthetic_label_jitter",
     "synthetic_weight",
     "synthetic_epochs",

@@ -290,7 +290,9 @@ shown_labels = labels.loc[shown].to_numpy(np.float32)
 shown_fake = generate(gan.generator, shown_labels, gan.standardizer, device, seed=cfg.seed)
 plots.real_vs_synthetic(  # the samples as the ViT sees them: band levels lent as in the synthetic set
     store.centre_windows(shown),
-    lend_levels(gan, shown_fake, shown_labels, cfg.synthetic_envelope, np.random.default_rng(cfg.seed)),
+    lend_levels(
+        gan, shown_fake, shown_labels, cfg.synthetic_envelope, np.random.default_rng(cfg.seed), cfg.synthetic_dynamics
+    ),
     shown_labels,
     shown,
     cfg.output_dir,

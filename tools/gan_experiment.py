@@ -234,7 +234,8 @@ def checkpoint_draws(gan, snapshots, cfg, store, train_ids, eval_store, eval_ids
             y = sample_labels(gan.train_labels, cfg.num_synthetic, cfg.synthetic_label_jitter, cfg.seed + 100 + k)
             batch = cfg.gan_sample_batch_size
             mels = generate(gan.generator, y, gan.standardizer, "cpu", batch, seed=cfg.seed + 200 + k)
-            mels = lend_levels(gan, mels, y, cfg.synthetic_envelope, np.random.default_rng(cfg.seed + 300 + k))
+            rng = np.random.default_rng(cfg.seed + 300 + k)
+            mels = lend_levels(gan, mels, y, cfg.synthetic_envelope, rng, cfg.synthetic_dynamics)
             q = gan_quality(real_train, train_labels, real_eval, eval_labels, mels, y, seed=k)
             readings.append({m: q[m]["value"] / q[m]["reference"] for m in MEASURES})
         row = {"step": step, "kept": step == gan.best_step}

@@ -269,7 +269,7 @@ MUTATIONS = [
     Mutation(
         "envelopes_fitted_with_val_songs",
         "emovit/gan_train.py",
-        "        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels)",
+        "        envelope = SongEnvelopes.fit(song_features(store, song_ids)[:, : arch.n_mels], labels, window_stds)",
         "        both = song_ids + [int(s) for s in ids_of(split, 'val')]\n"
         "        both_labels = store.songs.set_index('song_id').loc[both, ['valence', 'arousal']].to_numpy()\n"
         "        envelope = SongEnvelopes.fit(song_features(store, both)[:, : arch.n_mels], both_labels)",
