@@ -376,6 +376,54 @@ def test_song_envelopes_set_each_samples_band_levels_and_keep_its_movement():
         replace(make_config("demo"), synthetic_envelope=1.5)
 
 
+def test_song_envelopes_lend_band_dynamics_by_scaling_each_bands_deviations():
+    """With band stds fitted, apply(dynamics=d) moves each sample's log band std d of the way to the
+    labels' fit plus the residual of the SAME song that lends its levels, by scaling every frame's
+    deviation from its band mean: band means, and where each band's peaks and troughs lie, are
+    unchanged; dynamics 0 is exactly the levels-only result."""
+    rng = np.random.default_rng(1)
+    labels = rng.uniform(-1, 1, (30, 2))
+    means = rng.normal(-40, 8, (30, 16))
+    stds = np.exp(rng.normal(2.0, 0.3, (30, 16)) + 0.5 * labels[:, 1:])
+    env = gan_train.SongEnvelopes.fit(means, labels, stds)
+    design = G.label_design(torch.from_numpy(labels)).numpy()
+    np.testing.assert_allclose(design.T @ env.dyn_residuals, 0, atol=1e-8)
+    np.testing.assert_allclose(design @ env.dyn_coef + env.dyn_residuals, np.log(stds + gan_train.STD_FLOOR_DB))
+    x = rng.normal(-50, 10, (5, 16, 40)).astype(np.float32)
+    y = rng.uniform(-1, 1, (5, 2))
+    picked = np.random.default_rng(7).integers(0, 30, size=5)
+    y_design = G.label_design(torch.from_numpy(y)).numpy()
+    target = y_design @ env.dyn_coef + env.dyn_residuals[picked]
+    own = np.log(x.std(axis=2) + gan_train.STD_FLOOR_DB)
+    full = env.apply(x, y, np.random.default_rng(7), share=0.0, dynamics=1.0)
+    scale = np.log(x.std(axis=2)) - own  # log(s / (s + floor)): the floor's share, ~0.003 here
+    np.testing.assert_allclose(np.log(full.std(axis=2)), target + scale, atol=1e-4)
+    half = env.apply(x, y, np.random.default_rng(7), share=0.0, dynamics=0.5)
+    np.testing.assert_allclose(np.log(half.std(axis=2)), (own + target) / 2 + scale, atol=1e-4)
+    np.testing.assert_allclose(half.mean(axis=2), x.mean(axis=2), atol=1e-3)  # levels untouched at share 0
+    centred, lent = x - x.mean(axis=2, keepdims=True), half - half.mean(axis=2, keepdims=True)
+    ratio = lent / centred  # one positive factor per (sample, band): the same frames stay loud
+    np.testing.assert_allclose(ratio, ratio[:, :, :1].repeat(40, axis=2), rtol=1e-3)
+    assert (ratio > 0).all() and not np.allclose(ratio, 1.0)
+    both = env.apply(x, y, np.random.default_rng(7), share=1.0, dynamics=1.0)  # levels from the same song
+    np.testing.assert_allclose(both.mean(axis=2), y_design @ env.coef + env.residuals[picked], atol=1e-3)
+    np.testing.assert_allclose(
+        both - both.mean(axis=2, keepdims=True), full - full.mean(axis=2, keepdims=True), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        env.apply(x, y, np.random.default_rng(7), share=0.25, dynamics=0.0),
+        gan_train.SongEnvelopes(env.coef, env.residuals).apply(x, y, np.random.default_rng(7), share=0.25),
+    )
+    lent = gan_train.lend_levels(SimpleNamespace(envelope=env), x, y, 0.0, np.random.default_rng(7), dynamics=0.5)
+    np.testing.assert_allclose(lent, half)
+    with pytest.raises(ValueError, match="band_stds"):
+        gan_train.SongEnvelopes(env.coef, env.residuals).apply(x, y, np.random.default_rng(0), dynamics=0.5)
+    with pytest.raises(ValueError, match="synthetic_dynamics"):
+        gan_train.lend_levels(SimpleNamespace(envelope=None), x, y, 0.0, np.random.default_rng(0), dynamics=0.5)
+    with pytest.raises(ValueError, match="synthetic_dynamics"):
+        replace(make_config("demo"), synthetic_dynamics=-0.1)
+
+
 @pytest.mark.parametrize("margin", [0, 3])
 def test_margin_keeps_zero_padding_out_of_every_output_frame(margin):
     """Without edges a time-convolutional G is shift-equivariant: the output for a window of a long

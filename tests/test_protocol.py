@@ -129,9 +129,9 @@ def test_gan_and_synthetic_labels_are_the_training_songs(pipeline, monkeypatch):
 
 
 def test_synthetic_band_levels_come_from_training_songs_only(pipeline, monkeypatch):
-    """With synthetic_envelope 1 the envelopes are fitted on the training songs' clips
-    (a spy on the features they read) and every synthetic sample's band means over time are the
-    labels' fit plus one of those songs' residuals."""
+    """With synthetic_envelope and synthetic_dynamics 1 the envelopes are fitted on the training
+    songs' clips (a spy on the features they read) and windows, and every synthetic sample's band
+    means over time are the labels' fit plus one of those songs' residuals."""
     cfg, store, split, standardizer = pipeline
     train_ids = ids_of(split, "train")
     read = []
@@ -142,12 +142,15 @@ def test_synthetic_band_levels_come_from_training_songs_only(pipeline, monkeypat
         return real_features(store_, song_ids)
 
     monkeypatch.setattr(gan_train, "song_features", spy)
-    env_cfg = replace(cfg, synthetic_envelope=1.0, cache_dir=str(cfg.cache_path) + "_env")
+    env_cfg = replace(cfg, synthetic_envelope=1.0, synthetic_dynamics=1.0, cache_dir=str(cfg.cache_path) + "_env")
     gan = gan_train.train_or_load_gan(env_cfg, store, split, train_ids, standardizer, "cpu")
     assert read == [sorted(int(s) for s in train_ids)]
     expected = song_features(store, train_ids)[:, : store.mels.shape[1]]
     design = torch.from_numpy(_labels(store, train_ids).astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(gan.envelope.residuals, expected - G.label_design(design).numpy() @ gan.envelope.coef)
+    log_stds = np.log(store.centre_windows(train_ids).astype(np.float32).std(axis=2) + gan_train.STD_FLOOR_DB)
+    fitted = G.label_design(design).numpy() @ gan.envelope.dyn_coef
+    np.testing.assert_allclose(gan.envelope.dyn_residuals, log_stds - fitted, atol=1e-6)
     synthetic = gan_train.synthesize(gan, env_cfg, "cpu")
     levels = synthetic.mels.astype(np.float32).mean(axis=2)
     fit = G.label_design(torch.from_numpy(synthetic.labels.astype(np.float64))).numpy() @ gan.envelope.coef
