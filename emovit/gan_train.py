@@ -759,6 +759,12 @@ def generate(
     return out
 
 
+STD_FLOOR_DB = 1e-2  # added to a band's std before its log: a constant band is scaled from 0.01 dB, not 0
+
+
+NEEDS_ENVELOPE = "synthetic_envelope or synthetic_dynamics > 0 needs the GAN from train_or_load_gan with that setting"
+
+
 @dataclass
 class SongEnvelopes:
     """The training songs' band levels and dynamics, lent to synthetic samples.
@@ -818,9 +824,6 @@ class SongEnvelopes:
         return x + np.float32(share) * (level[:, :, None].astype(np.float32) - mean)
 
 
-STD_FLOOR_DB = 1e-2  # added to a band's std before its log: a constant band is scaled from 0.01 dB, not 0
-
-
 def lend_levels(
     result: GanResult,
     mels: np.ndarray,
@@ -835,9 +838,7 @@ def lend_levels(
     if share == 0 and dynamics == 0:
         return mels
     if result.envelope is None:
-        raise ValueError(
-            "synthetic_envelope or synthetic_dynamics > 0 needs the GAN from train_or_load_gan with that setting"
-        )
+        raise ValueError(NEEDS_ENVELOPE)
     return result.envelope.apply(mels, labels, rng, share, dynamics)
 
 
@@ -856,9 +857,7 @@ def synthesize(result: GanResult, cfg: Config, device: str) -> SyntheticSet:
     start = time.perf_counter()
     lends = cfg.synthetic_envelope > 0 or cfg.synthetic_dynamics > 0
     if lends and result.envelope is None:  # before any sampling
-        raise ValueError(
-            "synthetic_envelope or synthetic_dynamics > 0 needs the GAN from train_or_load_gan with that setting"
-        )
+        raise ValueError(NEEDS_ENVELOPE)
     digest = result.weights_digest or weights_digest(result.generator)
     stem = f"synthetic_{result.key}_{digest}_{cfg.num_synthetic}_{cfg.seed}_{cfg.synthetic_label_jitter}"
     if cfg.synthetic_envelope > 0:  # share 0 keeps the names of sets written before the option
