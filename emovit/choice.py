@@ -13,12 +13,15 @@ from training and validation songs only.
   Both judge CCCs are reported with 95% bootstrap intervals (samples, validation songs resampled):
   with few validation songs the denominator of the rule is loose, and the interval shows it.
 * **The choice**, after it trains. Per dimension the run delivers the synthetic-trained model
-  only when its kept checkpoint beats the real-only one on the validation songs convincingly:
-  a higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap
-  resamples of the validation songs (so the bar rises where the validation set is small or the
-  dimension noisy); otherwise the real-only model. ``best_vit_model.pth`` then routes
-  each dimension to its model (:class:`emovit.vit.RoutedRegressor`; one backbone when both
-  dimensions agree), and its test predictions are those models' columns.
+  when its kept checkpoint beats the real-only one on the validation songs convincingly: a
+  higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap resamples
+  of the validation songs (so the bar rises where the validation set is small or the dimension
+  noisy). Where it wins on at least ``deliver_hedge`` of the resamples but not convincingly,
+  the mean of both models' predictions: a few validation songs cannot tell a real gain from
+  luck, and the mean keeps about half of a gain while paying about half of a loss. Otherwise
+  the real-only model. ``best_vit_model.pth`` then routes each dimension to its model or
+  models (:class:`emovit.vit.RoutedRegressor`; one backbone when both dimensions name the same
+  one), and its test predictions are those models' columns (averaged where two are named).
 
 Neither decision reads a test song: the gate reads the synthetic samples and the judge's
 weights and validation predictions; the choice reads the two models' validation predictions.
@@ -34,16 +37,16 @@ import pandas as pd
 import torch
 
 from emovit.config import Config
-from emovit.files import LOG, atomic_path, hash_json, load_checkpoint
+from emovit.files import LOG, atomic_path, hash_json
 from emovit.metrics import DIMENSIONS, ccc, ccc_interval, format_interval
 from emovit.results import prediction_frame, score
 from emovit.runs import Outcome
 from emovit.vit import DevicePreprocessor, model_from_config_dict
 from emovit.vit_train import SYNTHETIC_DIMS, MelDataset, Part, load_best, predict_dataset
 
-DELIVER_CHOICES = ("auto", "synthetic", "real_only")
+DELIVER_CHOICES = ("auto", "synthetic", "real_only", "mean")
 DELIVERED = "delivered"  # name of the delivered model in metrics.json and the results table
-DELIVERED_FORMAT = 3  # best_vit_model.pth of a delivered model: members + per-dimension sources
+DELIVERED_FORMAT = 4  # best_vit_model.pth of a delivered model: members + per-dimension lists of averaged members
 CHOICE_RESAMPLES = 2000  # paired bootstrap resamples of the validation songs behind the choice
 GATE_RESAMPLES = 1000  # bootstrap resamples behind the judge's reported intervals (the rule reads the values)
 
@@ -182,15 +185,21 @@ def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     return result
 
 
+def describe(names: list[str]) -> str:
+    """A dimension's source for people: one model's name, or "mean of a and b"."""
+    return names[0] if len(names) == 1 else "mean of " + " and ".join(names)
+
+
 @dataclass
 class Choice:
-    """Which model predicts each dimension of the delivered model, and the evidence."""
+    """Which model or models predict each dimension of the delivered model, and the evidence."""
 
-    sources: dict  # {dim: model name}
+    sources: dict  # {dim: [model names]}: one model, or two whose predictions are averaged
     val_ccc: dict  # {dim: {model name: validation CCC of its kept checkpoint}}
     prob_better: dict  # {dim: share of paired validation resamples where the synthetic-trained model wins}
     deliver: str  # Config.deliver: "auto" applies the rule, the others force a model
     confidence: float  # Config.deliver_confidence
+    hedge: float  # Config.deliver_hedge
     note: str = ""
 
     def table(self) -> pd.DataFrame:
@@ -201,15 +210,16 @@ class Choice:
                     "dimension": dim,
                     **{f"val CCC {k}": round(v, 3) for k, v in self.val_ccc[dim].items()},
                     "P(synthetic-trained better)": self.prob_better.get(dim),
-                    "delivered from": self.sources[dim],
+                    "delivered from": describe(self.sources[dim]),
                 }
             )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
         rule = (
-            f"per dimension, the synthetic-trained model when it beats the real-only model's validation CCC on "
-            f"at least {self.confidence:g} of paired bootstrap resamples of the validation songs, else the "
+            f"per dimension, the synthetic-trained model when it has the higher validation CCC and beats the "
+            f"real-only model's on at least {self.confidence:g} of paired bootstrap resamples of the validation "
+            f"songs; the mean of both models' predictions when it beats it on at least {self.hedge:g}; else the "
             "real-only model"
         )
         return {**asdict(self), "rule": rule if self.deliver == "auto" else f"forced by deliver={self.deliver!r}"}
@@ -228,34 +238,43 @@ def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
     if synthetic_trained is None:
         note = "no synthetic-trained model in this run: the real-only model is delivered"
         return Choice(
-            {d: real_only.name for d in DIMENSIONS},
+            {d: [real_only.name] for d in DIMENSIONS},
             {d: {real_only.name: ref[d]} for d in DIMENSIONS},
             {},
             cfg.deliver,
             cfg.deliver_confidence,
+            cfg.deliver_hedge,
             note,
         )
     syn = val_ccc(synthetic_trained)
     better = prob_better(synthetic_trained.val_predictions, real_only.val_predictions, seed=cfg.seed)
+    options = {
+        "synthetic": [synthetic_trained.name],
+        "real_only": [real_only.name],
+        "mean": [synthetic_trained.name, real_only.name],
+    }
     sources = {}
     for dim in DIMENSIONS:
-        if cfg.deliver == "auto":
-            wins = syn[dim] > ref[dim] and better[dim] >= cfg.deliver_confidence
-        else:
-            wins = cfg.deliver == "synthetic"
-        sources[dim] = synthetic_trained.name if wins else real_only.name
+        pick = cfg.deliver
+        if pick == "auto":
+            if syn[dim] > ref[dim] and better[dim] >= cfg.deliver_confidence:
+                pick = "synthetic"
+            else:
+                pick = "mean" if better[dim] >= cfg.deliver_hedge else "real_only"
+        sources[dim] = options[pick]
     val = {d: {synthetic_trained.name: syn[d], real_only.name: ref[d]} for d in DIMENSIONS}
-    return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence)
+    return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence, cfg.deliver_hedge)
 
 
 def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
     """The delivered model: ``best_vit_model.pth`` at ``path`` and its test outcome.
 
-    The checkpoint holds the source models' weights (one per distinct source) and routes each
-    dimension to its source; its test predictions are the sources' columns (the same numbers the
-    routed model computes). Returns an :class:`emovit.runs.Outcome` named "delivered".
+    The checkpoint holds the source models' weights (one per distinct model named) and routes each
+    dimension to its models; its test predictions are the sources' columns, averaged where a
+    dimension names two (the numbers the routed model computes, up to float rounding). Returns an
+    :class:`emovit.runs.Outcome` named "delivered".
     """
-    names = list(dict.fromkeys(choice.sources[d] for d in DIMENSIONS))  # distinct, valence's first
+    names = list(dict.fromkeys(n for d in DIMENSIONS for n in choice.sources[d]))  # distinct, valence's first
     states = [load_best(outcomes[n].best_path, outcomes[n].run.key) for n in names]
     for other in states[1:]:
         for field in ("vit_config", "preprocess", "mel_params", "test_crops"):
@@ -268,7 +287,7 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
                 same = other[field] == states[0][field]
             if not same:
                 raise ValueError(f"cannot combine {names}: their checkpoints differ in {field}")
-    sources = [names.index(choice.sources[d]) for d in DIMENSIONS]
+    sources = [[names.index(n) for n in choice.sources[d]] for d in DIMENSIONS]
     combined = {f"members.{i}.{k}": v for i, s in enumerate(states) for k, v in s["state_dict"].items()}
     key = hash_json({"members": [s["key"] for s in states], "sources": sources})
     state = {
@@ -291,13 +310,15 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
         for frame in frames.values():
             if list(frame["song_id"]) != list(base["song_id"]):
                 raise ValueError(f"the models' {attribute} are not for the same songs")
-        pred = np.stack([frames[choice.sources[d]][f"{d}_pred"].to_numpy() for d in DIMENSIONS], axis=1)
+        pred = np.stack(
+            [np.mean([frames[n][f"{d}_pred"].to_numpy() for n in choice.sources[d]], axis=0) for d in DIMENSIONS],
+            axis=1,
+        )
         return prediction_frame(base["song_id"], base[[f"{d}_true" for d in DIMENSIONS]].to_numpy(), pred)
 
     predictions = routed("predictions")
-    LOG.info(
-        "delivered: valence from %s, arousal from %s -> %s", choice.sources["valence"], choice.sources["arousal"], path
-    )
+    said = {d: describe(choice.sources[d]) for d in DIMENSIONS}
+    LOG.info("delivered: valence from %s, arousal from %s -> %s", said["valence"], said["arousal"], path)
     return Outcome(
         DELIVERED,
         predictions,
@@ -305,13 +326,7 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
         0.0,
         None,
         path,
-        description=f"valence from {choice.sources['valence']}, arousal from {choice.sources['arousal']}",
+        description=f"valence from {said['valence']}, arousal from {said['arousal']}",
         val_predictions=routed("val_predictions"),
         seed=outcomes[names[0]].seed,
     )
-
-
-def delivered_sources(path: str) -> dict[str, str]:
-    """{dim: member model name} of a delivered checkpoint."""
-    state = load_checkpoint(path)
-    return {d: state["members"][state["sources"][i]] for i, d in enumerate(DIMENSIONS)}

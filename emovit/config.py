@@ -131,8 +131,9 @@ class Config:
     synthetic_epochs: int = 0  # epochs whose steps also draw synthetic samples (0 = all); later epochs: real songs only
     synthetic_dims: str = "auto"  # synthetic labels in the loss: auto (judge decides), both, valence, arousal, none
     synthetic_gate_ratio: float = 0.5  # auto: a dimension passes if judge CCC on synthetic >= this x on val songs
-    deliver: str = "auto"  # delivered: auto (per dimension, the one validation prefers), synthetic, real_only
+    deliver: str = "auto"  # delivered: auto (per dimension, as validation says), synthetic, real_only, mean (of both)
     deliver_confidence: float = 0.8  # auto: synthetic-trained wins a dimension on >= this share of paired val resamples
+    deliver_hedge: float = 0.5  # auto: below that but >= this share, the mean of both models predicts the dimension
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     ddp_processes: int = 0  # ViT training processes via torchrun, one GPU each (0 = every visible GPU; 1 = this one)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops
@@ -155,7 +156,7 @@ class Config:
         """Refuse values that would only fail (or silently do something else) hours later."""
         choices = {
             "synthetic_dims": ("auto", "both", "valence", "arousal", "none"),
-            "deliver": ("auto", "synthetic", "real_only"),
+            "deliver": ("auto", "synthetic", "real_only", "mean"),
             "gan_style_source": ("song", "crop"),
             "gan_upsample": ("nearest", "bilinear", "bilinear-freq"),
         }
@@ -168,6 +169,11 @@ class Config:
             raise ValueError(f"synthetic_envelope must be in [0, 1] (0 = off), got {self.synthetic_envelope}")
         if not 0.0 <= self.synthetic_dynamics <= 1.0:
             raise ValueError(f"synthetic_dynamics must be in [0, 1] (0 = off), got {self.synthetic_dynamics}")
+        if not 0.0 <= self.deliver_hedge <= self.deliver_confidence <= 1.0:
+            raise ValueError(
+                f"need 0 <= deliver_hedge <= deliver_confidence <= 1, got {self.deliver_hedge} and "
+                f"{self.deliver_confidence}"
+            )
         if not 0.0 <= self.gan_ada_target < 1.0 or self.gan_ada_ramp < 1:
             raise ValueError(
                 f"gan_ada_target must be in [0, 1) (0 = off) and gan_ada_ramp >= 1 step, got "

@@ -235,23 +235,25 @@ def model_from_config_dict(vit_config: dict, dropout: float = 0.0) -> ViTRegress
 
 
 class RoutedRegressor(nn.Module):
-    """Each output dimension read from one of several regressors: images (B, 3, H, W) -> (B, 2).
+    """Each output dimension the mean of one or more regressors: images (B, 3, H, W) -> (B, 2).
 
-    ``sources[d]`` is the index of the member that predicts dimension d (0 valence, 1 arousal):
-    the delivered model takes each dimension from the model the validation songs preferred.
-    A member no dimension names is never run.
+    ``sources[d]`` lists the indices of the members whose outputs are averaged for dimension d
+    (0 valence, 1 arousal); a bare index means that member alone. The delivered model takes each
+    dimension from the model the validation songs preferred, or the mean of both where they lean
+    but do not convince. A member no dimension names is never run.
     """
 
-    def __init__(self, members: list[nn.Module], sources: tuple[int, int]):
+    def __init__(self, members: list[nn.Module], sources):
         super().__init__()
-        if len(sources) != 2 or not all(0 <= s < len(members) for s in sources):
-            raise ValueError(f"sources must name a member per dimension, got {sources} for {len(members)} members")
+        routes = tuple((s,) if isinstance(s, int) else tuple(s) for s in sources)
+        if len(routes) != 2 or not all(r and all(0 <= i < len(members) for i in r) for r in routes):
+            raise ValueError(f"sources must name members per dimension, got {sources} for {len(members)} members")
         self.members = nn.ModuleList(members)
-        self.sources = tuple(int(s) for s in sources)
+        self.sources = tuple(tuple(int(i) for i in r) for r in routes)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        outs = {i: self.members[i](pixels) for i in sorted(set(self.sources))}
-        return torch.stack([outs[s][:, d] for d, s in enumerate(self.sources)], dim=1)
+        outs = {i: self.members[i](pixels) for i in sorted({i for r in self.sources for i in r})}
+        return torch.stack([torch.stack([outs[i][:, d] for i in r]).mean(0) for d, r in enumerate(self.sources)], 1)
 
 
 def regressor_from_checkpoint(state: dict) -> nn.Module:

@@ -76,6 +76,7 @@ NOT_TRAINING_FIELDS = (
     "synthetic_gate_ratio",
     "deliver",
     "deliver_confidence",
+    "deliver_hedge",
     "ddp_processes",
     "seeds",  # one model's training depends on its own seed (``seed`` in its config), not the list
     "curve_hop_seconds",

@@ -43,7 +43,7 @@ OVERRIDES = {
     # "gan_steps": 1750,  # GAN training steps
     # "num_synthetic": 3200,  # synthetic spectrograms the GAN generates
     # "synthetic_dims": "auto",  # synthetic labels used: "auto" (the judge decides), "both", "valence", "none", ...
-    # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides per dimension), "synthetic", "real_only"
+    # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides per dimension), "synthetic", "real_only"...
     # "arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}},  # extra ablations
     # "predict_dir": "/kaggle/input/my-songs",  # your own music, predicted at the end
     # "vit_local_dir": "/kaggle/input/vit-base-patch16-224-in21k",  # the ViT weights, when not found by themselves
@@ -386,8 +386,8 @@ print(
 #    samples carry that dimension the way real songs do (a **gate**, `synthetic_dims`);
 # 3. the same ViT trains on real + synthetic (`vit_real_plus_synthetic`, loss weight
 #    `synthetic_weight`), using synthetic labels only of the dimensions that passed; then, per
-#    dimension, the model with the higher validation CCC is **delivered** as
-#    `best_vit_model.pth` (`deliver`).
+#    dimension, the model the validation songs prefer -- or the mean of both where they lean
+#    without convincing -- is **delivered** as `best_vit_model.pth` (`deliver`).
 #
 # Every model takes the same optimizer steps (one pass over the real songs plus the synthetic
 # set per epoch), so more data is never confused with more training.
@@ -467,13 +467,16 @@ else:
 
 # %% [markdown]
 # ### The delivered model
-# Per dimension, the synthetic-trained model is delivered only when it beats the real-only model
-# on the validation songs convincingly: a higher CCC, and a higher CCC on at least
+# Per dimension, the synthetic-trained model is delivered when it beats the real-only model on
+# the validation songs convincingly: a higher CCC, and a higher CCC on at least
 # `deliver_confidence` (80%) of paired bootstrap resamples of the validation songs -- the bar
-# rises where the validation set is small or the dimension noisy. Otherwise the real-only model
-# predicts that dimension. `best_vit_model.pth` holds the chosen weights and routes each
-# dimension to its model (one backbone when both agree); *Your own music* below uses it.
-# `deliver = "synthetic"` or `"real_only"` forces one model.
+# rises where the validation set is small or the dimension noisy. Where it wins on at least
+# `deliver_hedge` (half) of the resamples but not 80%, the validation songs lean its way without
+# proving it, and the **mean of both models' predictions** answers: it keeps about half of a
+# real gain and pays about half of a chance one. Otherwise the real-only model predicts that
+# dimension. `best_vit_model.pth` holds the chosen weights and routes each dimension to its model
+# or models (one backbone when both dimensions name the same one); *Your own music* below uses
+# it. `deliver = "synthetic"`, `"real_only"` or `"mean"` forces one answer.
 
 # %%
 from emovit.choice import choose_models, deliver

@@ -138,6 +138,11 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     return result
 
 
+def _names(source) -> list[str]:
+    """A dimension's delivered models: a list, or one name in a result from before the mean."""
+    return [source] if isinstance(source, str) else list(source)
+
+
 def summary(paths: list[str]) -> None:
     import pandas as pd
 
@@ -183,7 +188,9 @@ def summary(paths: list[str]) -> None:
                 **{f"judge_syn_{d}": round(r["gate"]["synthetic_ccc"][d], 3) for d in ("valence", "arousal")},
                 **{f"judge_val_{d}": round(r["gate"]["val_ccc"][d], 3) for d in ("valence", "arousal")},
                 **{
-                    f"deliv_{d}": r["choices"]["delivered"]["sources"][d].replace("vit_", "")[:12]
+                    f"deliv_{d}": "+".join(
+                        n.replace("vit_", "")[:12] for n in _names(r["choices"]["delivered"]["sources"][d])
+                    )
                     for d in ("valence", "arousal")
                 },
             }

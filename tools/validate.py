@@ -181,6 +181,7 @@ def render(run: dict, checks: list[dict], meta: dict) -> str:
 def _delivered_section(m: dict) -> list[str]:
     """The gate (the judge's CCC on synthetic vs real validation songs) and the per-dimension choice
     behind the delivered model, from metrics.json."""
+    from emovit.choice import describe
     from emovit.metrics import format_interval
 
     gate, choice = m.get("gate"), m.get("choice")
@@ -208,7 +209,7 @@ def _delivered_section(m: dict) -> list[str]:
         out.append(
             f"| {dim} | {gate['synthetic_ccc'][dim]:+.3f} {interval(gate, 'synthetic_interval', dim)} "
             f"| {gate['val_ccc'][dim]:+.3f} {interval(gate, 'val_interval', dim)} | {gate['passed'][dim]} "
-            f"| {val} | {'' if better is None else f'{better:.2f}'} | {choice['sources'][dim]} |"
+            f"| {val} | {'' if better is None else f'{better:.2f}'} | {describe(choice['sources'][dim])} |"
         )
     return out
 
