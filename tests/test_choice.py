@@ -186,26 +186,82 @@ def test_choice_takes_a_dimension_from_the_synthetic_model_only_when_validation_
     syn = _outcome("vit_real_plus_synthetic", syn_frame)
     cfg = _cfg(tmp_path)
     c = choose_models(syn, real, cfg)
-    assert c.sources == {"valence": "vit_real_plus_synthetic", "arousal": "vit_real_only"}  # ties go to real-only
+    assert c.sources == {"valence": ["vit_real_plus_synthetic"], "arousal": ["vit_real_only"]}  # ties: real-only
     assert c.prob_better["valence"] > 0.99 and c.prob_better["arousal"] == 0.0
     assert c.val_ccc["valence"]["vit_real_plus_synthetic"] == pytest.approx(
         ccc(syn_frame.valence_true, syn_frame.valence_pred)
     )
-    # slightly better on validation, but not on 80% of resamples: the real-only model keeps arousal
-    nudged = syn_frame.copy()
-    nudged["arousal_pred"] = (
-        real.val_predictions["arousal_pred"]
-        + 0.002 * (truth[:, 1] - real.val_predictions["arousal_pred"])
-        + np.random.default_rng(5).normal(0, 0.05, 40)
-    )
-    slight = choose_models(_outcome("vit_real_plus_synthetic", nudged), real, cfg)
-    assert 0 < slight.prob_better["arousal"] < 0.8 and slight.sources["arousal"] == "vit_real_only"
-    assert set(choose_models(syn, real, replace(cfg, deliver="synthetic")).sources.values()) == {
-        "vit_real_plus_synthetic"
+    assert c.table().set_index("dimension")["delivered from"].to_dict() == {
+        "valence": "vit_real_plus_synthetic",
+        "arousal": "vit_real_only",
     }
-    assert set(choose_models(syn, real, replace(cfg, deliver="real_only")).sources.values()) == {"vit_real_only"}
+
+    # a little better (0.05 of the way to the truth, plus noise): better on more than half of the
+    # resamples but not on 80% -> the mean of both; a tiny step (0.002): under half -> real-only
+    def nudged(step: float) -> Outcome:
+        frame = syn_frame.copy()
+        frame["arousal_pred"] = (
+            real.val_predictions["arousal_pred"]
+            + step * (truth[:, 1] - real.val_predictions["arousal_pred"])
+            + np.random.default_rng(5).normal(0, 0.05, 40)
+        )
+        return _outcome("vit_real_plus_synthetic", frame)
+
+    tiny = choose_models(nudged(0.002), real, cfg)
+    assert 0 < tiny.prob_better["arousal"] < 0.5 and tiny.sources["arousal"] == ["vit_real_only"]
+    slight = choose_models(nudged(0.05), real, cfg)
+    assert 0.5 <= slight.prob_better["arousal"] < 0.8, slight.prob_better
+    assert slight.sources["arousal"] == ["vit_real_plus_synthetic", "vit_real_only"]
+    said = slight.table().set_index("dimension").loc["arousal", "delivered from"]
+    assert said == "mean of vit_real_plus_synthetic and vit_real_only"
+    assert "mean of both" in slight.to_dict()["rule"]
+    for forced, names in (
+        ("synthetic", ["vit_real_plus_synthetic"]),
+        ("real_only", ["vit_real_only"]),
+        ("mean", ["vit_real_plus_synthetic", "vit_real_only"]),
+    ):
+        got = choose_models(syn, real, replace(cfg, deliver=forced))
+        assert got.sources == {"valence": names, "arousal": names} and forced in got.to_dict()["rule"]
     alone = choose_models(None, real, replace(cfg, deliver="synthetic"))
-    assert set(alone.sources.values()) == {"vit_real_only"} and "no synthetic-trained model" in alone.note
+    assert alone.sources == {d: ["vit_real_only"] for d in ("valence", "arousal")}
+    assert "no synthetic-trained model" in alone.note
+
+
+BOTH = ["vit_real_plus_synthetic", "vit_real_only"]
+
+
+@pytest.mark.parametrize(
+    ("better", "syn_higher", "expected"),
+    [
+        (0.95, True, ["vit_real_plus_synthetic"]),
+        (0.80, True, ["vit_real_plus_synthetic"]),  # at the confidence bar
+        (0.95, False, BOTH),  # convincing resamples, a lower point estimate: not convinced
+        (0.79, True, BOTH),
+        (0.50, True, BOTH),  # at the hedge bar
+        (0.49, True, ["vit_real_only"]),
+        (0.00, False, ["vit_real_only"]),
+    ],
+)
+def test_the_choice_rule_in_each_zone_of_the_validation_evidence(tmp_path, monkeypatch, better, syn_higher, expected):
+    """The synthetic-trained model at >= deliver_confidence (and a higher validation CCC), the mean
+    of both at >= deliver_hedge, else the real-only model; P(better) fixed, the CCCs from frames."""
+    truth = np.random.default_rng(0).uniform(-0.8, 0.8, (40, 2))
+    real = _outcome("vit_real_only", _val_frame(truth, (0.3, 0.3), seed=1))
+    syn = _outcome("vit_real_plus_synthetic", _val_frame(truth, (0.1, 0.1) if syn_higher else (0.6, 0.6), seed=2))
+    monkeypatch.setattr(choice_mod, "prob_better", lambda a, b, seed=0: {"valence": better, "arousal": better})
+    c = choose_models(syn, real, _cfg(tmp_path))
+    assert all((c.val_ccc[d][syn.name] > c.val_ccc[d][real.name]) == syn_higher for d in ("valence", "arousal"))
+    assert c.sources == {"valence": expected, "arousal": expected}
+    none_hedged = choose_models(syn, real, replace(_cfg(tmp_path), deliver_hedge=0.8))
+    if expected == BOTH and better < 0.8:
+        assert none_hedged.sources["valence"] == ["vit_real_only"]  # hedge = confidence: the mean never taken
+
+
+def test_config_refuses_a_hedge_above_the_confidence(tmp_path):
+    with pytest.raises(ValueError, match="deliver_hedge <= deliver_confidence"):
+        replace(_cfg(tmp_path), deliver_hedge=0.9)
+    with pytest.raises(ValueError, match="deliver must be one of"):
+        replace(_cfg(tmp_path), deliver="average")
 
 
 def test_prob_better_is_a_paired_bootstrap():
@@ -345,11 +401,12 @@ def test_the_judge_trains_on_training_songs_and_selects_on_validation_songs(judg
 def test_delivered_checkpoint_routes_each_dimension_to_the_chosen_model(judged, cue_store, tmp_path):
     """Two trained models, valence from one and arousal from the other: best_vit_model.pth rebuilt by
     the prediction path gives, on the same images, each member's own column; the delivered test
-    predictions are the members' columns; one source -> one backbone."""
+    predictions are the members' columns; one source -> one backbone; a dimension that names both
+    is their mean, in the checkpoint and in the predictions."""
     cfg, split, _, trainer, reference = judged
     other = trainer.fit("other", seed=7)  # another trained model on the same inputs
     outcomes = {"vit_real_only": reference, "other": other}
-    c = Choice({"valence": "other", "arousal": "vit_real_only"}, {}, {}, "auto", 0.8)
+    c = Choice({"valence": ["other"], "arousal": ["vit_real_only"]}, {}, {}, "auto", 0.8, 0.5)
     path = str(tmp_path / "best_vit_model.pth")
     delivered = deliver(c, outcomes, path, n_boot=20, seed=0)
     assert delivered.name == DELIVERED
@@ -365,7 +422,7 @@ def test_delivered_checkpoint_routes_each_dimension_to_the_chosen_model(judged, 
     torch.testing.assert_close(out[:, 0], a[:, 0], rtol=0, atol=0)
     torch.testing.assert_close(out[:, 1], b[:, 1], rtol=0, atol=0)
     single = deliver(
-        Choice({"valence": "other", "arousal": "other"}, {}, {}, "auto", 0.8),
+        Choice({"valence": ["other"], "arousal": ["other"]}, {}, {}, "auto", 0.8, 0.5),
         outcomes,
         str(tmp_path / "single.pth"),
         n_boot=20,
@@ -377,3 +434,40 @@ def test_delivered_checkpoint_routes_each_dimension_to_the_chosen_model(judged, 
         delivered.metrics["valence"]["ccc"]["value"]
     )
     assert os.path.getsize(single.best_path) < os.path.getsize(path)
+    hedged = deliver(
+        Choice({"valence": ["other"], "arousal": ["other", "vit_real_only"]}, {}, {}, "auto", 0.8, 0.5),
+        outcomes,
+        str(tmp_path / "hedged.pth"),
+        n_boot=20,
+        seed=0,
+    )
+    np.testing.assert_array_equal(hedged.predictions["valence_pred"], other.predictions["valence_pred"])
+    mean = (other.predictions["arousal_pred"] + reference.predictions["arousal_pred"]).to_numpy() / 2
+    np.testing.assert_allclose(hedged.predictions["arousal_pred"], mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        hedged.val_predictions["arousal_pred"],
+        (other.val_predictions["arousal_pred"] + reference.val_predictions["arousal_pred"]).to_numpy() / 2,
+        rtol=0,
+        atol=1e-12,
+    )
+    assert hedged.description == "valence from other, arousal from mean of other and vit_real_only"
+    state = torch.load(hedged.best_path, weights_only=True)
+    assert state["members"] == ["other", "vit_real_only"] and state["sources"] == [[0], [0, 1]]
+    with torch.no_grad():
+        out = regressor_from_checkpoint(state).eval()(pixels)
+    torch.testing.assert_close(out[:, 0], a[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 1], (a[:, 1] + b[:, 1]) / 2, rtol=1e-6, atol=1e-6)
+
+
+def test_routed_regressor_reads_single_member_routes_and_refuses_empty_ones():
+    """A format-3 checkpoint names one member index per dimension: the same as a list of one."""
+    members = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)]
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        old, new = RoutedRegressor(members, (1, 0))(x), RoutedRegressor(members, ([1], [0]))(x)
+        want = torch.stack([members[1](x)[:, 0], members[0](x)[:, 1]], 1)
+    torch.testing.assert_close(old, want, rtol=0, atol=0)
+    torch.testing.assert_close(new, want, rtol=0, atol=0)
+    for bad in (([], [0]), ([0], [2]), ([0],)):
+        with pytest.raises(ValueError, match="sources must name members"):
+            RoutedRegressor(members, bad)
