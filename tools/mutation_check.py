@@ -258,6 +258,14 @@ MUTATIONS = [
         "the delivered model (and the judge's reference) chosen on TEST songs",
     ),
     Mutation(
+        "hedge_takes_one_model",
+        "emovit/choice.py",
+        'np.mean([frames[n][f"{d}_pred"].to_numpy() for n in choice.sources[d]], axis=0)',
+        'frames[choice.sources[d][0]][f"{d}_pred"].to_numpy()',
+        tuple(CHOICE),
+        "a dimension hedged between two models is scored from the first model's predictions, not their mean",
+    ),
+    Mutation(
         "mask_on_real_rows",
         "emovit/vit_train.py",
         "    parts = [real_part(store, train_ids)]",
