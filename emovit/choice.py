@@ -16,8 +16,8 @@ from training and validation songs only.
   when its kept checkpoint beats the real-only one on the validation songs convincingly: a
   higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap resamples
   of the validation songs (so the bar rises where the validation set is small or the dimension
-  noisy). Where it wins on at least ``deliver_hedge`` of the resamples but not convincingly,
-  the mean of both models' predictions: a few validation songs cannot tell a real gain from
+  noisy). Where it has the higher CCC and wins on at least ``deliver_hedge`` of the resamples
+  but not convincingly, the mean of both models' predictions: a few validation songs cannot tell a real gain from
   luck, and the mean keeps about half of a gain while paying about half of a loss. Otherwise
   the real-only model. ``best_vit_model.pth`` then routes each dimension to its model or
   models (:class:`emovit.vit.RoutedRegressor`; one backbone when both dimensions name the same
@@ -219,7 +219,8 @@ class Choice:
         rule = (
             f"per dimension, the synthetic-trained model when it has the higher validation CCC and beats the "
             f"real-only model's on at least {self.confidence:g} of paired bootstrap resamples of the validation "
-            f"songs; the mean of both models' predictions when it beats it on at least {self.hedge:g}; else the "
+            f"songs; the mean of both models' predictions when it has the higher CCC and beats it on at least "
+            f"{self.hedge:g}; else the "
             "real-only model"
         )
         return {**asdict(self), "rule": rule if self.deliver == "auto" else f"forced by deliver={self.deliver!r}"}
@@ -257,10 +258,9 @@ def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
     for dim in DIMENSIONS:
         pick = cfg.deliver
         if pick == "auto":
-            if syn[dim] > ref[dim] and better[dim] >= cfg.deliver_confidence:
-                pick = "synthetic"
-            else:
-                pick = "mean" if better[dim] >= cfg.deliver_hedge else "real_only"
+            pick = "real_only"
+            if syn[dim] > ref[dim] and better[dim] >= cfg.deliver_hedge:
+                pick = "synthetic" if better[dim] >= cfg.deliver_confidence else "mean"
         sources[dim] = options[pick]
     val = {d: {synthetic_trained.name: syn[d], real_only.name: ref[d]} for d in DIMENSIONS}
     return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence, cfg.deliver_hedge)

@@ -470,11 +470,11 @@ else:
 # Per dimension, the synthetic-trained model is delivered when it beats the real-only model on
 # the validation songs convincingly: a higher CCC, and a higher CCC on at least
 # `deliver_confidence` (80%) of paired bootstrap resamples of the validation songs -- the bar
-# rises where the validation set is small or the dimension noisy. Where it wins on at least
-# `deliver_hedge` (half) of the resamples but not 80%, the validation songs lean its way without
-# proving it, and the **mean of both models' predictions** answers: it keeps about half of a
-# real gain and pays about half of a chance one. Otherwise the real-only model predicts that
-# dimension. `best_vit_model.pth` holds the chosen weights and routes each dimension to its model
+# rises where the validation set is small or the dimension noisy. Where it has the higher CCC and
+# wins on at least `deliver_hedge` (half) of the resamples but not 80%, the validation songs lean
+# its way without proving it, and the **mean of both models' predictions** answers: it keeps
+# about half of a real gain and pays about half of a chance one. Otherwise the real-only model
+# predicts that dimension. `best_vit_model.pth` holds the chosen weights and routes each dimension to its model
 # or models (one backbone when both dimensions name the same one); *Your own music* below uses
 # it. `deliver = "synthetic"`, `"real_only"` or `"mean"` forces one answer.
 

@@ -235,7 +235,8 @@ BOTH = ["vit_real_plus_synthetic", "vit_real_only"]
     [
         (0.95, True, ["vit_real_plus_synthetic"]),
         (0.80, True, ["vit_real_plus_synthetic"]),  # at the confidence bar
-        (0.95, False, BOTH),  # convincing resamples, a lower point estimate: not convinced
+        (0.95, False, ["vit_real_only"]),  # most resamples, but a lower validation CCC: no lean
+        (0.60, False, ["vit_real_only"]),
         (0.79, True, BOTH),
         (0.50, True, BOTH),  # at the hedge bar
         (0.49, True, ["vit_real_only"]),
@@ -243,8 +244,8 @@ BOTH = ["vit_real_plus_synthetic", "vit_real_only"]
     ],
 )
 def test_the_choice_rule_in_each_zone_of_the_validation_evidence(tmp_path, monkeypatch, better, syn_higher, expected):
-    """The synthetic-trained model at >= deliver_confidence (and a higher validation CCC), the mean
-    of both at >= deliver_hedge, else the real-only model; P(better) fixed, the CCCs from frames."""
+    """With a higher validation CCC: the synthetic-trained model at >= deliver_confidence, the mean
+    of both at >= deliver_hedge; else the real-only model. P(better) fixed, the CCCs from frames."""
     truth = np.random.default_rng(0).uniform(-0.8, 0.8, (40, 2))
     real = _outcome("vit_real_only", _val_frame(truth, (0.3, 0.3), seed=1))
     syn = _outcome("vit_real_plus_synthetic", _val_frame(truth, (0.1, 0.1) if syn_higher else (0.6, 0.6), seed=2))
