@@ -17,9 +17,9 @@ from training and validation songs only.
   higher CCC, and a higher CCC on at least ``deliver_confidence`` of paired bootstrap resamples
   of the validation songs (so the bar rises where the validation set is small or the dimension
   noisy). Where it has the higher CCC and wins on at least ``deliver_hedge`` of the resamples
-  but not convincingly, the mean of both models' predictions: a few validation songs cannot tell a real gain from
-  luck, and the mean keeps about half of a gain while paying about half of a loss. Otherwise
-  the real-only model. ``best_vit_model.pth`` then routes each dimension to its model or
+  but not convincingly, the mean of both models' predictions: a few validation songs cannot
+  tell a real gain from luck, and the mean keeps about half of a gain while paying about half
+  of a loss. Otherwise the real-only model. ``best_vit_model.pth`` then routes each dimension to its model or
   models (:class:`emovit.vit.RoutedRegressor`; one backbone when both dimensions name the same
   one), and its test predictions are those models' columns (averaged where two are named).
 
@@ -185,8 +185,11 @@ def judge_synthetic(judge, synthetic, cfg: Config, device: str) -> Judgement:
     return result
 
 
-def describe(names: list[str]) -> str:
-    """A dimension's source for people: one model's name, or "mean of a and b"."""
+def describe(names: list[str] | str) -> str:
+    """A dimension's source for people: one model's name, or "mean of a and b". A bare name (a
+    metrics.json written before dimensions could name two models) is that model."""
+    if isinstance(names, str):
+        return names
     return names[0] if len(names) == 1 else "mean of " + " and ".join(names)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -243,7 +244,7 @@ class RoutedRegressor(nn.Module):
     but do not convince. A member no dimension names is never run.
     """
 
-    def __init__(self, members: list[nn.Module], sources):
+    def __init__(self, members: list[nn.Module], sources: Sequence[int | Sequence[int]]):
         super().__init__()
         routes = tuple((s,) if isinstance(s, int) else tuple(s) for s in sources)
         if len(routes) != 2 or not all(r and all(0 <= i < len(members) for i in r) for r in routes):

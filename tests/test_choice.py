@@ -214,6 +214,7 @@ def test_choice_takes_a_dimension_from_the_synthetic_model_only_when_validation_
     assert slight.sources["arousal"] == ["vit_real_plus_synthetic", "vit_real_only"]
     said = slight.table().set_index("dimension").loc["arousal", "delivered from"]
     assert said == "mean of vit_real_plus_synthetic and vit_real_only"
+    assert choice_mod.describe("vit_real_only") == "vit_real_only"  # a metrics.json with one name per dimension
     assert "mean of both" in slight.to_dict()["rule"]
     for forced, names in (
         ("synthetic", ["vit_real_plus_synthetic"]),
