@@ -226,7 +226,11 @@ class Choice:
             f"{self.hedge:g}; else the "
             "real-only model"
         )
-        return {**asdict(self), "rule": rule if self.deliver == "auto" else f"forced by deliver={self.deliver!r}"}
+        if not self.prob_better:  # no synthetic-trained model: nothing was chosen between
+            rule = self.note
+        elif self.deliver != "auto":
+            rule = f"forced by deliver={self.deliver!r}"
+        return {**asdict(self), "rule": rule}
 
 
 def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
@@ -257,16 +261,25 @@ def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
         "real_only": [real_only.name],
         "mean": [synthetic_trained.name, real_only.name],
     }
+    frame = synthetic_trained.val_predictions
+    finite = {dim: bool(np.isfinite(frame[f"{dim}_pred"].to_numpy(dtype=float)).all()) for dim in DIMENSIONS}
     sources = {}
     for dim in DIMENSIONS:
         pick = cfg.deliver
         if pick == "auto":
             pick = "real_only"
-            if syn[dim] > ref[dim] and better[dim] >= cfg.deliver_hedge:
+            if finite[dim] and syn[dim] > ref[dim] and better[dim] >= cfg.deliver_hedge:
                 pick = "synthetic" if better[dim] >= cfg.deliver_confidence else "mean"
         sources[dim] = options[pick]
+    broken = [dim for dim in DIMENSIONS if not finite[dim]]
+    note = (
+        f"the synthetic-trained model predicted non-finite {' and '.join(broken)} on validation songs"
+        + (": the real-only model answers there" if cfg.deliver == "auto" else "")
+        if broken
+        else ""
+    )
     val = {d: {synthetic_trained.name: syn[d], real_only.name: ref[d]} for d in DIMENSIONS}
-    return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence, cfg.deliver_hedge)
+    return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence, cfg.deliver_hedge, note)
 
 
 def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
@@ -284,7 +297,7 @@ def deliver(choice: Choice, outcomes: dict, path: str, n_boot: int, seed: int):
             if field == "preprocess":
                 same = all(
                     other[field][k] == states[0][field][k]
-                    for k in ("mel_mean", "mel_std", "image_mean", "image_std", "height", "width")
+                    for k in ("mel_mean", "mel_std", "image_mean", "image_std", "height", "width", "clip_std")
                 )
             else:
                 same = other[field] == states[0][field]

@@ -132,8 +132,8 @@ class Config:
     synthetic_dims: str = "auto"  # synthetic labels in the loss: auto (judge decides), both, valence, arousal, none
     synthetic_gate_ratio: float = 0.5  # auto: a dimension passes if judge CCC on synthetic >= this x on val songs
     deliver: str = "auto"  # delivered: auto (per dimension, as validation says), synthetic, real_only, mean (of both)
-    deliver_confidence: float = 0.8  # auto: synthetic-trained wins a dimension on >= this share of paired val resamples
-    deliver_hedge: float = 0.5  # auto: below that but >= this share, the mean of both models predicts the dimension
+    deliver_confidence: float = 0.8  # auto: synthetic-trained if higher val CCC and wins >= this share of resamples
+    deliver_hedge: float = 0.5  # auto: higher val CCC, wins >= this share but < deliver_confidence -> mean of both
     loader_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     ddp_processes: int = 0  # ViT training processes via torchrun, one GPU each (0 = every visible GPU; 1 = this one)
     max_skipped_steps: int = 20  # steps with a NaN/inf loss tolerated before training stops

@@ -226,6 +226,22 @@ def test_choice_takes_a_dimension_from_the_synthetic_model_only_when_validation_
     alone = choose_models(None, real, replace(cfg, deliver="synthetic"))
     assert alone.sources == {d: ["vit_real_only"] for d in ("valence", "arousal")}
     assert "no synthetic-trained model" in alone.note
+    assert alone.to_dict()["rule"] == alone.note  # not "forced by deliver='synthetic'": nothing was chosen
+
+
+def test_a_synthetic_model_that_predicts_nan_on_validation_songs_is_never_chosen(tmp_path):
+    """NaN predictions score CCC 0, which beats a negative real-only CCC: the rule must not take them."""
+    truth = np.random.default_rng(0).uniform(-0.8, 0.8, (40, 2))
+    real_frame = _val_frame(truth, (0.5, 0.2), seed=1)
+    real_frame["valence_pred"] = -real_frame["valence_pred"]  # a negative validation CCC
+    real = _outcome("vit_real_only", real_frame)
+    syn_frame = _val_frame(truth, (0.1, 0.1), seed=2)
+    syn_frame.loc[3, "valence_pred"] = np.nan
+    syn = _outcome("vit_real_plus_synthetic", syn_frame)
+    c = choose_models(syn, real, _cfg(tmp_path))
+    assert c.val_ccc["valence"]["vit_real_plus_synthetic"] > c.val_ccc["valence"]["vit_real_only"]
+    assert c.sources == {"valence": ["vit_real_only"], "arousal": ["vit_real_plus_synthetic"]}
+    assert "non-finite valence" in c.note
 
 
 BOTH = ["vit_real_plus_synthetic", "vit_real_only"]
@@ -459,6 +475,20 @@ def test_delivered_checkpoint_routes_each_dimension_to_the_chosen_model(judged, 
         out = regressor_from_checkpoint(state).eval()(pixels)
     torch.testing.assert_close(out[:, 0], a[:, 0], rtol=0, atol=0)
     torch.testing.assert_close(out[:, 1], (a[:, 1] + b[:, 1]) / 2, rtol=1e-6, atol=1e-6)
+
+
+def test_members_with_different_preprocessing_are_not_combined(judged, tmp_path):
+    """Every member runs on the first member's pixels: a checkpoint whose pixel scaling differs is refused."""
+    _, _, _, trainer, reference = judged
+    other = trainer.fit("other", seed=7)
+    state = torch.load(other.best_path, weights_only=True)
+    state["preprocess"]["clip_std"] = 2.0
+    path = str(tmp_path / "other_clip2.pth")
+    torch.save(state, path)
+    outcomes = {"vit_real_only": reference, "other": dataclasses.replace(other, best_path=path)}
+    c = Choice({"valence": ["other"], "arousal": ["vit_real_only"]}, {}, {}, "auto", 0.8, 0.5)
+    with pytest.raises(ValueError, match="differ in preprocess"):
+        deliver(c, outcomes, str(tmp_path / "best.pth"), n_boot=20, seed=0)
 
 
 def test_routed_regressor_reads_single_member_routes_and_refuses_empty_ones():
