@@ -43,7 +43,7 @@ OVERRIDES = {
     # "gan_steps": 1750,  # GAN training steps
     # "num_synthetic": 3200,  # synthetic spectrograms the GAN generates
     # "synthetic_dims": "auto",  # synthetic labels used: "auto" (the judge decides), "both", "valence", "none", ...
-    # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides per dimension), "synthetic", "real_only"...
+    # "deliver": "auto",  # best_vit_model.pth: "auto" (validation decides), "synthetic", "real_only", "mean"
     # "arms": {"vit_no_augment": {"random_crop": False, "spec_augment": False, "test_crops": 1}},  # extra ablations
     # "predict_dir": "/kaggle/input/my-songs",  # your own music, predicted at the end
     # "vit_local_dir": "/kaggle/input/vit-base-patch16-224-in21k",  # the ViT weights, when not found by themselves
