@@ -266,6 +266,14 @@ MUTATIONS = [
         "a dimension hedged between two models is scored from the first model's predictions, not their mean",
     ),
     Mutation(
+        "nan_predictions_chosen",
+        "emovit/choice.py",
+        "if finite[dim] and syn[dim] > ref[dim]",
+        "if syn[dim] > ref[dim]",
+        tuple(CHOICE),
+        "a synthetic-trained model that predicts NaN on validation songs can still be delivered",
+    ),
+    Mutation(
         "mask_on_real_rows",
         "emovit/vit_train.py",
         "    parts = [real_part(store, train_ids)]",
