@@ -87,7 +87,7 @@ class Config:
     gan_style_source: str = "song"  # style of the paired real "song" (whole clip) or of the real "crop" itself
     num_synthetic: int = 3200  # synthetic spectrograms generated for ViT training
     synthetic_envelope: float = 0.7  # share of a sample's band levels lent by training songs (label fit + one's rest)
-    synthetic_dynamics: float = 0.0  # share of a sample's band stds (log) lent by the same song (label fit + its rest)
+    synthetic_dynamics: float = 0.25  # share of a sample's band stds (log) lent by the same song (label fit + its rest)
     synthetic_label_jitter: float = 0.05  # std of noise on resampled training labels ([-1, 1] scale)
     gan_sample_batch_size: int = 64  # spectrograms generated per batch
     mixed_precision: bool = True  # fp16 + GradScaler on T4, bf16 on L4/Ampere+; off on CPU
