@@ -671,7 +671,7 @@ def test_checkpoint_roundtrip_reuse_and_same_samples(tiny_setup):
     assert np.isfinite(np.asarray(synthetic.mels, np.float32)).all()
     assert gan_train.synthesize(again, cfg, "cpu").reused
     # Fewer training songs -> a different key -> trained again, not reused.
-    fewer = replace(cfg, synthetic_envelope=0.0)  # 6 songs: too few for the band-level fit
+    fewer = replace(cfg, synthetic_envelope=0.0, synthetic_dynamics=0.0)  # 6 songs: too few for the band-level fit
     assert not gan_train.train_or_load_gan(fewer, store, split, train[:-1], std, "cpu").reused
 
 

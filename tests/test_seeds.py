@@ -169,6 +169,19 @@ def test_the_validation_report_shows_the_seeds_table():
     assert _seeds_section({"seeds": summarize({42: _outcomes(42, 0)}, 20, 0)}) == []  # one seed: no section
 
 
+def test_a_failed_check_in_the_validation_report_names_the_failing_tests():
+    """validate keeps one line per check; for a failed pytest run it must say which tests failed."""
+    import sys
+
+    from tools.validate import run_check
+
+    script = "print('FAILED tests/test_x.py::test_y - AssertionError: no'); print('1 failed, 3 passed'); exit(1)"
+    result = run_check("test suite", [sys.executable, "-c", script])
+    assert result["result"] == "FAIL (exit 1)"
+    assert result["detail"] == "1 failed, 3 passed: FAILED tests/test_x.py::test_y"
+    assert run_check("ok", [sys.executable, "-c", "print('3 passed')"])["detail"] == "3 passed"
+
+
 class _SpyTrainer:
     """Records every fit: (name, seed, overrides); returns an outcome with a checkpoint path."""
 

@@ -38,11 +38,14 @@ def run_check(name: str, cmd: list[str]) -> dict:
         (line for line in reversed(lines) if re.search(r"passed|failed|up to date|All checks|stale", line)),
         lines[-1] if lines else "",
     )
+    failed = [line.split(" - ")[0] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    if proc.returncode != 0 and failed:  # name what failed, not only how many
+        summary = f"{summary}: {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}"
     return {
         "check": name,
         "result": "pass" if proc.returncode == 0 else f"FAIL (exit {proc.returncode})",
         "seconds": round(time.perf_counter() - start, 1),
-        "detail": summary.strip("= ")[:160],
+        "detail": summary.strip("= ")[:300],
     }
 
 
