@@ -19,9 +19,10 @@ from training and validation songs only.
   noisy). Where it has the higher CCC and wins on at least ``deliver_hedge`` of the resamples
   but not convincingly, the mean of both models' predictions: a few validation songs cannot
   tell a real gain from luck, and the mean keeps about half of a gain while paying about half
-  of a loss. Otherwise the real-only model. ``best_vit_model.pth`` then routes each dimension to its model or
-  models (:class:`emovit.vit.RoutedRegressor`; one backbone when both dimensions name the same
-  one), and its test predictions are those models' columns (averaged where two are named).
+  of a loss. Otherwise, or when its validation predictions are not all finite, the real-only
+  model. ``best_vit_model.pth`` then routes each dimension to its model or models
+  (:class:`emovit.vit.RoutedRegressor`; one backbone when both dimensions name the same one), and
+  its test predictions are those models' columns (averaged where two are named).
 
 Neither decision reads a test song: the gate reads the synthetic samples and the judge's
 weights and validation predictions; the choice reads the two models' validation predictions.
