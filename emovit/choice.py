@@ -273,12 +273,11 @@ def choose_models(synthetic_trained, real_only, cfg: Config) -> Choice:
                 pick = "synthetic" if better[dim] >= cfg.deliver_confidence else "mean"
         sources[dim] = options[pick]
     broken = [dim for dim in DIMENSIONS if not finite[dim]]
-    note = (
-        f"the synthetic-trained model predicted non-finite {' and '.join(broken)} on validation songs"
-        + (": the real-only model answers there" if cfg.deliver == "auto" else "")
-        if broken
-        else ""
-    )
+    note = ""
+    if broken:
+        note = f"the synthetic-trained model predicted non-finite {' and '.join(broken)} on validation songs"
+        if cfg.deliver == "auto":
+            note += ": the real-only model answers there"
     val = {d: {synthetic_trained.name: syn[d], real_only.name: ref[d]} for d in DIMENSIONS}
     return Choice(sources, val, better, cfg.deliver, cfg.deliver_confidence, cfg.deliver_hedge, note)
 
